@@ -1,0 +1,64 @@
+# flowzoo: `make demo` and `make test` do all set-up on a fresh machine.
+#
+# The Python venv (PyPI's torch wheel carries libtorch) and cargo's target directory live in a
+# per-user cache keyed by the torch version, so a fresh clone reuses them: torch is 4.6 GB to
+# install and torch-sys's C++ takes 5-9 minutes to compile on 2 cores.
+SHELL := /bin/bash
+TORCH_VERSION := 2.11.0
+FLOWZOO_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/flowzoo
+VENV ?= $(FLOWZOO_CACHE)/venv-torch-$(TORCH_VERSION)
+FLOWZOO_TARGET ?= $(FLOWZOO_CACHE)/target-torch-$(TORCH_VERSION)
+PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.flowzoo-setup-ok
+BIN := target/release/flowzoo
+THREADS ?= 2
+export PATH := $(VENV)/bin:$(PATH)
+export LIBTORCH_USE_PYTORCH := 1
+export CARGO_TARGET_DIR := $(FLOWZOO_TARGET)
+
+.PHONY: setup build demo test test-rust test-python bench models clean-cache help
+help:
+	@echo "make demo   - set up, build, train the digits Glow, evaluate, sample, export"
+	@echo "make test   - set up, build, run every test (Rust and Python)"
+	@echo "make bench  - flowzoo vs the PyTorch reference, same work, same threads"
+	@echo "make models - rebuild the shipped pretrained models under models/"
+
+setup: $(STAMP)
+$(STAMP):
+	@mkdir -p $(FLOWZOO_CACHE)
+	@echo "== setup: venv with torch==$(TORCH_VERSION) in $(VENV) (once per machine)"
+	flock $(FLOWZOO_CACHE)/.setup.lock bash -c '\
+	  set -e; if [ -f $(STAMP) ]; then exit 0; fi; \
+	  [ -x $(PYTHON) ] || python3 -m venv $(VENV); \
+	  $(PYTHON) -m pip install --quiet "torch==$(TORCH_VERSION)" numpy pytest safetensors; \
+	  $(PYTHON) -c "import torch; assert torch.__version__.startswith(\"$(TORCH_VERSION)\"), torch.__version__"; \
+	  touch $(STAMP)'
+
+# `target` points into the cache so that `target/release/flowzoo` is where a user looks for it.
+build: setup
+	@mkdir -p $(FLOWZOO_TARGET)
+	@if [ ! -e target ]; then ln -s $(FLOWZOO_TARGET) target; fi
+	cargo build --release
+	@echo "== built $(BIN)"
+
+demo: setup build
+	bash scripts/demo.sh
+
+test: setup build test-rust test-python
+
+test-rust:
+	RUST_TEST_THREADS=$(THREADS) cargo test --release -- --test-threads=$(THREADS)
+
+test-python:
+	@if ls tests/python/test_*.py >/dev/null 2>&1; then \
+	  FLOWZOO_BIN=$(CURDIR)/$(BIN) $(PYTHON) -m pytest -q tests/python; \
+	else echo "no Python tests"; fi
+
+bench: setup build
+	bash bench/run.sh
+
+models: setup build
+	bash scripts/build_models.sh
+
+clean-cache:
+	rm -rf $(FLOWZOO_CACHE)

@@ -1,0 +1,257 @@
+//! The run configuration: plain serde structs mirroring `configs/*.toml`. Unknown or ill-typed
+//! keys are errors naming the key (and, for a file, its line); `--set a.b=v` overrides any key.
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { data: DataConfig::default(), model: ModelConfig::default(), train: TrainConfig::default() }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BadImages {
+    /// Warn with the path, count, and go on.
+    Skip,
+    /// Stop at the first bad image.
+    Fail,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Folder of images (recursive; class sub-folders become labels; `train/` + `test/` give the split).
+    pub path: String,
+    /// Images are resized (shorter side) and centre-cropped to `image_size × image_size`.
+    pub image_size: i64,
+    /// 1 (grayscale) or 3 (RGB).
+    pub channels: i64,
+    /// Bits of depth the model sees (1–8): `x = k / 2^n_bits - 0.5` plus uniform noise.
+    pub n_bits: i64,
+    /// Held-out fraction when the folder has no `train/`/`test/` split.
+    pub test_fraction: f64,
+    pub bad_images: BadImages,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            path: "data/digits".into(),
+            image_size: 8,
+            channels: 1,
+            n_bits: 5,
+            test_fraction: 0.2,
+            bad_images: BadImages::Skip,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CouplingChoice {
+    Affine,
+    Additive,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PermutationChoice {
+    InvconvLu,
+    Invconv,
+    Reverse,
+    Shuffle,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Model family: "glow".
+    pub kind: String,
+    /// L: number of levels (squeeze + K steps [+ split]).
+    pub levels: i64,
+    /// K: flow steps per level.
+    pub steps: i64,
+    /// Hidden channels of the coupling networks.
+    pub width: i64,
+    pub coupling: CouplingChoice,
+    pub permutation: PermutationChoice,
+    /// Learned mean/std for the top latent.
+    pub learn_top: bool,
+    /// Class-conditional prior (labels from class sub-folders).
+    pub conditional: bool,
+    /// ActNorm's target std after data-dependent initialisation.
+    pub actnorm_scale: f64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            kind: "glow".into(),
+            levels: 2,
+            steps: 8,
+            width: 128,
+            coupling: CouplingChoice::Affine,
+            permutation: PermutationChoice::InvconvLu,
+            learn_top: true,
+            conditional: false,
+            actnorm_scale: 1.0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub batch_size: i64,
+    pub lr: f64,
+    /// Linear learning-rate warm-up from 0 over this many steps.
+    pub warmup_steps: i64,
+    pub max_steps: i64,
+    /// Max global gradient norm (0 = no clipping).
+    pub grad_clip: f64,
+    pub seed: u64,
+    pub eval_every: i64,
+    pub sample_every: i64,
+    pub checkpoint_every: i64,
+    /// "auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
+    pub device: String,
+    /// CPU threads for libtorch (0 = libtorch's default).
+    pub threads: i64,
+    /// Polyak/EMA decay of the weights used for eval and samples (0 = off).
+    pub ema: f64,
+    /// Dequantisation draws averaged per test image at evaluation.
+    pub eval_draws: i64,
+    /// Consecutive non-finite steps after which training stops.
+    pub max_nonfinite: i64,
+    /// Temperature of the sample grids written during training.
+    pub sample_temperature: f64,
+    /// Images in each sample grid.
+    pub n_samples: i64,
+    /// Steps between metrics rows (train loss averaged over them).
+    pub log_every: i64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            batch_size: 64,
+            lr: 1e-3,
+            warmup_steps: 100,
+            max_steps: 1000,
+            grad_clip: 50.0,
+            seed: 0,
+            eval_every: 250,
+            sample_every: 500,
+            checkpoint_every: 250,
+            device: "auto".into(),
+            threads: 0,
+            ema: 0.0,
+            eval_draws: 1,
+            max_nonfinite: 20,
+            sample_temperature: 0.7,
+            n_samples: 64,
+            log_every: 10,
+        }
+    }
+}
+
+impl Config {
+    /// Parses TOML text; `origin` (a file name) is named in errors.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Config> {
+        let cfg: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        cfg.validate().with_context(|| format!("in {origin}"))?;
+        Ok(cfg)
+    }
+
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        Self::from_toml_str(&text, &path.display().to_string())
+    }
+
+    pub fn to_toml(&self) -> Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+
+    /// Applies `key.path=value` overrides; the value is read as TOML (`1e-4`, `true`, `"x"`),
+    /// or as a bare string when it is not valid TOML (`--set data.path=data/x`).
+    pub fn with_overrides(&self, overrides: &[String]) -> Result<Config> {
+        let mut root = toml::Value::try_from(self)?;
+        for ov in overrides {
+            let Some((key, raw)) = ov.split_once('=') else {
+                bail!("--set {ov}: expected KEY=VALUE, e.g. --set train.lr=1e-4");
+            };
+            let key = key.trim();
+            let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+                Ok(mut t) => t.remove("v").expect("parsed key"),
+                Err(_) => toml::Value::String(raw.to_string()),
+            };
+            let mut node = &mut root;
+            let parts: Vec<&str> = key.split('.').collect();
+            for (i, part) in parts.iter().enumerate() {
+                let table = node.as_table_mut().with_context(|| format!("--set {key}: `{}` is not a section", parts[..i].join(".")))?;
+                if !table.contains_key(*part) {
+                    bail!("--set {key}: unknown config key `{key}`");
+                }
+                node = table.get_mut(*part).expect("checked");
+            }
+            if std::mem::discriminant(node) != std::mem::discriminant(&value)
+                && !(node.is_float() && value.is_integer())
+            {
+                bail!("--set {key}={raw}: expected a {}, got a {}", node.type_str(), value.type_str());
+            }
+            *node = match (node.is_float(), value) {
+                (true, toml::Value::Integer(i)) => toml::Value::Float(i as f64),
+                (_, v) => v,
+            };
+        }
+        let cfg: Config = root.try_into().map_err(|e| anyhow::anyhow!("--set: {e}"))?;
+        cfg.validate().context("after --set overrides")?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let d = &self.data;
+        if !(1..=8).contains(&d.n_bits) {
+            bail!("data.n_bits = {} must be between 1 and 8", d.n_bits);
+        }
+        if d.channels != 1 && d.channels != 3 {
+            bail!("data.channels = {} must be 1 (grayscale) or 3 (RGB)", d.channels);
+        }
+        if !(0.0..1.0).contains(&d.test_fraction) {
+            bail!("data.test_fraction = {} must be in [0, 1)", d.test_fraction);
+        }
+        let m = &self.model;
+        if m.kind != "glow" {
+            bail!("model.kind = {:?}: known kinds are \"glow\"", m.kind);
+        }
+        if m.levels < 1 || m.steps < 1 || m.width < 1 {
+            bail!("model.levels, model.steps and model.width must be >= 1");
+        }
+        let div = 1i64 << m.levels;
+        if d.image_size % div != 0 {
+            bail!("data.image_size = {} must be divisible by 2^levels = {div} (model.levels = {})", d.image_size, m.levels);
+        }
+        let t = &self.train;
+        if t.batch_size < 1 || t.max_steps < 0 || t.lr <= 0.0 {
+            bail!("train.batch_size must be >= 1, train.max_steps >= 0, train.lr > 0");
+        }
+        if !(0.0..1.0).contains(&t.ema) {
+            bail!("train.ema = {} must be in [0, 1)", t.ema);
+        }
+        if t.eval_draws < 1 || t.max_nonfinite < 1 || t.log_every < 1 {
+            bail!("train.eval_draws, train.max_nonfinite and train.log_every must be >= 1");
+        }
+        crate::train::parse_device(&t.device).context("train.device")?;
+        Ok(())
+    }
+}

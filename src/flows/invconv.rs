@@ -1,0 +1,114 @@
+//! Invertible 1×1 convolution (Glow): a learned `C×C` matrix applied to every pixel's
+//! channel vector, plain (log-det by slogdet) or LU-decomposed (log-det is `Σ log|s|`).
+use super::{check_channels, spatial_size, Ctx, Flow};
+use anyhow::Result;
+use tch::{nn, Kind, Tensor};
+
+/// `W·x` for every position: a 1×1 conv for images, a matmul for vectors.
+pub(crate) fn apply_matrix(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let c = w.size()[0];
+    if x.dim() == 4 {
+        Ok(x.f_conv2d(&w.f_reshape([c, c, 1, 1])?, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)?)
+    } else {
+        Ok(x.f_matmul(&w.f_tr()?)?)
+    }
+}
+
+/// A random rotation, the usual initialisation (log-det starts at 0).
+fn random_orthogonal(c: i64) -> Tensor {
+    let a = Tensor::randn([c, c], (Kind::Double, tch::Device::Cpu));
+    let (q, _r) = Tensor::linalg_qr(&a, "reduced");
+    q.to_kind(Kind::Float)
+}
+
+pub struct InvConv1x1 {
+    pub channels: i64,
+    pub weight: Tensor,
+}
+
+impl InvConv1x1 {
+    pub fn new(p: nn::Path, channels: i64) -> Self {
+        let w = random_orthogonal(channels).to_device(p.device());
+        InvConv1x1 { channels, weight: p.var_copy("weight", &w) }
+    }
+
+    fn logdet(&self, x: &Tensor) -> Result<Tensor> {
+        let (_sign, logabs) = Tensor::f_linalg_slogdet(&self.weight)?;
+        let ld = logabs.f_mul_scalar(spatial_size(x) as f64)?.f_to_kind(x.kind())?;
+        Ok(ld.f_expand([x.size()[0]], false)?)
+    }
+}
+
+impl Flow for InvConv1x1 {
+    fn forward(&self, x: &Tensor, _ctx: &Ctx) -> Result<(Tensor, Tensor)> {
+        check_channels("InvConv1x1", x, self.channels)?;
+        Ok((apply_matrix(x, &self.weight)?, self.logdet(x)?))
+    }
+    fn inverse(&self, y: &Tensor, _ctx: &Ctx) -> Result<(Tensor, Tensor)> {
+        check_channels("InvConv1x1", y, self.channels)?;
+        let w_inv = Tensor::f_linalg_inv(&self.weight)?;
+        Ok((apply_matrix(y, &w_inv)?, self.logdet(y)?.f_neg()?))
+    }
+}
+
+/// `W = P · (L ⊙ strictly_lower + I) · (U ⊙ strictly_upper + diag(sign_s · exp(log_s)))`.
+/// P and sign(s) are fixed buffers; L, U and log|s| are learned. The masks are applied on every
+/// use, so entries of the stored `lower`/`upper` outside them (as in imported weights) are inert.
+pub struct InvConv1x1Lu {
+    pub channels: i64,
+    pub p: Tensor,
+    pub sign_s: Tensor,
+    pub lower: Tensor,
+    pub upper: Tensor,
+    pub log_s: Tensor,
+    l_mask: Tensor,
+    eye: Tensor,
+}
+
+impl InvConv1x1Lu {
+    pub fn new(p: nn::Path, channels: i64) -> Self {
+        let w = random_orthogonal(channels).to_kind(Kind::Double);
+        let (perm, lower, upper) = Tensor::linalg_lu(&w, true);
+        let s = upper.diag(0);
+        let dev = p.device();
+        let f = |t: Tensor| t.to_kind(Kind::Float).to_device(dev);
+        let perm_t = p.add("p", f(perm), false);
+        let sign_s = p.add("sign_s", f(s.sign()), false);
+        let lower = p.var_copy("lower", &f(lower));
+        let upper = p.var_copy("upper", &f(upper.triu(1)));
+        let log_s = p.var_copy("log_s", &f(s.abs().log()));
+        let l_mask = Tensor::ones([channels, channels], (Kind::Float, dev)).tril(-1);
+        let eye = Tensor::eye(channels, (Kind::Float, dev));
+        InvConv1x1Lu { channels, p: perm_t, sign_s, lower, upper, log_s, l_mask, eye }
+    }
+
+    /// The assembled `C×C` matrix.
+    pub fn weight(&self) -> Result<Tensor> {
+        let k = self.lower.kind();
+        let l_mask = self.l_mask.f_to_kind(k)?;
+        let eye = self.eye.f_to_kind(k)?;
+        let l = self.lower.f_mul(&l_mask)?.f_add(&eye)?;
+        let u = self
+            .upper
+            .f_mul(&l_mask.f_tr()?)?
+            .f_add(&self.sign_s.f_mul(&self.log_s.f_exp()?)?.f_diag_embed(0, -2, -1)?)?;
+        Ok(self.p.f_matmul(&l)?.f_matmul(&u)?)
+    }
+
+    fn logdet(&self, x: &Tensor) -> Result<Tensor> {
+        let ld = self.log_s.f_sum(x.kind())?.f_mul_scalar(spatial_size(x) as f64)?;
+        Ok(ld.f_expand([x.size()[0]], false)?)
+    }
+}
+
+impl Flow for InvConv1x1Lu {
+    fn forward(&self, x: &Tensor, _ctx: &Ctx) -> Result<(Tensor, Tensor)> {
+        check_channels("InvConv1x1Lu", x, self.channels)?;
+        Ok((apply_matrix(x, &self.weight()?)?, self.logdet(x)?))
+    }
+    fn inverse(&self, y: &Tensor, _ctx: &Ctx) -> Result<(Tensor, Tensor)> {
+        check_channels("InvConv1x1Lu", y, self.channels)?;
+        let w_inv = Tensor::f_linalg_inv(&self.weight()?)?;
+        Ok((apply_matrix(y, &w_inv)?, self.logdet(y)?.f_neg()?))
+    }
+}

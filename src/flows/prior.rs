@@ -1,0 +1,69 @@
+//! The learned prior of the top latent (Glow's `learn_top`, optionally class-conditional),
+//! written as the bijection `eps = (z - mean) / std` onto standard-normal noise.
+//!
+//! `mean, log_std` come from a zero-initialised conv applied to a zero tensor (so they are
+//! learned per position, constant over space with zero padding), plus, when conditional, a
+//! zero-initialised linear map of the one-hot class.
+use super::{sum_per_sample, Ctx, Flow, ZeroConv2d};
+use anyhow::{bail, Result};
+use tch::{nn, Tensor};
+
+pub struct LearnedPrior {
+    /// `[C, H, W]` of the latent.
+    pub shape: [i64; 3],
+    /// Present when `learn_top`: `ZeroConv2d(2C -> 2C)` on zeros.
+    pub conv: Option<ZeroConv2d>,
+    /// Present when class-conditional: `(weight [2C, n_classes], bias [2C], logs [2C])`.
+    pub class_linear: Option<(Tensor, Tensor, Tensor)>,
+}
+
+impl LearnedPrior {
+    pub fn new(p: nn::Path, shape: [i64; 3], learn_top: bool, n_classes: Option<i64>) -> Self {
+        let c2 = 2 * shape[0];
+        let conv = learn_top.then(|| ZeroConv2d::new(&p / "learn_top", c2, c2));
+        let class_linear = n_classes.map(|k| {
+            let q = &p / "class_prior";
+            (q.zeros("weight", &[c2, k]), q.zeros("bias", &[c2]), q.zeros("logs", &[c2]))
+        });
+        LearnedPrior { shape, conv, class_linear }
+    }
+
+    /// `(mean, log_std)`, each `[B or 1, C, H, W]`.
+    pub fn mean_logs(&self, batch: i64, like: &Tensor, ctx: &Ctx) -> Result<(Tensor, Tensor)> {
+        let [c, h, w] = self.shape;
+        let opts = (like.kind(), like.device());
+        let mut p = match &self.conv {
+            Some(conv) => conv.forward(&Tensor::f_zeros([1, 2 * c, h, w], opts)?)?,
+            None => Tensor::f_zeros([1, 2 * c, h, w], opts)?,
+        };
+        if let Some((weight, bias, logs)) = &self.class_linear {
+            let Some(y) = ctx.cond else {
+                bail!("LearnedPrior: this model is class-conditional; pass one-hot labels [B, {}]", weight.size()[1]);
+            };
+            if y.size() != [batch, weight.size()[1]] {
+                bail!("LearnedPrior: expected labels [{batch}, {}], got {:?}", weight.size()[1], y.size());
+            }
+            let cls = y.f_to_kind(like.kind())?.f_linear(weight, Some(bias))?.f_mul(&logs.f_mul_scalar(3.0)?.f_exp()?)?;
+            p = p.f_add(&cls.f_reshape([batch, 2 * c, 1, 1])?)?;
+        }
+        Ok((p.f_narrow(1, 0, c)?, p.f_narrow(1, c, c)?))
+    }
+}
+
+impl Flow for LearnedPrior {
+    fn forward(&self, z: &Tensor, ctx: &Ctx) -> Result<(Tensor, Tensor)> {
+        super::check_channels("LearnedPrior", z, self.shape[0])?;
+        let b = z.size()[0];
+        let (mean, logs) = self.mean_logs(b, z, ctx)?;
+        let eps = z.f_sub(&mean)?.f_mul(&logs.f_neg()?.f_exp()?)?;
+        let ld = sum_per_sample(&logs.f_expand_as(z)?)?.f_neg()?;
+        Ok((eps, ld))
+    }
+    fn inverse(&self, eps: &Tensor, ctx: &Ctx) -> Result<(Tensor, Tensor)> {
+        super::check_channels("LearnedPrior", eps, self.shape[0])?;
+        let b = eps.size()[0];
+        let (mean, logs) = self.mean_logs(b, eps, ctx)?;
+        let z = eps.f_mul(&logs.f_exp()?)?.f_add(&mean)?;
+        Ok((z, sum_per_sample(&logs.f_expand_as(eps)?)?))
+    }
+}

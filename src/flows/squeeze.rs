@@ -1,0 +1,37 @@
+//! Space-to-channel squeeze, channel-major as PyTorch Glow implementations do it:
+//! `out[4c + 2dy + dx, i, j] = x[c, 2i + dy, 2j + dx]` (not TF's `space_to_depth` order, so
+//! imported weights line up channel for channel).
+use super::{zero_logdet, Ctx, Flow};
+use anyhow::{bail, Result};
+use tch::Tensor;
+
+#[derive(Default, Clone, Copy)]
+pub struct Squeeze;
+
+impl Flow for Squeeze {
+    fn forward(&self, x: &Tensor, _ctx: &Ctx) -> Result<(Tensor, Tensor)> {
+        let s = x.size();
+        if s.len() != 4 || s[2] % 2 != 0 || s[3] % 2 != 0 {
+            bail!("Squeeze: expected [B, C, H, W] with even H and W, got {s:?}");
+        }
+        let (b, c, h, w) = (s[0], s[1], s[2], s[3]);
+        let y = x
+            .f_reshape([b, c, h / 2, 2, w / 2, 2])?
+            .f_permute([0, 1, 3, 5, 2, 4])?
+            .f_reshape([b, c * 4, h / 2, w / 2])?;
+        Ok((y, zero_logdet(x)?))
+    }
+
+    fn inverse(&self, y: &Tensor, _ctx: &Ctx) -> Result<(Tensor, Tensor)> {
+        let s = y.size();
+        if s.len() != 4 || s[1] % 4 != 0 {
+            bail!("Squeeze inverse: expected [B, 4C, H, W], got {s:?}");
+        }
+        let (b, c, h, w) = (s[0], s[1], s[2], s[3]);
+        let x = y
+            .f_reshape([b, c / 4, 2, 2, h, w])?
+            .f_permute([0, 1, 4, 2, 5, 3])?
+            .f_reshape([b, c / 4, h * 2, w * 2])?;
+        Ok((x, zero_logdet(y)?))
+    }
+}

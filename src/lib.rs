@@ -1,0 +1,19 @@
+//! flowzoo: normalizing flows with exact likelihoods on libtorch.
+//!
+//! - [`flows`]: the layer zoo; every bijection implements [`flows::Flow`].
+//! - [`models`]: models composed only of the zoo (Glow, ...), built from plain config structs.
+//! - [`data`]: image folders, dequantisation.
+//! - [`train`]: the loop, our own Adam (its state is saved), checkpoints, metrics, plots.
+//! - [`io`]: run directories, atomic writes, safetensors.
+// In-place tensor ops (`f_add_`, `f_copy_`...) return the tensor they changed; we ignore it.
+#![allow(unused_must_use)]
+
+pub mod config;
+pub mod data;
+pub mod ffi;
+pub mod flows;
+pub mod io;
+pub mod models;
+pub mod train;
+
+pub use anyhow::{Error, Result};

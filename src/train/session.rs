@@ -1,0 +1,172 @@
+//! A model in memory with its variables: build from a config, open from a run directory,
+//! score and sample images.
+use crate::config::Config;
+use crate::data::{bits_per_dim, dequantize, to_model_space, to_pixels};
+use crate::flows::Ctx;
+use crate::io::tensors::named_variables;
+use crate::io::{read_safetensors, write_safetensors, Checkpoint, RunDir};
+use crate::models::{self, DensityModel};
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::path::Path;
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+pub struct Session {
+    pub cfg: Config,
+    pub vs: VarStore,
+    pub model: Box<dyn DensityModel>,
+    pub classes: Vec<String>,
+}
+
+/// Per-sample scores.
+pub struct Scores {
+    pub bpd: Vec<f64>,
+    pub log_prob: Vec<f64>,
+}
+
+impl Scores {
+    pub fn mean_bpd(&self) -> f64 {
+        self.bpd.iter().sum::<f64>() / self.bpd.len().max(1) as f64
+    }
+}
+
+impl Session {
+    /// A freshly initialised model (libtorch's generator seeded from `train.seed`).
+    pub fn new(cfg: &Config, classes: Vec<String>, device: Device) -> Result<Session> {
+        tch::manual_seed(cfg.train.seed as i64);
+        let vs = VarStore::new(device);
+        let model = models::build(cfg, vs.root(), classes.len().max(1) as i64)?;
+        if let Some(dup) = vs.variables().keys().find(|k| k.contains("__")) {
+            bail!("internal error: duplicate parameter name {dup}");
+        }
+        Ok(Session { cfg: cfg.clone(), vs, model, classes })
+    }
+
+    /// The model of a run directory with the chosen checkpoint's weights.
+    pub fn open(run: &RunDir, which: Checkpoint, device: Device) -> Result<Session> {
+        let cfg = run.load_config()?;
+        let state = run.load_state()?;
+        let sess = Session::new(&cfg, state.classes, device)?;
+        let path = run.checkpoint_path(which);
+        if !path.is_file() {
+            bail!("{} has no weights yet ({} is missing)", run.path.display(), path.display());
+        }
+        sess.load_weights(&path)?;
+        Ok(sess)
+    }
+
+    pub fn load_weights(&self, path: &Path) -> Result<()> {
+        let (tensors, _meta) = read_safetensors(path)?;
+        crate::io::load_into_varstore(&self.vs, &tensors, &path.display().to_string())
+    }
+
+    pub fn save_weights(&self, path: &Path, step: i64) -> Result<()> {
+        let mut meta = BTreeMap::new();
+        meta.insert("step".to_string(), step.to_string());
+        meta.insert("format".to_string(), "flowzoo".to_string());
+        write_safetensors(path, &named_variables(&self.vs), &meta)
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.vs.kind()
+    }
+
+    pub fn parameter_count(&self) -> i64 {
+        self.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
+    }
+
+    /// One-hot float labels for a class-conditional model, `None` otherwise.
+    pub fn one_hot(&self, labels: &Tensor) -> Result<Option<Tensor>> {
+        match self.model.n_classes() {
+            Some(k) => Ok(Some(labels.f_to_device(self.device())?.f_one_hot(k)?.f_to_kind(self.kind())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Per-image bits/dim and log-density (nats, of the dequantised image in model space) of
+    /// uint8 images, each averaged over `draws` dequantisation draws seeded from `seed`.
+    pub fn score_pixels(&self, pixels: &Tensor, labels: &Tensor, draws: i64, batch: i64, seed: i64) -> Result<Scores> {
+        let n = pixels.size()[0];
+        let n_bits = self.cfg.data.n_bits;
+        let dims = self.model.dim();
+        let _g = tch::no_grad_guard();
+        let mut lp_sum = Tensor::zeros([n], (Kind::Double, Device::Cpu));
+        for d in 0..draws {
+            tch::manual_seed(seed.wrapping_mul(1_000_003).wrapping_add(d));
+            let mut parts = vec![];
+            let mut start = 0;
+            while start < n {
+                let len = batch.min(n - start);
+                let px = pixels.f_narrow(0, start, len)?.f_to_device(self.device())?;
+                let x = dequantize(&to_model_space(&px, n_bits, self.kind())?, n_bits)?;
+                let cond = self.one_hot(&labels.f_narrow(0, start, len)?)?;
+                let lp = self.model.log_prob(&x, &Ctx::eval().with_cond(cond.as_ref()))?;
+                parts.push(lp.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?);
+                start += len;
+            }
+            lp_sum = lp_sum.f_add(&Tensor::f_cat(&parts, 0)?)?;
+        }
+        let lp = lp_sum.f_div_scalar(draws as f64)?;
+        let bpd = bits_per_dim(&lp, dims, n_bits)?;
+        Ok(Scores { bpd: Vec::<f64>::try_from(&bpd)?, log_prob: Vec::<f64>::try_from(&lp)? })
+    }
+
+    /// Per-sample log-density and bits/dim of tensors already in model space (no noise added).
+    pub fn score_tensor(&self, x: &Tensor, labels: Option<&Tensor>, batch: i64) -> Result<Scores> {
+        let _g = tch::no_grad_guard();
+        let n = x.size()[0];
+        let mut parts = vec![];
+        let mut start = 0;
+        while start < n {
+            let len = batch.min(n - start);
+            let xb = x.f_narrow(0, start, len)?.f_to_device(self.device())?.f_to_kind(self.kind())?;
+            let cond = match labels {
+                Some(l) => self.one_hot(&l.f_narrow(0, start, len)?)?,
+                None if self.model.n_classes().is_some() => bail!("this model is class-conditional: labels are needed"),
+                None => None,
+            };
+            let lp = self.model.log_prob(&xb, &Ctx::eval().with_cond(cond.as_ref()))?;
+            parts.push(lp.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?);
+            start += len;
+        }
+        let lp = Tensor::f_cat(&parts, 0)?;
+        let bpd = bits_per_dim(&lp, self.model.dim(), self.cfg.data.n_bits)?;
+        Ok(Scores { bpd: Vec::<f64>::try_from(&bpd)?, log_prob: Vec::<f64>::try_from(&lp)? })
+    }
+
+    /// `n` samples as uint8 pixels; `labels` chooses classes for a conditional model (default:
+    /// cycling through the classes).
+    pub fn sample_pixels(&self, n: i64, temperature: f64, seed: i64, labels: Option<&Tensor>) -> Result<Tensor> {
+        let _g = tch::no_grad_guard();
+        let cond = match self.model.n_classes() {
+            Some(k) => {
+                let l = match labels {
+                    Some(l) => l.shallow_clone(),
+                    None => Tensor::f_arange(n, (Kind::Int64, Device::Cpu))?.f_remainder(k)?,
+                };
+                self.one_hot(&l)?
+            }
+            None => None,
+        };
+        tch::manual_seed(seed);
+        let x = self.model.sample(n, temperature, &Ctx::eval().with_cond(cond.as_ref()), (self.kind(), self.device()))?;
+        to_pixels(&x, self.cfg.data.n_bits).context("converting samples to pixels")
+    }
+
+    /// Names of every variable that holds a NaN or Inf.
+    pub fn non_finite_variables(&self) -> Vec<String> {
+        let mut bad: Vec<String> = self
+            .vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.is_floating_point() && !bool::try_from(t.isfinite().all()).unwrap_or(false))
+            .map(|(n, _)| n)
+            .collect();
+        bad.sort();
+        bad
+    }
+}
