@@ -58,13 +58,18 @@ fn compile_jit_shim(lib_dir: &std::path::Path) {
     println!("cargo:rerun-if-changed={src}");
     let include = lib_dir.join("..").join("include");
     if !include.join("torch").join("script.h").exists() {
-        panic!("flowzoo build: no torch headers under {} (torch lib dir {})", include.display(), lib_dir.display());
+        panic!(
+            "flowzoo build: no torch headers under {} (torch lib dir {})",
+            include.display(),
+            lib_dir.display()
+        );
     }
+    let api_include = include.join("torch/csrc/api/include");
     cc::Build::new()
         .cpp(true)
         .file(src)
         .include(&include)
-        .include(include.join("torch").join("csrc").join("api").join("include"))
+        .include(&api_include)
         .flag("-std=c++17")
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         // The torch headers warn a lot; the shim itself is checked with -Wall -Wextra by hand.

@@ -86,44 +86,73 @@ fn names_and_errors() -> anyhow::Result<()> {
 
     // A TorchScript syntax error is an Err carrying libtorch's message, and the module is
     // still usable afterwards.
-    let err = root.define("def broken(self, x: Tensor) -> Tensor:\n    return x +\n").unwrap_err();
+    let err = root
+        .define("def broken(self, x: Tensor) -> Tensor:\n    return x +\n")
+        .unwrap_err();
     let msg = format!("{err:#}");
-    assert!(msg.contains("expected") && msg.contains("return x +"), "unexpected message: {msg}");
+    assert!(
+        msg.contains("expected") && msg.contains("return x +"),
+        "unexpected message: {msg}"
+    );
     // A type error too.
-    let err = root.define("def bad(self, x: Tensor) -> int:\n    return \"s\"\n").unwrap_err();
+    let err = root
+        .define("def bad(self, x: Tensor) -> int:\n    return \"s\"\n")
+        .unwrap_err();
     assert!(format!("{err:#}").contains("bad"), "{err:#}");
     // Unknown attribute.
-    let err = root.define("def bad2(self, x: Tensor) -> Tensor:\n    return self.nothing\n").unwrap_err();
+    let err = root
+        .define("def bad2(self, x: Tensor) -> Tensor:\n    return self.nothing\n")
+        .unwrap_err();
     assert!(format!("{err:#}").contains("nothing"), "{err:#}");
     // A failed define leaves no trace: the names are free again and the module still saves.
     assert_eq!(root.attr_kind("bad")?, AttrKind::None);
     assert_eq!(root.attr_kind("bad2")?, AttrKind::None);
     root.define("def bad(self, x: Tensor) -> Tensor:\n    return x + 1.0\n")?;
     // Redefining an existing method is an error too.
-    assert!(root.define("def bad(self, x: Tensor) -> Tensor:\n    return x\n").is_err());
+    assert!(root
+        .define("def bad(self, x: Tensor) -> Tensor:\n    return x\n")
+        .is_err());
     assert_eq!(root.attr_kind("bad")?, AttrKind::Method);
 
     // Names: duplicates, dots, odd characters, clashes with a tensor on the way.
     let t = Tensor::zeros([2], (Kind::Float, tch::Device::Cpu));
-    let err = root.register_parameter_path("a.0.weight", &t, true).unwrap_err();
+    let err = root
+        .register_parameter_path("a.0.weight", &t, true)
+        .unwrap_err();
     assert!(format!("{err:#}").contains("already has"), "{err:#}");
     assert!(root.register_parameter("x.y", &t, true).is_err());
     assert!(root.register_parameter_path("a..b", &t, true).is_err());
     assert!(root.register_buffer_path("a.b-c", &t).is_err());
-    assert!(root.register_parameter_path("a.0.weight.x", &t, true).is_err());
+    assert!(root
+        .register_parameter_path("a.0.weight.x", &t, true)
+        .is_err());
     assert!(root.register_attribute_int("training", 1).is_err());
     assert!(root.submodule("missing").is_err());
+    // A module cannot be registered inside itself, directly or not (save would recurse forever).
+    let mut a = root.submodule("a")?;
+    let err = a.register_module("loop", root.share()?).unwrap_err();
+    assert!(format!("{err:#}").contains("cycle"), "{err:#}");
+    assert!(root.register_module("self_again", root.share()?).is_err());
+    // Sharing: a module registered first and filled afterwards is seen filled by the parent.
+    let mut late = ScriptModule::new("flowzoo.Late")?;
+    root.register_module("late", late.share()?)?;
+    late.register_buffer("b", &t)?;
+    assert_eq!(root.submodule("late")?.attr_kind("b")?, AttrKind::Buffer);
     assert!(ScriptModule::new("flowzoo.0bad").is_err());
 
     // run_method works on the module as built, and the failed calls above changed nothing.
     let x = Tensor::from_slice(&[1.0f32, 2.0, 3.0, -1.0, 0.0, 0.5]).reshape([2, 3]);
     let out = root.run_method("inverse", &[IValue::Tensor(x.shallow_clone())])?;
-    let IValue::Tensor(inv) = out else { anyhow::bail!("inverse returned {out:?}") };
+    let IValue::Tensor(inv) = out else {
+        anyhow::bail!("inverse returned {out:?}")
+    };
     let w = Tensor::from_slice(&W);
     let r = Tensor::from_slice(&R);
     assert!(max_abs_diff(&inv, &((&x - &r) * (-&w).exp())) < 1e-6);
     let out = root.run_method("bad", &[IValue::Tensor(x.shallow_clone())])?;
-    let IValue::Tensor(plus1) = out else { anyhow::bail!("bad returned {out:?}") };
+    let IValue::Tensor(plus1) = out else {
+        anyhow::bail!("bad returned {out:?}")
+    };
     assert!(max_abs_diff(&plus1, &(&x + 1.0)) < 1e-6);
     Ok(())
 }
@@ -142,7 +171,9 @@ fn save_load_in_tch_and_python() -> anyhow::Result<()> {
     let w = Tensor::from_slice(&W);
     let r = Tensor::from_slice(&R);
     let out = m.forward_is(&[IValue::Tensor(x.shallow_clone())])?;
-    let IValue::Tuple(parts) = out else { anyhow::bail!("forward returned {out:?}") };
+    let IValue::Tuple(parts) = out else {
+        anyhow::bail!("forward returned {out:?}")
+    };
     assert_eq!(parts.len(), 2);
     let (IValue::Tensor(z), IValue::Tensor(logdet)) = (&parts[0], &parts[1]) else {
         anyhow::bail!("forward returned {parts:?}")
@@ -151,14 +182,20 @@ fn save_load_in_tch_and_python() -> anyhow::Result<()> {
     assert_eq!(logdet.size(), vec![2]);
     assert!(max_abs_diff(logdet, &Tensor::from_slice(&[0.2f32, 0.2])) < 1e-6);
     let back = m.method_is("inverse", &[IValue::Tensor(z.shallow_clone())])?;
-    let IValue::Tensor(back) = back else { anyhow::bail!("inverse returned {back:?}") };
+    let IValue::Tensor(back) = back else {
+        anyhow::bail!("inverse returned {back:?}")
+    };
     assert!(max_abs_diff(&back, &x) < 1e-5);
     let s = m.method_is("sample", &[IValue::Int(5), IValue::Double(0.7)])?;
-    let IValue::Tensor(s) = s else { anyhow::bail!("sample returned {s:?}") };
+    let IValue::Tensor(s) = s else {
+        anyhow::bail!("sample returned {s:?}")
+    };
     assert_eq!(s.size(), vec![5, 3]);
     // temperature 0: every sample is the inverse of z = 0.
     let s0 = m.method_is("sample", &[IValue::Int(2), IValue::Double(0.0)])?;
-    let IValue::Tensor(s0) = s0 else { anyhow::bail!("sample returned {s0:?}") };
+    let IValue::Tensor(s0) = s0 else {
+        anyhow::bail!("sample returned {s0:?}")
+    };
     let expect0 = (-&r * (-&w).exp()).expand([2, 3], false);
     assert!(max_abs_diff(&s0, &expect0) < 1e-6);
     let names: Vec<String> = m.named_parameters()?.into_iter().map(|(n, _)| n).collect();
@@ -204,10 +241,15 @@ print("PYTHON_OK", torch.__version__)
         .arg(script)
         .arg(&path)
         .output()
-        .map_err(|e| anyhow::anyhow!("cannot run {py} (set FLOWZOO_PYTHON to the venv's python): {e}"))?;
+        .map_err(|e| {
+            anyhow::anyhow!("cannot run {py} (set FLOWZOO_PYTHON to the venv's python): {e}")
+        })?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && stdout.contains("PYTHON_OK"), "python check failed ({py}):\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success() && stdout.contains("PYTHON_OK"),
+        "python check failed ({py}):\n{stdout}\n{stderr}"
+    );
     eprintln!("{}", stdout.trim());
     Ok(())
 }

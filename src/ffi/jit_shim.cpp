@@ -190,7 +190,13 @@ char* fzjit_register_module(void* m, const char* name, void* child) {
   auto* ch = as_module(child);
   auto n = as_string(name, "name");
   check_attr_name(*mod, n);
-  if (mod->_ivalue() == ch->_ivalue()) throw std::runtime_error("a module cannot contain itself");
+  // A cycle would make save() and every recursive walk overflow the stack: refuse it.
+  for (const auto& sub : ch->modules()) {
+    if (sub._ivalue() == mod->_ivalue()) {
+      throw std::runtime_error("registering submodule '" + n + "' would make a cycle: module " +
+                               mod->type()->name()->qualifiedName() + " is inside it");
+    }
+  }
   mod->register_module(n, *ch);
   FZJIT_CATCH
 }

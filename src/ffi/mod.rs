@@ -75,11 +75,28 @@ mod sys {
             requires_grad: c_int,
             is_buffer: c_int,
         ) -> *mut c_char;
-        pub fn fzjit_register_attribute_int(m: *mut c_void, name: *const c_char, v: i64) -> *mut c_char;
-        pub fn fzjit_register_attribute_float(m: *mut c_void, name: *const c_char, v: f64) -> *mut c_char;
-        pub fn fzjit_register_attribute_bool(m: *mut c_void, name: *const c_char, v: c_int) -> *mut c_char;
-        pub fn fzjit_register_module(m: *mut c_void, name: *const c_char, child: *mut c_void) -> *mut c_char;
-        pub fn fzjit_attr_kind(m: *mut c_void, name: *const c_char, out: *mut c_int) -> *mut c_char;
+        pub fn fzjit_register_attribute_int(
+            m: *mut c_void,
+            name: *const c_char,
+            v: i64,
+        ) -> *mut c_char;
+        pub fn fzjit_register_attribute_float(
+            m: *mut c_void,
+            name: *const c_char,
+            v: f64,
+        ) -> *mut c_char;
+        pub fn fzjit_register_attribute_bool(
+            m: *mut c_void,
+            name: *const c_char,
+            v: c_int,
+        ) -> *mut c_char;
+        pub fn fzjit_register_module(
+            m: *mut c_void,
+            name: *const c_char,
+            child: *mut c_void,
+        ) -> *mut c_char;
+        pub fn fzjit_attr_kind(m: *mut c_void, name: *const c_char, out: *mut c_int)
+            -> *mut c_char;
         pub fn fzjit_child(
             m: *mut c_void,
             name: *const c_char,
@@ -88,7 +105,11 @@ mod sys {
         ) -> *mut c_char;
         pub fn fzjit_define(m: *mut c_void, source: *const c_char) -> *mut c_char;
         pub fn fzjit_save_file(m: *mut c_void, path: *const c_char) -> *mut c_char;
-        pub fn fzjit_save_bytes(m: *mut c_void, out: *mut *mut u8, out_len: *mut usize) -> *mut c_char;
+        pub fn fzjit_save_bytes(
+            m: *mut c_void,
+            out: *mut *mut u8,
+            out_len: *mut usize,
+        ) -> *mut c_char;
         pub fn fzjit_dump(m: *mut c_void, out: *mut *mut c_char) -> *mut c_char;
     }
 }
@@ -99,7 +120,9 @@ fn check(err: *mut c_char) -> Result<()> {
         return Ok(());
     }
     // SAFETY: a non-null return is a NUL-terminated string malloc'd by the shim; we own it.
-    let msg = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
+    let msg = unsafe { CStr::from_ptr(err) }
+        .to_string_lossy()
+        .into_owned();
     unsafe { sys::fzjit_string_free(err) };
     Err(anyhow!("{}", msg.trim_end()))
 }
@@ -123,9 +146,9 @@ fn cstring(s: &str, what: &str) -> Result<CString> {
 /// through `getattr` in [`torchscript_path`].
 const KEYWORDS: &[&str] = &[
     "False", "None", "True", "and", "as", "assert", "async", "await", "break", "class", "continue",
-    "def", "del", "elif", "else", "except", "finally", "for", "from", "global", "if", "import", "in",
-    "is", "lambda", "nonlocal", "not", "or", "pass", "raise", "return", "try", "while", "with",
-    "yield",
+    "def", "del", "elif", "else", "except", "finally", "for", "from", "global", "if", "import",
+    "in", "is", "lambda", "nonlocal", "not", "or", "pass", "raise", "return", "try", "while",
+    "with", "yield",
 ];
 
 fn is_identifier(s: &str) -> bool {
@@ -137,7 +160,11 @@ fn is_identifier(s: &str) -> bool {
 
 /// Checks one component of a (dotted) name: non-empty, ASCII letters, digits and `_` only.
 fn check_component(component: &str, full: &str) -> Result<()> {
-    if component.is_empty() || !component.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+    if component.is_empty()
+        || !component
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
         bail!(
             "invalid TorchScript attribute name component {component:?} in {full:?}: \
              use non-empty ASCII letters, digits and '_' separated by '.'"
@@ -194,7 +221,9 @@ impl Drop for ScriptModule {
 
 impl std::fmt::Debug for ScriptModule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ScriptModule").field("class", &self.class_name().unwrap_or_default()).finish()
+        f.debug_struct("ScriptModule")
+            .field("class", &self.class_name().unwrap_or_default())
+            .finish()
     }
 }
 
@@ -210,7 +239,11 @@ impl ScriptModule {
     /// `flowzoo.Glow`; `__torch__.` is put in front unless already there (as Python does for
     /// its own classes). Each component must be a Python identifier.
     pub fn new(name: &str) -> Result<Self> {
-        let qualname = if name.starts_with("__torch__.") { name.to_string() } else { format!("__torch__.{name}") };
+        let qualname = if name.starts_with("__torch__.") {
+            name.to_string()
+        } else {
+            format!("__torch__.{name}")
+        };
         for part in qualname.split('.') {
             if !is_identifier(part) {
                 bail!("invalid TorchScript class name {name:?}: {part:?} is not an identifier");
@@ -237,7 +270,13 @@ impl ScriptModule {
         Self::from_out(out)
     }
 
-    fn register_tensor(&mut self, name: &str, t: &tch::Tensor, requires_grad: bool, is_buffer: bool) -> Result<()> {
+    fn register_tensor(
+        &mut self,
+        name: &str,
+        t: &tch::Tensor,
+        requires_grad: bool,
+        is_buffer: bool,
+    ) -> Result<()> {
         if name.contains('.') {
             bail!("tensor name {name:?} contains '.': use register_parameter_path / register_buffer_path");
         }
@@ -253,7 +292,11 @@ impl ScriptModule {
             )
         };
         check(err).with_context(|| {
-            format!("registering {} {name:?} in {}", if is_buffer { "buffer" } else { "parameter" }, self.describe())
+            format!(
+                "registering {} {name:?} in {}",
+                if is_buffer { "buffer" } else { "parameter" },
+                self.describe()
+            )
         })
     }
 
@@ -262,7 +305,12 @@ impl ScriptModule {
     }
 
     /// Registers `t` as parameter `name` (a single component, no dot) of this module.
-    pub fn register_parameter(&mut self, name: &str, t: &tch::Tensor, requires_grad: bool) -> Result<()> {
+    pub fn register_parameter(
+        &mut self,
+        name: &str,
+        t: &tch::Tensor,
+        requires_grad: bool,
+    ) -> Result<()> {
         self.register_tensor(name, t, requires_grad, false)
     }
 
@@ -271,25 +319,36 @@ impl ScriptModule {
         self.register_tensor(name, t, false, true)
     }
 
-    fn register_attribute(&mut self, name: &str, f: impl FnOnce(*mut c_void, *const c_char) -> *mut c_char) -> Result<()> {
+    fn register_attribute(
+        &mut self,
+        name: &str,
+        f: impl FnOnce(*mut c_void, *const c_char) -> *mut c_char,
+    ) -> Result<()> {
         check_component(name, name)?;
         let c = cstring(name, "name")?;
-        check(f(self.ptr, c.as_ptr())).with_context(|| format!("registering attribute {name:?} in {}", self.describe()))
+        check(f(self.ptr, c.as_ptr()))
+            .with_context(|| format!("registering attribute {name:?} in {}", self.describe()))
     }
 
     /// An `int` attribute (a hyper-parameter), read in methods as `self.name`.
     pub fn register_attribute_int(&mut self, name: &str, v: i64) -> Result<()> {
-        self.register_attribute(name, |m, n| unsafe { sys::fzjit_register_attribute_int(m, n, v) })
+        self.register_attribute(name, |m, n| unsafe {
+            sys::fzjit_register_attribute_int(m, n, v)
+        })
     }
 
     /// A `float` attribute (a hyper-parameter), read in methods as `self.name`.
     pub fn register_attribute_float(&mut self, name: &str, v: f64) -> Result<()> {
-        self.register_attribute(name, |m, n| unsafe { sys::fzjit_register_attribute_float(m, n, v) })
+        self.register_attribute(name, |m, n| unsafe {
+            sys::fzjit_register_attribute_float(m, n, v)
+        })
     }
 
     /// A `bool` attribute (a hyper-parameter), read in methods as `self.name`.
     pub fn register_attribute_bool(&mut self, name: &str, v: bool) -> Result<()> {
-        self.register_attribute(name, |m, n| unsafe { sys::fzjit_register_attribute_bool(m, n, v as c_int) })
+        self.register_attribute(name, |m, n| unsafe {
+            sys::fzjit_register_attribute_bool(m, n, v as c_int)
+        })
     }
 
     /// Registers `child` as submodule `name`: its tensors appear as `name.<key>` in
@@ -333,7 +392,12 @@ impl ScriptModule {
         let q = cstring(&qualname, "class name")?;
         let mut out = std::ptr::null_mut();
         check(unsafe { sys::fzjit_child(self.ptr, c.as_ptr(), q.as_ptr(), &mut out) })
-            .with_context(|| format!("getting or creating submodule {name:?} of {}", self.describe()))?;
+            .with_context(|| {
+                format!(
+                    "getting or creating submodule {name:?} of {}",
+                    self.describe()
+                )
+            })?;
         Self::from_out(out)
     }
 
@@ -362,15 +426,24 @@ impl ScriptModule {
     /// Registers `t` as a parameter whose `state_dict()` key is exactly `dotted`
     /// (e.g. `levels.0.steps.3.coupling.net.0.weight`), creating or reusing the intermediate
     /// submodules. In root methods, reach it with [`torchscript_path`]`("self", dotted)`.
-    pub fn register_parameter_path(&mut self, dotted: &str, t: &tch::Tensor, requires_grad: bool) -> Result<()> {
+    pub fn register_parameter_path(
+        &mut self,
+        dotted: &str,
+        t: &tch::Tensor,
+        requires_grad: bool,
+    ) -> Result<()> {
         let (mut parent, last) = self.parent_of(dotted)?;
-        parent.register_parameter(last, t, requires_grad).with_context(|| format!("registering parameter {dotted:?}"))
+        parent
+            .register_parameter(last, t, requires_grad)
+            .with_context(|| format!("registering parameter {dotted:?}"))
     }
 
     /// Registers `t` as a buffer whose `state_dict()` key is exactly `dotted`.
     pub fn register_buffer_path(&mut self, dotted: &str, t: &tch::Tensor) -> Result<()> {
         let (mut parent, last) = self.parent_of(dotted)?;
-        parent.register_buffer(last, t).with_context(|| format!("registering buffer {dotted:?}"))
+        parent
+            .register_buffer(last, t)
+            .with_context(|| format!("registering buffer {dotted:?}"))
     }
 
     /// Compiles TorchScript source (one or more `def name(self, ...):` methods) into this
@@ -383,7 +456,9 @@ impl ScriptModule {
 
     /// Writes the module as a TorchScript archive (`torch.jit.load` opens it).
     pub fn save(&self, path: &std::path::Path) -> Result<()> {
-        let s = path.to_str().ok_or_else(|| anyhow!("path {} is not UTF-8", path.display()))?;
+        let s = path
+            .to_str()
+            .ok_or_else(|| anyhow!("path {} is not UTF-8", path.display()))?;
         let c = cstring(s, "path")?;
         check(unsafe { sys::fzjit_save_file(self.ptr, c.as_ptr()) })
             .with_context(|| format!("saving TorchScript module to {}", path.display()))
@@ -393,7 +468,8 @@ impl ScriptModule {
     pub fn save_to_vec(&self) -> Result<Vec<u8>> {
         let mut ptr: *mut u8 = std::ptr::null_mut();
         let mut len: usize = 0;
-        check(unsafe { sys::fzjit_save_bytes(self.ptr, &mut ptr, &mut len) }).context("serializing TorchScript module")?;
+        check(unsafe { sys::fzjit_save_bytes(self.ptr, &mut ptr, &mut len) })
+            .context("serializing TorchScript module")?;
         if ptr.is_null() {
             bail!("TorchScript shim returned no bytes");
         }
@@ -406,13 +482,15 @@ impl ScriptModule {
     /// A loaded copy of the module as a `tch::CModule` (serialized in memory and read back).
     pub fn to_cmodule(&self) -> Result<tch::CModule> {
         let bytes = self.save_to_vec()?;
-        tch::CModule::load_data(&mut std::io::Cursor::new(bytes)).context("loading the serialized TorchScript module")
+        tch::CModule::load_data(&mut std::io::Cursor::new(bytes))
+            .context("loading the serialized TorchScript module")
     }
 
     /// Runs `method` on a copy of the module (see [`ScriptModule::to_cmodule`]); for tests.
     pub fn run_method(&self, method: &str, inputs: &[tch::IValue]) -> Result<tch::IValue> {
         let m = self.to_cmodule()?;
-        m.method_is(method, inputs).with_context(|| format!("running TorchScript method {method:?}"))
+        m.method_is(method, inputs)
+            .with_context(|| format!("running TorchScript method {method:?}"))
     }
 
     /// libtorch's dump of the module (classes, attributes, methods' graphs), for debugging.
