@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
 
+    load_start = os.getloadavg()[0]
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     dtype = getattr(torch, args.dtype)
@@ -139,6 +140,8 @@ def main() -> None:
             "style": "y0ast", "affine": True, "lu": True, "learn_top": True, "optimizer": "Adam(lr=1e-3)",
             "n_params": n_params,
         },
+        # 1-min load average before and after: other processes on the machine skew the timings
+        "loadavg_1min": [load_start, os.getloadavg()[0]],
         "runs": {"train_steps_per_s": train, "log_prob_images_per_s": lp, "sample_images_per_s": smp},
     }
     print(json.dumps(result))

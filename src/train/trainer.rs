@@ -51,6 +51,13 @@ impl Trainer {
         Ok(Trainer { sess, opt, ema, state, nonfinite_run: 0 })
     }
 
+    /// Restarts the EMA from the current weights (after the data-dependent initialisation).
+    pub fn reset_ema(&mut self) {
+        if let Some(ema) = &mut self.ema {
+            *ema = self.opt.params().iter().map(|(_, p)| p.detach().copy()).collect();
+        }
+    }
+
     fn lr_at(&self, step: i64) -> f64 {
         let t = &self.sess.cfg.train;
         if t.warmup_steps > 0 {
@@ -297,6 +304,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
         let x = dequantize(&to_model_space(&px, cfg.data.n_bits, Kind::Float)?, cfg.data.n_bits)?;
         let cond = cond_of(&tr, &train_set.labels.f_index_select(0, &idx)?)?;
         tr.data_init(&x, cond.as_ref())?;
+        tr.reset_ema();
     }
     run.save_config(cfg)?;
     if opts.verbose {
