@@ -27,10 +27,31 @@ pub enum BadImages {
     Fail,
 }
 
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DataKind {
+    /// A folder of images.
+    Images,
+    /// Rows of numbers: CSV, `.npy` or `.npz`.
+    Tabular,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BadRows {
+    /// Stop at the first bad row, naming its line and column.
+    Fail,
+    /// Drop bad rows and report how many.
+    Drop,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
-    /// Folder of images (recursive; class sub-folders become labels; `train/` + `test/` give the split).
+    /// "images" (a folder) or "tabular" (a CSV / .npy / .npz file).
+    pub kind: DataKind,
+    /// Images: a folder (recursive; class sub-folders become labels; `train/` + `test/` give the
+    /// split). Tabular: a `.csv`, `.npy` or `.npz` file.
     pub path: String,
     /// Images are resized (shorter side) and centre-cropped to `image_size × image_size`.
     pub image_size: i64,
@@ -41,17 +62,40 @@ pub struct DataConfig {
     /// Held-out fraction when the folder has no `train/`/`test/` split.
     pub test_fraction: f64,
     pub bad_images: BadImages,
+    /// Tabular: columns to use, by header name or 0-based index (empty = all).
+    pub columns: Vec<String>,
+    /// Tabular CSV: whether the first line is a header ("auto" = when it is not numeric).
+    pub header: String,
+    /// Tabular: what to do with non-numeric, NaN or short rows.
+    pub bad_rows: BadRows,
+    /// Tabular: held-out validation fraction (early stopping and the best checkpoint).
+    pub val_fraction: f64,
+    /// Tabular: width of the uniform noise added to every value (dequantisation of integer
+    /// data such as the 64-d digits); 0 for continuous data.
+    pub uniform_noise: f64,
+    /// Tabular: standardise with training-set mean/std, as the model's first (fixed) layer.
+    pub standardize: bool,
+    /// Tabular `.npz`: the array to read.
+    pub npz_key: String,
 }
 
 impl Default for DataConfig {
     fn default() -> Self {
         DataConfig {
+            kind: DataKind::Images,
             path: "data/digits".into(),
             image_size: 8,
             channels: 1,
             n_bits: 5,
             test_fraction: 0.2,
             bad_images: BadImages::Skip,
+            columns: vec![],
+            header: "auto".into(),
+            bad_rows: BadRows::Fail,
+            val_fraction: 0.1,
+            uniform_noise: 0.0,
+            standardize: true,
+            npz_key: String::new(),
         }
     }
 }
@@ -61,6 +105,17 @@ impl Default for DataConfig {
 pub enum CouplingChoice {
     Affine,
     Additive,
+}
+
+/// Layer conventions of a Glow. `Rosinality` (rosinality/glow-pytorch): linear ActNorm, hidden
+/// convs with a bias and no ActNorm, zero-convs padded with ones, contiguous (scale, shift) and
+/// (mean, log-std) halves, a top-prior conv C -> 2C on zeros, LU 1×1 convs in the last level.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum GlowStyle {
+    #[default]
+    Flowzoo,
+    Rosinality,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -91,6 +146,43 @@ pub struct ModelConfig {
     pub conditional: bool,
     /// ActNorm's target std after data-dependent initialisation.
     pub actnorm_scale: f64,
+    /// Glow layer conventions: "flowzoo" (native; the same as y0ast/Glow-PyTorch) or
+    /// "rosinality" (rosinality/glow-pytorch, set by `flowzoo import rosinality`).
+    pub style: GlowStyle,
+    /// RealNVP / NICE on vectors: number of coupling blocks.
+    pub blocks: i64,
+    /// Hidden layers of the MLP conditioners.
+    pub depth: i64,
+    /// Activation of the MLP conditioners.
+    pub activation: crate::flows::Activation,
+    /// Normalisation after each coupling block on vectors: "batchnorm" | "actnorm" | "none".
+    pub norm: NormChoice,
+    /// Coupling masks on vectors: "alternating" (even/odd features) or "halves".
+    pub mask: MaskChoice,
+    /// Base distribution: "normal" (N(0, I)) or "diag_gaussian" (learned mean and std).
+    pub base: BaseChoice,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NormChoice {
+    Batchnorm,
+    Actnorm,
+    None,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MaskChoice {
+    Alternating,
+    Halves,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BaseChoice {
+    Normal,
+    DiagGaussian,
 }
 
 impl Default for ModelConfig {
@@ -105,6 +197,13 @@ impl Default for ModelConfig {
             learn_top: true,
             conditional: false,
             actnorm_scale: 1.0,
+            style: GlowStyle::Flowzoo,
+            blocks: 8,
+            depth: 2,
+            activation: crate::flows::Activation::Relu,
+            norm: NormChoice::Batchnorm,
+            mask: MaskChoice::Alternating,
+            base: BaseChoice::Normal,
         }
     }
 }
@@ -139,6 +238,8 @@ pub struct TrainConfig {
     pub n_samples: i64,
     /// Steps between metrics rows (train loss averaged over them).
     pub log_every: i64,
+    /// Stop after this many evaluations without a better validation score (0 = never).
+    pub patience: i64,
 }
 
 impl Default for TrainConfig {
@@ -161,6 +262,7 @@ impl Default for TrainConfig {
             sample_temperature: 0.7,
             n_samples: 64,
             log_every: 10,
+            patience: 0,
         }
     }
 }
@@ -221,6 +323,37 @@ impl Config {
 
     pub fn validate(&self) -> Result<()> {
         let d = &self.data;
+        let m = &self.model;
+        let known = ["glow", "realnvp", "nice"];
+        if !known.contains(&m.kind.as_str()) {
+            bail!("model.kind = {:?}: known kinds are {}", m.kind, known.join(", "));
+        }
+        if m.blocks < 1 || m.depth < 1 || m.width < 1 {
+            bail!("model.blocks, model.depth and model.width must be >= 1");
+        }
+        if !(0.0..1.0).contains(&(d.test_fraction + d.val_fraction)) {
+            bail!("data.test_fraction + data.val_fraction must be below 1");
+        }
+        if d.uniform_noise < 0.0 {
+            bail!("data.uniform_noise must be >= 0");
+        }
+        if !["auto", "true", "false"].contains(&d.header.as_str()) {
+            bail!("data.header = {:?}: use \"auto\", \"true\" or \"false\"", d.header);
+        }
+        if d.kind == DataKind::Tabular {
+            if m.kind == "glow" {
+                bail!("model.kind = \"glow\" models images: use data.kind = \"images\" (or model.kind = \"realnvp\" / \"nice\" for tabular data)");
+            }
+            let t = &self.train;
+            if t.batch_size < 1 || t.max_steps < 0 || t.lr <= 0.0 {
+                bail!("train.batch_size must be >= 1, train.max_steps >= 0, train.lr > 0");
+            }
+            crate::train::parse_device(&t.device).context("train.device")?;
+            return Ok(());
+        }
+        if m.kind == "nice" {
+            bail!("model.kind = \"nice\" is for tabular data (data.kind = \"tabular\")");
+        }
         if !(1..=8).contains(&d.n_bits) {
             bail!("data.n_bits = {} must be between 1 and 8", d.n_bits);
         }
@@ -229,10 +362,6 @@ impl Config {
         }
         if !(0.0..1.0).contains(&d.test_fraction) {
             bail!("data.test_fraction = {} must be in [0, 1)", d.test_fraction);
-        }
-        let m = &self.model;
-        if m.kind != "glow" {
-            bail!("model.kind = {:?}: known kinds are \"glow\"", m.kind);
         }
         if m.levels < 1 || m.steps < 1 || m.width < 1 {
             bail!("model.levels, model.steps and model.width must be >= 1");

@@ -59,7 +59,7 @@ fn resumed_run_matches_uninterrupted_run() {
     assert_eq!(resumed.steps, 8);
     let diff = max_weight_diff(&a.join("weights.safetensors"), &b.join("weights.safetensors"));
     assert!(diff < 1e-6, "resumed weights differ from the uninterrupted run by {diff}");
-    assert!((full.final_test_bpd - resumed.final_test_bpd).abs() < 1e-6, "{} vs {}", full.final_test_bpd, resumed.final_test_bpd);
+    assert!((full.final_eval - resumed.final_eval).abs() < 1e-6, "{} vs {}", full.final_eval, resumed.final_eval);
     // The optimizer state was restored too (a fresh Adam would have diverged above), and the
     // metrics of both runs agree row for row on the training loss.
     let rows = |p: &Path| std::fs::read_to_string(p.join("metrics.csv")).unwrap();

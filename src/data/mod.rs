@@ -5,3 +5,5 @@ pub mod images;
 
 pub use dequant::{bits_per_dim, dequantize, nats_to_bpd, to_model_space, to_pixels};
 pub use images::{load_image_folder, load_split, ImageSet, LoadReport};
+pub mod tabular;
+pub mod toys;

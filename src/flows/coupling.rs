@@ -17,8 +17,19 @@ pub enum CouplingKind {
 pub enum Mask {
     /// Channel halves: the first `C/2` channels condition the rest (`flip` swaps the roles).
     Channel { flip: bool },
-    /// Spatial checkerboard: positions with `(i + j) % 2 == parity` condition the others.
+    /// Spatial checkerboard: positions with `(i + j) % 2 == parity` condition the others; on
+    /// vectors, features with `i % 2 == parity` (alternating binary mask).
     Checkerboard { parity: i64 },
+}
+
+/// How a raw network output becomes the affine scale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScaleFn {
+    /// `sigmoid(raw + 2)` (Glow): bounded in (0, 1), 0.88 at zero.
+    Sigmoid2,
+    /// `exp(c · tanh(raw / c))` with c = 3: the identity at zero (a zero-initialised network
+    /// starts as the identity map) and bounded in (e^-3, e^3).
+    ExpTanh,
 }
 
 /// How the network's output channels divide into (shift, scale).
@@ -33,6 +44,13 @@ pub enum ParamLayout {
 /// A network from the conditioning part to the transform's parameters.
 pub trait Conditioner {
     fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor>;
+
+    /// Defines `forward` as a TorchScript method `(self, x: Tensor, cond: Optional[Tensor]) ->
+    /// Tensor` of the module being exported (see [`crate::export`]) and returns its name.
+    fn to_torchscript(&self, ts: &mut crate::export::ScriptBuilder) -> Result<String> {
+        let _ = ts;
+        Err(crate::export::not_exportable(&crate::export::short_type_name(std::any::type_name::<Self>())))
+    }
 }
 
 /// Glow's conditioner: 3×3 conv → ActNorm → ReLU → 1×1 conv → ActNorm → ReLU → zero-initialised
@@ -67,8 +85,8 @@ impl ConvNet {
         ConvNet { conv0, bias0, norm0, conv2, bias2, norm2, out }
     }
 
-    fn hidden(x: &Tensor, w: &Tensor, b: &Option<Tensor>, norm: &Option<ActNorm>, pad: i64, ctx: &Ctx) -> Result<Tensor> {
-        let h = x.f_conv2d(w, b.as_ref(), [1, 1], [pad, pad], [1, 1], 1)?;
+    fn hidden(x: &Tensor, w: &Tensor, b: &Option<Tensor>, norm: &Option<ActNorm>, pad: i64, ctx: &Ctx, lowp: Option<Kind>) -> Result<Tensor> {
+        let h = conv2d_in(x, w, b.as_ref(), pad, lowp)?;
         let h = match norm {
             Some(n) => n.forward(&h, ctx)?.0,
             None => h,
@@ -78,15 +96,77 @@ impl ConvNet {
 }
 
 impl Conditioner for ConvNet {
+    /// TorchScript of `forward` in the model's own dtype (the low-precision switch of
+    /// [`set_conditioner_kind`] is a benchmarking aid and is not exported).
+    fn to_torchscript(&self, ts: &mut crate::export::ScriptBuilder) -> Result<String> {
+        let mut body = String::new();
+        let layers = [(&self.conv0, &self.bias0, &self.norm0, 1, "x"), (&self.conv2, &self.bias2, &self.norm2, 0, "h")];
+        for (w, b, norm, pad, input) in layers {
+            let b = match b {
+                Some(b) => ts.tensor(b)?,
+                None => "None".to_string(),
+            };
+            body += &format!("h = torch.conv2d({input}, {}, {b}, [1, 1], [{pad}, {pad}], [1, 1], 1)\n", ts.tensor(w)?);
+            if let Some(n) = norm {
+                let an = n.script(ts)?;
+                body += &format!("h = {}[0]\n", an.call_forward("h", "cond"));
+            }
+            body += "h = torch.relu(h)\n";
+        }
+        let out = self.out.to_torchscript(ts)?;
+        body += &format!("return self.{out}(h)");
+        let stem = ts.stem("convnet", &[&self.conv0, &self.conv2, &self.out.weight]);
+        ts.define_function(&stem, "net", "x: Tensor, cond: Optional[Tensor]", "Tensor", &body)
+    }
+
     fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        let h = Self::hidden(x, &self.conv0, &self.bias0, &self.norm0, 1, ctx)?;
-        let h = Self::hidden(&h, &self.conv2, &self.bias2, &self.norm2, 0, ctx)?;
-        self.out.forward(&h)
+        let lowp = conditioner_kind();
+        let h = Self::hidden(x, &self.conv0, &self.bias0, &self.norm0, 1, ctx, lowp)?;
+        let h = Self::hidden(&h, &self.conv2, &self.bias2, &self.norm2, 0, ctx, lowp)?;
+        match lowp {
+            Some(k) if self.out.pad_value == 0.0 => {
+                let o = &self.out;
+                let h = conv2d_in(&h, &o.weight, Some(&o.bias), 1, Some(k))?;
+                // bf16 conv output times the float32 scale promotes back to float32.
+                Ok(h.f_mul(&o.logs.f_mul_scalar(o.logscale_factor)?.f_exp()?)?)
+            }
+            _ => self.out.forward(&h),
+        }
+    }
+}
+
+thread_local! {
+    static CONDITIONER_KIND: std::cell::Cell<Option<Kind>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs the convolutions of every [`ConvNet`] conditioner built or called on this thread in
+/// `kind` (e.g. `Some(Kind::BFloat16)`), as `torch.autocast` would: conv inputs, weights and
+/// biases are cast, the ActNorms and scales that follow stay in the parameters' float32 (type
+/// promotion brings the activations back), and so do the flow's log-dets and priors.
+/// `None` (the default) computes in the model's own dtype.
+pub fn set_conditioner_kind(kind: Option<Kind>) {
+    CONDITIONER_KIND.with(|c| c.set(kind));
+}
+
+/// The kind set by [`set_conditioner_kind`] on this thread.
+pub fn conditioner_kind() -> Option<Kind> {
+    CONDITIONER_KIND.with(|c| c.get())
+}
+
+/// A stride-1 conv with `pad` zero padding, in `lowp` when given (output in `lowp`).
+fn conv2d_in(x: &Tensor, w: &Tensor, b: Option<&Tensor>, pad: i64, lowp: Option<Kind>) -> Result<Tensor> {
+    match lowp {
+        Some(k) if x.kind() != k || w.kind() != k => {
+            let b = b.map(|b| b.f_to_kind(k)).transpose()?;
+            Ok(x.f_to_kind(k)?.f_conv2d(&w.f_to_kind(k)?, b.as_ref(), [1, 1], [pad, pad], [1, 1], 1)?)
+        }
+        _ => Ok(x.f_conv2d(w, b, [1, 1], [pad, pad], [1, 1], 1)?),
     }
 }
 
 pub struct Coupling {
     pub kind: CouplingKind,
+    pub scale_fn: ScaleFn,
     pub mask: Mask,
     pub layout: ParamLayout,
     pub channels: i64,
@@ -111,7 +191,27 @@ impl Coupling {
     pub fn with_conv_net(p: nn::Path, kind: CouplingKind, mask: Mask, channels: i64, hidden: i64) -> Self {
         let (c_in, c_out) = Self::net_channels(kind, mask, channels);
         let net = ConvNet::new(&p / "net", c_in, hidden, c_out, true);
-        Coupling { kind, mask, layout: ParamLayout::Interleaved, channels, net: Box::new(net) }
+        Coupling { kind, scale_fn: ScaleFn::Sigmoid2, mask, layout: ParamLayout::Interleaved, channels, net: Box::new(net) }
+    }
+
+    /// [`with_conv_net`](Self::with_conv_net) with the conventions switchable (imported
+    /// checkpoints): `hidden_actnorm = false` gives hidden convs with a bias and no ActNorm,
+    /// `zero_pad` is the output zero-conv's padding value, `layout` splits its output.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_conv_net_opts(
+        p: nn::Path,
+        kind: CouplingKind,
+        mask: Mask,
+        channels: i64,
+        hidden: i64,
+        hidden_actnorm: bool,
+        layout: ParamLayout,
+        zero_pad: f64,
+    ) -> Self {
+        let (c_in, c_out) = Self::net_channels(kind, mask, channels);
+        let mut net = ConvNet::new(&p / "net", c_in, hidden, c_out, hidden_actnorm);
+        net.out.pad_value = zero_pad;
+        Coupling { kind, scale_fn: ScaleFn::Sigmoid2, mask, layout, channels, net: Box::new(net) }
     }
 
     /// `(shift, log_scale)` from the network output; `log_scale` is `None` for additive.
@@ -126,22 +226,32 @@ impl Coupling {
                         (h.f_narrow(1, c, c)?, h.f_narrow(1, 0, c)?)
                     }
                 };
-                // log(sigmoid(raw + 2)), computed stably.
-                Ok((shift, Some(raw.f_add_scalar(2.0)?.f_log_sigmoid()?)))
+                let log_s = match self.scale_fn {
+                    // log(sigmoid(raw + 2)), computed stably.
+                    ScaleFn::Sigmoid2 => raw.f_add_scalar(2.0)?.f_log_sigmoid()?,
+                    ScaleFn::ExpTanh => raw.f_div_scalar(3.0)?.f_tanh()?.f_mul_scalar(3.0)?,
+                };
+                Ok((shift, Some(log_s)))
             }
         }
     }
 
+    /// 1 where a position conditions: `(i + j) % 2 == parity` over space for images, `i % 2 ==
+    /// parity` over features for vectors (RealNVP's alternating binary mask).
     fn checkerboard(&self, x: &Tensor, parity: i64) -> Result<Tensor> {
         let s = x.size();
-        if s.len() != 4 {
-            bail!("checkerboard coupling: expected [B, C, H, W], got {s:?}");
-        }
         let opts = (Kind::Int64, x.device());
-        let i = Tensor::f_arange(s[2], opts)?.f_reshape([s[2], 1])?;
-        let j = Tensor::f_arange(s[3], opts)?.f_reshape([1, s[3]])?;
-        let m = i.f_add(&j)?.f_remainder(2)?.f_eq(parity)?;
-        Ok(m.f_to_kind(x.kind())?.f_reshape([1, 1, s[2], s[3]])?)
+        let (m, shape) = match s.len() {
+            4 => {
+                let i = Tensor::f_arange(s[2], opts)?.f_reshape([s[2], 1])?;
+                let j = Tensor::f_arange(s[3], opts)?.f_reshape([1, s[3]])?;
+                (i.f_add(&j)?, vec![1, 1, s[2], s[3]])
+            }
+            2 => (Tensor::f_arange(s[1], opts)?, vec![1, s[1]]),
+            _ => bail!("checkerboard coupling: expected [B, C, H, W] or [B, D], got {s:?}"),
+        };
+        let m = m.f_remainder(2)?.f_eq(parity)?;
+        Ok(m.f_to_kind(x.kind())?.f_reshape(shape)?)
     }
 
     fn split_channels(&self, x: &Tensor, flip: bool) -> Result<(Tensor, Tensor)> {
@@ -196,11 +306,93 @@ fn transform(x: &Tensor, shift: &Tensor, log_s: Option<&Tensor>, active: Option<
 }
 
 impl Flow for Coupling {
+    fn to_torchscript(&self, ts: &mut crate::export::ScriptBuilder) -> Result<crate::export::ScriptFlow> {
+        let net = self.net.to_torchscript(ts)?;
+        // Name the methods after the net's (`_levels_0_steps_1_coupling_net_net` -> `..._coupling`).
+        let stem = net.trim_start_matches('_').trim_end_matches("_net").trim_end_matches("_net").to_string();
+        let stem = if stem.is_empty() { "coupling".to_string() } else { stem };
+        let f = self.script_run(&net, "x", false);
+        let i = self.script_run(&net, "y", true);
+        ts.define_flow(&stem, &f, &i)
+    }
+
     fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<(Tensor, Tensor)> {
         self.run(x, ctx, false)
     }
     fn inverse(&self, y: &Tensor, ctx: &Ctx) -> Result<(Tensor, Tensor)> {
         let (x, ld) = self.run(y, ctx, true)?;
         Ok((x, ld.f_neg()?))
+    }
+}
+
+impl Coupling {
+    /// TorchScript of [`Coupling::run`] on `input` (`x` or `y`), returning `(out, log-det)`
+    /// with the log-det negated for the inverse, as [`Flow::inverse`] does.
+    fn script_run(&self, net: &str, input: &str, inverse: bool) -> String {
+        use crate::export::{ts_sum_per_sample, ts_zero_logdet};
+        let c = self.channels;
+        let mut params = match (self.kind, self.layout) {
+            (CouplingKind::Additive, _) => "shift = h\n".to_string(),
+            (CouplingKind::Affine, ParamLayout::Interleaved) => "shift = h[:, 0::2]\nraw = h[:, 1::2]\n".to_string(),
+            (CouplingKind::Affine, ParamLayout::Contiguous) => {
+                "hc = h.size(1) // 2\nshift = h.narrow(1, hc, hc)\nraw = h.narrow(1, 0, hc)\n".to_string()
+            }
+        };
+        if self.kind == CouplingKind::Affine {
+            params += match self.scale_fn {
+                ScaleFn::Sigmoid2 => "ls = torch.log_sigmoid(raw + 2.0)\n",
+                ScaleFn::ExpTanh => "ls = torch.tanh(raw / 3.0) * 3.0\n",
+            };
+        }
+        // `transform`: the new values of the transformed part `t` and the forward log-det.
+        let transform = |t: &str, active: Option<&str>| -> String {
+            let out = match (self.kind, inverse) {
+                (CouplingKind::Additive, false) => format!("out = {t} + shift\n"),
+                (CouplingKind::Additive, true) => format!("out = {t} - shift\n"),
+                (CouplingKind::Affine, false) => format!("out = ({t} + shift) * torch.exp(ls)\n"),
+                (CouplingKind::Affine, true) => format!("out = {t} * torch.exp(-ls) - shift\n"),
+            };
+            let ld = match (self.kind, active) {
+                (CouplingKind::Additive, _) => ts_zero_logdet(t),
+                (CouplingKind::Affine, Some(m)) => ts_sum_per_sample(&format!("ls * {m}")),
+                (CouplingKind::Affine, None) => ts_sum_per_sample("ls"),
+            };
+            format!("{out}ld = {ld}\n")
+        };
+        let neg = if inverse { "-" } else { "" };
+        let mut s = format!(
+            "assert {input}.dim() >= 2 and {input}.size(1) == {c}, \"Coupling: expected input with {c} channels (dim 1), got \" + str({input}.size())\n"
+        );
+        match self.mask {
+            Mask::Channel { flip } => {
+                let c1 = c / 2;
+                s += &format!("a = {input}.narrow(1, 0, {c1})\nb = {input}.narrow(1, {c1}, {})\n", c - c1);
+                let (keep, tr) = if flip { ("b", "a") } else { ("a", "b") };
+                s += &format!("h = self.{net}({keep}, cond)\n{params}{}", transform(tr, None));
+                let joined = if flip { format!("torch.cat([out, {keep}], 1)") } else { format!("torch.cat([{keep}, out], 1)") };
+                s += &format!("return {joined}, {neg}ld");
+            }
+            Mask::Checkerboard { parity } => {
+                s += &format!(
+                    "if {input}.dim() == 4:\n    \
+                         hh = {input}.size(2)\n    \
+                         ww = {input}.size(3)\n    \
+                         ii = torch.arange(hh, dtype=4, device={input}.device).reshape([hh, 1])\n    \
+                         jj = torch.arange(ww, dtype=4, device={input}.device).reshape([1, ww])\n    \
+                         bm = torch.remainder(ii + jj, 2).eq({parity}).to({input}.dtype).reshape([1, 1, hh, ww])\n\
+                     elif {input}.dim() == 2:\n    \
+                         dd = {input}.size(1)\n    \
+                         bm = torch.remainder(torch.arange(dd, dtype=4, device={input}.device), 2).eq({parity}).to({input}.dtype).reshape([1, dd])\n\
+                     else:\n    \
+                         assert False, \"checkerboard coupling: expected [B, C, H, W] or [B, D], got \" + str({input}.size())\n    \
+                         bm = {input}\n\
+                     keep = (-bm) + 1.0\n\
+                     h = self.{net}({input} * bm, cond)\n{params}{}\
+                     return {input} * bm + out * keep, {neg}ld",
+                    transform(input, Some("keep"))
+                );
+            }
+        }
+        s
     }
 }

@@ -7,12 +7,16 @@
 //! model's log-density is always `log N(forward(x); 0, I) + logabsdet`, and sampling at a
 //! temperature `T` is `inverse(T * randn)`. That is the same number as "add the prior's
 //! log-density to the objective" (Glow), written as one contract.
+use crate::export::{ScriptBuilder, ScriptFlow};
 use anyhow::Result;
 use tch::Tensor;
 
 pub mod actnorm;
+pub mod batchnorm;
 pub mod coupling;
+pub mod elementwise;
 pub mod invconv;
+pub mod mlp;
 pub mod permutation;
 pub mod prior;
 pub mod sequential;
@@ -22,7 +26,10 @@ pub mod testing;
 pub mod zeroconv;
 
 pub use actnorm::{ActNorm, ActNormParam};
-pub use coupling::{ConvNet, Coupling, CouplingKind, Mask, ParamLayout};
+pub use batchnorm::BatchNormFlow;
+pub use elementwise::ElementwiseAffine;
+pub use mlp::{Activation, MlpNet};
+pub use coupling::{Conditioner, ConvNet, Coupling, CouplingKind, Mask, ParamLayout, ScaleFn};
 pub use invconv::{InvConv1x1, InvConv1x1Lu};
 pub use permutation::Permutation;
 pub use prior::LearnedPrior;
@@ -62,6 +69,20 @@ pub trait Flow {
     fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<(Tensor, Tensor)>;
     /// `y -> (x, log|det dx/dy|)`; the log-det is the negative of the forward one.
     fn inverse(&self, y: &Tensor, ctx: &Ctx) -> Result<(Tensor, Tensor)>;
+
+    /// Writes this layer's forward and inverse as TorchScript methods of the module being
+    /// exported and returns their names (see [`crate::export`]): the methods must compute what
+    /// `forward`/`inverse` compute, op for op. Layers without TorchScript keep this default,
+    /// and exporting a model that holds one fails with a message naming the layer.
+    fn to_torchscript(&self, ts: &mut ScriptBuilder) -> Result<ScriptFlow> {
+        let _ = ts;
+        Err(crate::export::not_exportable(&self.layer_name()))
+    }
+
+    /// The layer's name in messages: its type name unless overridden.
+    fn layer_name(&self) -> String {
+        crate::export::short_type_name(std::any::type_name::<Self>())
+    }
 }
 
 /// Sum over every dimension but the batch: `[B, ...] -> [B]`.

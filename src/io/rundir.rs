@@ -18,12 +18,17 @@ use std::path::{Path, PathBuf};
 pub struct RunState {
     /// Optimizer steps completed.
     pub step: i64,
+    /// Best evaluation score so far, lower is better: test bits/dim (images) or validation
+    /// negative log-likelihood in nats (tabular).
     pub best_test_bpd: Option<f64>,
     pub best_step: Option<i64>,
     /// Steps skipped because the loss or a gradient was NaN/Inf.
     pub skipped_steps: i64,
     /// Class names (sub-folder names) in label order.
     pub classes: Vec<String>,
+    /// Column names of tabular data (their count is the model's dimension).
+    #[serde(default)]
+    pub columns: Vec<String>,
     /// Wall-clock seconds spent training, summed over resumes.
     pub train_seconds: f64,
     pub flowzoo_version: String,

@@ -5,10 +5,10 @@
 //! Latent order (the flat `[B, D]` the flow produces): level 0's factored-out half
 //! (C, H, W row-major), level 1's, …, then the top latent.
 use super::DensityModel;
-use crate::config::{Config, CouplingChoice, PermutationChoice};
+use crate::config::{Config, CouplingChoice, GlowStyle, PermutationChoice};
 use crate::flows::{
-    ActNorm, ActNormParam, Coupling, CouplingKind, Flatten, Flow, InvConv1x1, InvConv1x1Lu, LearnedPrior, Mask, Permutation,
-    Sequential, SplitPrior, Squeeze,
+    ActNorm, ActNormParam, Coupling, CouplingKind, Flatten, Flow, InvConv1x1, InvConv1x1Lu, LearnedPrior, Mask, ParamLayout,
+    Permutation, Sequential, SplitPrior, Squeeze,
 };
 use anyhow::{bail, Result};
 use tch::nn;
@@ -26,6 +26,56 @@ pub struct GlowConfig {
     /// Number of classes when class-conditional.
     pub n_classes: Option<i64>,
     pub actnorm_scale: f64,
+    /// Layer conventions (see [`GlowConventions`]).
+    pub style: GlowStyle,
+}
+
+/// The switches of flowzoo's own layers that a [`GlowStyle`] sets. The native style is exactly
+/// y0ast/Glow-PyTorch's math (and OpenAI's, up to the squeeze order); `Rosinality` is
+/// rosinality/glow-pytorch's.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GlowConventions {
+    /// ActNorm of the flow steps: `Log` (`bias`, `logs`) or `Linear` (`loc`, `scale`).
+    pub actnorm: ActNormParam,
+    /// Hidden convs of the coupling nets: no bias + ActNorm (`true`) or bias, no ActNorm.
+    pub hidden_actnorm: bool,
+    /// How the coupling net's output splits into (shift, scale).
+    pub coupling_layout: ParamLayout,
+    /// How a split prior's conv output splits into (mean, log-std).
+    pub split_layout: ParamLayout,
+    /// Border value of every zero-conv (coupling output, split and top priors).
+    pub zero_pad: f64,
+    /// The top prior's conv reads zeros with as many channels as the top latent (`C -> 2C`,
+    /// rosinality) instead of twice as many (`2C -> 2C`).
+    pub top_conv_from_c: bool,
+    /// The last level uses the LU 1×1 conv whatever `permutation` says (rosinality never
+    /// passes its `conv_lu` switch to the last block).
+    pub last_level_lu: bool,
+}
+
+impl GlowConventions {
+    pub fn of(style: GlowStyle) -> Self {
+        match style {
+            GlowStyle::Flowzoo => GlowConventions {
+                actnorm: ActNormParam::Log,
+                hidden_actnorm: true,
+                coupling_layout: ParamLayout::Interleaved,
+                split_layout: ParamLayout::Interleaved,
+                zero_pad: 0.0,
+                top_conv_from_c: false,
+                last_level_lu: false,
+            },
+            GlowStyle::Rosinality => GlowConventions {
+                actnorm: ActNormParam::Linear,
+                hidden_actnorm: false,
+                coupling_layout: ParamLayout::Contiguous,
+                split_layout: ParamLayout::Contiguous,
+                zero_pad: 1.0,
+                top_conv_from_c: true,
+                last_level_lu: true,
+            },
+        }
+    }
 }
 
 impl GlowConfig {
@@ -41,6 +91,7 @@ impl GlowConfig {
             learn_top: cfg.model.learn_top,
             n_classes: cfg.model.conditional.then_some(n_classes),
             actnorm_scale: cfg.model.actnorm_scale,
+            style: cfg.model.style,
         })
     }
 }
@@ -70,10 +121,16 @@ impl Glow {
             }
         }
         // Build from the top down: each split wraps everything after it.
+        let conv = GlowConventions::of(cfg.style);
         let top = *shapes.last().expect("levels >= 1");
         let mut inner = Sequential::new();
         if cfg.learn_top || cfg.n_classes.is_some() {
-            inner.push(LearnedPrior::new(&root / "prior", top, cfg.learn_top, cfg.n_classes));
+            if conv.top_conv_from_c || conv.zero_pad != 0.0 {
+                let c_in = if conv.top_conv_from_c { top[0] } else { 2 * top[0] };
+                inner.push(LearnedPrior::with_conv_input(&root / "prior", top, cfg.learn_top, cfg.n_classes, c_in, conv.zero_pad));
+            } else {
+                inner.push(LearnedPrior::new(&root / "prior", top, cfg.learn_top, cfg.n_classes));
+            }
         }
         inner.push(Flatten { shape: top.to_vec() });
         for i in (0..cfg.levels as usize).rev() {
@@ -83,10 +140,14 @@ impl Glow {
             level.push(Squeeze);
             for k in 0..cfg.steps {
                 let sp = &lp / "steps" / k;
-                level.layers.push(Box::new(step(&sp, cfg, shape[0])?));
+                let last = i + 1 == cfg.levels as usize;
+                level.layers.push(Box::new(step(&sp, cfg, &conv, shape[0], last)?));
             }
             if i + 1 < cfg.levels as usize {
-                level.push(SplitPrior::new(&lp / "split", shape, Box::new(inner)));
+                let mut split = SplitPrior::new(&lp / "split", shape, Box::new(inner));
+                split.layout = conv.split_layout;
+                split.prior.pad_value = conv.zero_pad;
+                level.push(split);
             } else {
                 level.layers.extend(inner.layers);
             }
@@ -97,12 +158,13 @@ impl Glow {
 }
 
 /// One flow step: ActNorm, permutation (1×1 conv), coupling.
-fn step(p: &nn::Path, cfg: &GlowConfig, channels: i64) -> Result<Sequential> {
+fn step(p: &nn::Path, cfg: &GlowConfig, conv: &GlowConventions, channels: i64, last_level: bool) -> Result<Sequential> {
     let mut s = Sequential::new();
-    let mut an = ActNorm::new(p / "actnorm", channels, 4, ActNormParam::Log);
+    let mut an = ActNorm::new(p / "actnorm", channels, 4, conv.actnorm);
     an.init_scale = cfg.actnorm_scale;
     s.push(an);
-    match cfg.permutation {
+    let permutation = if last_level && conv.last_level_lu { PermutationChoice::InvconvLu } else { cfg.permutation };
+    match permutation {
         PermutationChoice::InvconvLu => s.push(InvConv1x1Lu::new(p / "invconv", channels)),
         PermutationChoice::Invconv => s.push(InvConv1x1::new(p / "invconv", channels)),
         PermutationChoice::Reverse => s.push(Permutation::reverse(p / "permutation", channels)),
@@ -112,7 +174,13 @@ fn step(p: &nn::Path, cfg: &GlowConfig, channels: i64) -> Result<Sequential> {
         CouplingChoice::Affine => CouplingKind::Affine,
         CouplingChoice::Additive => CouplingKind::Additive,
     };
-    s.push(Coupling::with_conv_net(p / "coupling", kind, Mask::Channel { flip: false }, channels, cfg.width));
+    let mask = Mask::Channel { flip: false };
+    if cfg.style == GlowStyle::Flowzoo {
+        s.push(Coupling::with_conv_net(p / "coupling", kind, mask, channels, cfg.width));
+    } else {
+        let (hidden_actnorm, layout, pad) = (conv.hidden_actnorm, conv.coupling_layout, conv.zero_pad);
+        s.push(Coupling::with_conv_net_opts(p / "coupling", kind, mask, channels, cfg.width, hidden_actnorm, layout, pad));
+    }
     Ok(s)
 }
 
@@ -129,8 +197,19 @@ impl DensityModel for Glow {
     fn describe(&self) -> String {
         let c = &self.cfg;
         format!(
-            "Glow: image {:?}, L={} levels, K={} steps, width {}, {:?} coupling, {:?} permutation, learn_top={}, classes={:?}",
-            c.image_shape, c.levels, c.steps, c.width, c.coupling, c.permutation, c.learn_top, c.n_classes
+            "Glow: image {:?}, L={} levels, K={} steps, width {}, {:?} coupling, {:?} permutation, learn_top={}, classes={:?}{}",
+            c.image_shape,
+            c.levels,
+            c.steps,
+            c.width,
+            c.coupling,
+            c.permutation,
+            c.learn_top,
+            c.n_classes,
+            match c.style {
+                GlowStyle::Flowzoo => "",
+                GlowStyle::Rosinality => ", rosinality/glow-pytorch conventions",
+            }
         )
     }
 }

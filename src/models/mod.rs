@@ -6,8 +6,12 @@ use anyhow::Result;
 use tch::{Kind, Tensor};
 
 pub mod glow;
+pub mod nice;
+pub mod realnvp;
 
 pub use glow::Glow;
+pub use nice::Nice;
+pub use realnvp::{RealNvp, RealNvpImage};
 
 pub trait DensityModel {
     /// The whole bijection, data -> flat standard-normal latent `[B, D]`.
@@ -56,10 +60,32 @@ pub fn standard_normal_log_prob(z: &Tensor) -> Result<Tensor> {
     Ok(sq.f_mul_scalar(-0.5)?.f_sub_scalar(0.5 * d * (2.0 * std::f64::consts::PI).ln())?)
 }
 
-/// Builds the model a config names, with its variables under `root`.
+/// What a model needs to know about its data beyond the config.
+#[derive(Clone, Debug, Default)]
+pub struct DataInfo {
+    /// Class names (images: sub-folder names), in label order.
+    pub classes: Vec<String>,
+    /// Column names of tabular data, in order (their count is the dimension).
+    pub columns: Vec<String>,
+}
+
+/// Builds the model a config names, with its variables under `root`, for image data with
+/// `n_classes` classes (used by class-conditional models).
 pub fn build(cfg: &crate::config::Config, root: tch::nn::Path, n_classes: i64) -> Result<Box<dyn DensityModel>> {
-    match cfg.model.kind.as_str() {
-        "glow" => Ok(Box::new(Glow::new(root, &glow::GlowConfig::from_config(cfg, n_classes)?)?)),
-        other => anyhow::bail!("unknown model.kind {other:?}"),
+    let classes = (0..n_classes.max(1)).map(|i| i.to_string()).collect();
+    build_for(cfg, root, &DataInfo { classes, columns: vec![] })
+}
+
+/// Builds the model a config names for data described by `info`.
+pub fn build_for(cfg: &crate::config::Config, root: tch::nn::Path, info: &DataInfo) -> Result<Box<dyn DensityModel>> {
+    use crate::config::DataKind;
+    let n_classes = info.classes.len().max(1) as i64;
+    let spec = || realnvp::VectorSpec { dim: info.columns.len() as i64, standardize: cfg.data.standardize };
+    match (cfg.model.kind.as_str(), cfg.data.kind) {
+        ("glow", DataKind::Images) => Ok(Box::new(Glow::new(root, &glow::GlowConfig::from_config(cfg, n_classes)?)?)),
+        ("realnvp", DataKind::Images) => Ok(Box::new(RealNvpImage::new(root, cfg)?)),
+        ("realnvp", DataKind::Tabular) => Ok(Box::new(RealNvp::new(root, cfg, &spec())?)),
+        ("nice", DataKind::Tabular) => Ok(Box::new(Nice::new(root, cfg, &spec())?)),
+        (kind, data) => anyhow::bail!("model.kind {kind:?} cannot model data.kind {data:?}"),
     }
 }

@@ -5,7 +5,8 @@ use crate::data::{bits_per_dim, dequantize, to_model_space, to_pixels};
 use crate::flows::Ctx;
 use crate::io::tensors::named_variables;
 use crate::io::{read_safetensors, write_safetensors, Checkpoint, RunDir};
-use crate::models::{self, DensityModel};
+use crate::config::DataKind;
+use crate::models::{self, DataInfo, DensityModel};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,6 +17,8 @@ pub struct Session {
     pub vs: VarStore,
     pub model: Box<dyn DensityModel>,
     pub classes: Vec<String>,
+    /// Tabular column names (empty for images).
+    pub columns: Vec<String>,
 }
 
 /// Per-sample scores.
@@ -31,22 +34,75 @@ impl Scores {
 }
 
 impl Session {
-    /// A freshly initialised model (libtorch's generator seeded from `train.seed`).
+    /// A freshly initialised image model (libtorch's generator seeded from `train.seed`).
     pub fn new(cfg: &Config, classes: Vec<String>, device: Device) -> Result<Session> {
+        Self::new_for(cfg, DataInfo { classes, columns: vec![] }, device)
+    }
+
+    /// A freshly initialised model for data described by `info`.
+    pub fn new_for(cfg: &Config, info: DataInfo, device: Device) -> Result<Session> {
         tch::manual_seed(cfg.train.seed as i64);
         let vs = VarStore::new(device);
-        let model = models::build(cfg, vs.root(), classes.len().max(1) as i64)?;
+        let model = models::build_for(cfg, vs.root(), &info)?;
         if let Some(dup) = vs.variables().keys().find(|k| k.contains("__")) {
             bail!("internal error: duplicate parameter name {dup}");
         }
-        Ok(Session { cfg: cfg.clone(), vs, model, classes })
+        Ok(Session { cfg: cfg.clone(), vs, model, classes: info.classes, columns: info.columns })
+    }
+
+    pub fn is_tabular(&self) -> bool {
+        self.cfg.data.kind == DataKind::Tabular
+    }
+
+    /// Sets the fixed standardisation layer (tabular models) from training-set statistics.
+    pub fn set_standardization(&self, mean: &Tensor, std: &Tensor) -> Result<()> {
+        let vars = self.vs.variables();
+        let (Some(m), Some(s)) = (vars.get("standardize.mean"), vars.get("standardize.std")) else { return Ok(()) };
+        let _g = tch::no_grad_guard();
+        m.shallow_clone().f_copy_(&mean.f_to_kind(m.kind())?)?;
+        s.shallow_clone().f_copy_(&std.f_to_kind(s.kind())?)?;
+        Ok(())
+    }
+
+    /// Per-row log-density (nats, data units) of tabular rows, each averaged over `draws`
+    /// draws of the configured uniform noise (one pass when there is none).
+    pub fn score_rows(&self, rows: &Tensor, noise: f64, draws: i64, batch: i64, seed: i64) -> Result<Vec<f64>> {
+        let _g = tch::no_grad_guard();
+        let n = rows.size()[0];
+        let draws = if noise > 0.0 { draws } else { 1 };
+        let mut sum = Tensor::zeros([n], (Kind::Double, Device::Cpu));
+        for d in 0..draws {
+            tch::manual_seed(seed.wrapping_mul(1_000_003).wrapping_add(d));
+            let mut parts = vec![];
+            let mut start = 0;
+            while start < n {
+                let len = batch.min(n - start);
+                let mut x = rows.f_narrow(0, start, len)?.f_to_device(self.device())?.f_to_kind(self.kind())?;
+                if noise > 0.0 {
+                    x = x.f_add(&x.f_rand_like()?.f_mul_scalar(noise)?)?;
+                }
+                let lp = self.model.log_prob(&x, &Ctx::eval())?;
+                parts.push(lp.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?);
+                start += len;
+            }
+            sum = sum.f_add(&Tensor::f_cat(&parts, 0)?)?;
+        }
+        Ok(Vec::<f64>::try_from(&sum.f_div_scalar(draws as f64)?)?)
+    }
+
+    /// `n` samples of a tabular model in data units, `[n, D]` on the CPU.
+    pub fn sample_rows(&self, n: i64, temperature: f64, seed: i64) -> Result<Tensor> {
+        let _g = tch::no_grad_guard();
+        tch::manual_seed(seed);
+        let x = self.model.sample(n, temperature, &Ctx::eval(), (self.kind(), self.device()))?;
+        Ok(x.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?)
     }
 
     /// The model of a run directory with the chosen checkpoint's weights.
     pub fn open(run: &RunDir, which: Checkpoint, device: Device) -> Result<Session> {
         let cfg = run.load_config()?;
         let state = run.load_state()?;
-        let sess = Session::new(&cfg, state.classes, device)?;
+        let sess = Session::new_for(&cfg, DataInfo { classes: state.classes, columns: state.columns }, device)?;
         let path = run.checkpoint_path(which);
         if !path.is_file() {
             bail!("{} has no weights yet ({} is missing)", run.path.display(), path.display());

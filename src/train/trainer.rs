@@ -2,8 +2,10 @@
 //! the optimizer state is ours and saved, so a resumed run continues exactly where the
 //! uninterrupted one would be.
 use super::{Adam, Session};
-use crate::config::Config;
+use crate::config::{Config, DataKind};
+use crate::data::tabular::{load_table, split_table, standardization};
 use crate::data::{dequantize, images::seeded_permutation, load_split, to_model_space, ImageSet};
+use crate::models::DataInfo;
 use crate::flows::Ctx;
 use crate::io::png::save_grid;
 use crate::io::tensors::named_variables;
@@ -47,7 +49,8 @@ impl Trainer {
         let ema = (sess.cfg.train.ema > 0.0)
             .then(|| params.iter().map(|(_, p)| p.detach().copy()).collect::<Vec<_>>());
         let opt = Adam::new(params)?;
-        let state = RunState { classes, flowzoo_version: env!("CARGO_PKG_VERSION").into(), ..RunState::default() };
+        let columns = sess.columns.clone();
+        let state = RunState { classes, columns, flowzoo_version: env!("CARGO_PKG_VERSION").into(), ..RunState::default() };
         Ok(Trainer { sess, opt, ema, state, nonfinite_run: 0 })
     }
 
@@ -82,10 +85,15 @@ impl Trainer {
         let lr = self.lr_at(step);
         self.opt.zero_grad();
         let lp = self.sess.model.log_prob(x, &Ctx::train().with_cond(cond))?;
-        let dims = self.sess.model.dim() as f64;
-        let n_bits = self.sess.cfg.data.n_bits as f64;
-        // mean bits/dim
-        let loss = lp.f_mean(Kind::Float)?.f_neg()?.f_div_scalar(dims * std::f64::consts::LN_2)?.f_add_scalar(n_bits)?;
+        let loss = if self.sess.is_tabular() {
+            // mean negative log-likelihood, nats
+            lp.f_mean(Kind::Float)?.f_neg()?
+        } else {
+            // mean bits/dim
+            let dims = self.sess.model.dim() as f64;
+            let n_bits = self.sess.cfg.data.n_bits as f64;
+            lp.f_mean(Kind::Float)?.f_neg()?.f_div_scalar(dims * std::f64::consts::LN_2)?.f_add_scalar(n_bits)?
+        };
         loss.f_backward()?;
         let norm = self.opt.grad_norm()?;
         let host = Vec::<f64>::try_from(Tensor::f_stack(&[loss.f_detach()?.f_to_kind(Kind::Double)?, norm.f_to_kind(Kind::Double)?], 0)?.f_to_device(Device::Cpu)?)?;
@@ -197,44 +205,133 @@ pub struct TrainOptions {
 
 pub struct TrainSummary {
     pub steps: i64,
-    pub final_test_bpd: f64,
-    pub best_test_bpd: f64,
+    /// Images: test bits/dim. Tabular: validation negative log-likelihood (nats).
+    pub final_eval: f64,
+    pub best_eval: f64,
     pub best_step: i64,
     pub steps_per_s: f64,
     pub parameters: i64,
     pub skipped_steps: i64,
+    /// "bits/dim" or "nats (validation NLL)".
+    pub unit: &'static str,
+    /// Training stopped early (no better validation score for `patience` evaluations).
+    pub stopped_early: bool,
+}
+
+/// The training data and how a batch of it becomes model-space input.
+enum TrainData {
+    Images { train: ImageSet, test: ImageSet, n_bits: i64 },
+    Tabular { train: Tensor, val: Tensor, noise: f64 },
+}
+
+impl TrainData {
+    fn len(&self) -> i64 {
+        match self {
+            TrainData::Images { train, .. } => train.len(),
+            TrainData::Tabular { train, .. } => train.size()[0],
+        }
+    }
+    fn classes(&self) -> Vec<String> {
+        match self {
+            TrainData::Images { train, .. } => train.classes.clone(),
+            TrainData::Tabular { .. } => vec![],
+        }
+    }
+    /// Model-space input and labels for the given rows (noise drawn from the global generator).
+    fn batch(&self, idx: &Tensor, device: Device) -> Result<(Tensor, Tensor)> {
+        match self {
+            TrainData::Images { train, n_bits, .. } => {
+                let px = train.images.f_index_select(0, idx)?.f_to_device(device)?;
+                let x = dequantize(&to_model_space(&px, *n_bits, Kind::Float)?, *n_bits)?;
+                Ok((x, train.labels.f_index_select(0, idx)?))
+            }
+            TrainData::Tabular { train, noise, .. } => {
+                let mut x = train.f_index_select(0, idx)?.f_to_device(device)?.f_to_kind(Kind::Float)?;
+                if *noise > 0.0 {
+                    x = x.f_add(&x.f_rand_like()?.f_mul_scalar(*noise)?)?;
+                }
+                Ok((x, Tensor::f_zeros([idx.size()[0]], (Kind::Int64, Device::Cpu))?))
+            }
+        }
+    }
+}
+
+fn load_train_data(cfg: &Config, verbose: bool) -> Result<(TrainData, Vec<String>, Option<(Tensor, Tensor)>)> {
+    let seed = cfg.train.seed;
+    match cfg.data.kind {
+        DataKind::Images => {
+            let (train_set, test_set, report) = load_split(Path::new(&cfg.data.path), &cfg.data, seed)?;
+            if verbose {
+                eprintln!(
+                    "data: {} train / {} test images from {} ({} classes){}",
+                    train_set.len(),
+                    test_set.len(),
+                    cfg.data.path,
+                    train_set.classes.len(),
+                    if report.skipped.is_empty() { String::new() } else { format!(", {} bad files skipped", report.skipped.len()) }
+                );
+            }
+            Ok((TrainData::Images { train: train_set, test: test_set, n_bits: cfg.data.n_bits }, vec![], None))
+        }
+        DataKind::Tabular => {
+            let table = load_table(Path::new(&cfg.data.path), &cfg.data)?;
+            let split = split_table(&table, &cfg.data, seed)?;
+            if verbose {
+                eprintln!(
+                    "data: {} train / {} validation / {} test rows of {} columns from {}{}",
+                    split.train.size()[0],
+                    split.val.size()[0],
+                    split.test.size()[0],
+                    split.columns.len(),
+                    cfg.data.path,
+                    if split.dropped > 0 { format!(", {} bad rows dropped", split.dropped) } else { String::new() }
+                );
+            }
+            // Statistics of the noisy data the model sees: the mean shifts by noise/2.
+            let (mut mean, mut std) = standardization(&split.train)?;
+            if cfg.data.uniform_noise > 0.0 {
+                let w = cfg.data.uniform_noise;
+                mean = mean.f_add_scalar(w / 2.0)?;
+                std = std.f_square()?.f_add_scalar(w * w / 12.0)?.f_sqrt()?;
+            }
+            let columns = split.columns.clone();
+            Ok((TrainData::Tabular { train: split.train, val: split.val, noise: cfg.data.uniform_noise }, columns, Some((mean, std))))
+        }
+    }
 }
 
 struct Batches {
-    data: ImageSet,
-    device: Device,
     seed: u64,
     batch: i64,
+    n: i64,
     epoch: i64,
     perm: Vec<i64>,
 }
 
 impl Batches {
     fn steps_per_epoch(&self) -> i64 {
-        (self.data.len() / self.batch).max(1)
+        (self.n / self.batch).max(1)
     }
-    /// The batch of a given step: a seeded per-epoch permutation, cut in order.
-    fn at(&mut self, step: i64) -> Result<(Tensor, Tensor)> {
+    /// Row indices of a given step: a seeded per-epoch permutation, cut in order.
+    fn at(&mut self, step: i64) -> Result<Tensor> {
         let spe = self.steps_per_epoch();
         let epoch = step / spe;
         if epoch != self.epoch || self.perm.is_empty() {
-            self.perm = seeded_permutation(self.data.len() as usize, mix(self.seed, 1, epoch) as u64);
+            self.perm = seeded_permutation(self.n as usize, mix(self.seed, 1, epoch) as u64);
             self.epoch = epoch;
         }
-        let b = self.batch.min(self.data.len());
+        let b = self.batch.min(self.n);
         let start = ((step % spe) * b) as usize;
-        let idx = Tensor::f_from_slice(&self.perm[start..start + b as usize])?;
-        Ok((self.data.images.f_index_select(0, &idx)?.f_to_device(self.device)?, self.data.labels.f_index_select(0, &idx)?))
+        Ok(Tensor::f_from_slice(&self.perm[start..start + b as usize])?)
     }
 }
 
-fn metrics_header() -> &'static str {
-    "step,lr,train_bpd,grad_norm,test_bpd,steps_per_s,elapsed_s,skipped_steps"
+fn metrics_header(tabular: bool) -> &'static str {
+    if tabular {
+        "step,lr,train_nll,grad_norm,val_nll,steps_per_s,elapsed_s,skipped_steps"
+    } else {
+        "step,lr,train_bpd,grad_norm,test_bpd,steps_per_s,elapsed_s,skipped_steps"
+    }
 }
 
 /// Keeps the metrics rows up to `step` (a resumed run rewrites what came after its checkpoint).
@@ -265,44 +362,39 @@ fn curves_from(rows: &[String]) -> (Vec<(f64, f64)>, Vec<(f64, f64)>) {
     (train, test)
 }
 
-/// Trains the model of `cfg` on its data folder, writing the run directory `opts.out`.
+/// Trains the model of `cfg` on its data, writing the run directory `opts.out`.
 pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
     let t_cfg = cfg.train.clone();
     if t_cfg.threads > 0 {
         tch::set_num_threads(t_cfg.threads as i32);
     }
-    let (train_set, test_set, report) = load_split(Path::new(&cfg.data.path), &cfg.data, t_cfg.seed)?;
-    if opts.verbose {
-        eprintln!(
-            "data: {} train / {} test images from {} ({} classes){}",
-            train_set.len(),
-            test_set.len(),
-            cfg.data.path,
-            train_set.classes.len(),
-            if report.skipped.is_empty() { String::new() } else { format!(", {} bad files skipped", report.skipped.len()) }
-        );
-    }
+    let (data, columns, stats) = load_train_data(cfg, opts.verbose)?;
+    let tabular = matches!(data, TrainData::Tabular { .. });
+    let unit = if tabular { "nats (validation NLL)" } else { "bits/dim" };
     let run = if opts.resume { RunDir::open(&opts.out)? } else { RunDir::create(&opts.out)? };
-    let sess = Session::new(cfg, train_set.classes.clone(), opts.device)?;
+    let classes = data.classes();
+    let sess = Session::new_for(cfg, DataInfo { classes: classes.clone(), columns }, opts.device)?;
     let n_params = sess.parameter_count();
-    let mut tr = Trainer::new(sess, train_set.classes.clone())?;
-    let cond_of = |tr: &Trainer, labels: &Tensor| tr.sess.one_hot(labels);
+    let mut tr = Trainer::new(sess, classes.clone())?;
+    let mut batches = Batches { seed: t_cfg.seed, batch: t_cfg.batch_size, n: data.len(), epoch: -1, perm: vec![] };
     if opts.resume {
         tr.load_checkpoint(&run)?;
-        if tr.state.classes != train_set.classes {
-            bail!("--resume: the data's classes {:?} differ from the run's {:?}", train_set.classes, tr.state.classes);
+        if tr.state.classes != classes || tr.state.columns != tr.sess.columns {
+            bail!("--resume: the data's classes/columns differ from the run's; resume with the data it was trained on");
         }
         if opts.verbose {
             eprintln!("resuming {} at step {}", run.path.display(), tr.state.step);
         }
     } else {
-        // ActNorm's data-dependent initialisation on one seeded batch.
-        let n = train_set.len().min(t_cfg.batch_size.max(256));
-        let idx = Tensor::f_from_slice(&seeded_permutation(train_set.len() as usize, mix(t_cfg.seed, 2, 0) as u64)[..n as usize])?;
+        if let Some((mean, std)) = &stats {
+            tr.sess.set_standardization(mean, std)?;
+        }
+        // Data-dependent initialisation (ActNorm) on one seeded batch of up to 512 rows.
+        let n = data.len().min(t_cfg.batch_size.max(512));
+        let idx = Tensor::f_from_slice(&seeded_permutation(data.len() as usize, mix(t_cfg.seed, 2, 0) as u64)[..n as usize])?;
         tch::manual_seed(mix(t_cfg.seed, 3, 0));
-        let px = train_set.images.f_index_select(0, &idx)?.f_to_device(opts.device)?;
-        let x = dequantize(&to_model_space(&px, cfg.data.n_bits, Kind::Float)?, cfg.data.n_bits)?;
-        let cond = cond_of(&tr, &train_set.labels.f_index_select(0, &idx)?)?;
+        let (x, labels) = data.batch(&idx, opts.device)?;
+        let cond = tr.sess.one_hot(&labels)?;
         tr.data_init(&x, cond.as_ref())?;
         tr.reset_ema();
     }
@@ -312,16 +404,29 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
     }
 
     let mut rows = read_metrics(&run.metrics_path(), tr.state.step)?;
-    let mut batches = Batches { data: train_set, device: opts.device, seed: t_cfg.seed, batch: t_cfg.batch_size, epoch: -1, perm: vec![] };
-    let test_labels = test_set.labels.shallow_clone();
     let eval_seed = mix(t_cfg.seed, 4, 0);
+    // Lower is better: test bits/dim (images) or validation NLL in nats (tabular).
     let evaluate = |tr: &Trainer| -> Result<f64> {
-        if test_set.is_empty() {
-            return Ok(f64::NAN);
+        match &data {
+            TrainData::Images { test, .. } if test.is_empty() => Ok(f64::NAN),
+            TrainData::Images { test, .. } => tr.with_eval_weights(|s| {
+                Ok(s.score_pixels(&test.images, &test.labels, t_cfg.eval_draws, 256, eval_seed)?.mean_bpd())
+            }),
+            TrainData::Tabular { val, .. } if val.size()[0] == 0 => Ok(f64::NAN),
+            TrainData::Tabular { val, noise, .. } => tr.with_eval_weights(|s| {
+                let lp = s.score_rows(val, *noise, t_cfg.eval_draws, 1024, eval_seed)?;
+                Ok(-lp.iter().sum::<f64>() / lp.len() as f64)
+            }),
         }
-        tr.with_eval_weights(|s| Ok(s.score_pixels(&test_set.images, &test_labels, t_cfg.eval_draws, 256, eval_seed)?.mean_bpd()))
     };
     let write_samples = |tr: &Trainer, name: &str| -> Result<()> {
+        if tabular {
+            if tr.sess.model.dim() == 2 {
+                let png = run.samples_dir().join(name);
+                tr.with_eval_weights(|s| super::plot::plot_2d_model(s, &png, 2000, t_cfg.sample_temperature, mix(t_cfg.seed, 5, 0)))?;
+            }
+            return Ok(());
+        }
         let px = tr.with_eval_weights(|s| s.sample_pixels(t_cfg.n_samples, t_cfg.sample_temperature, mix(t_cfg.seed, 5, 0), None))?;
         save_grid(&px, &run.samples_dir().join(name))
     };
@@ -337,15 +442,15 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
     let t0 = Instant::now();
     let mut window = (0.0f64, 0.0f64, 0i64);
     let mut last_log = (Instant::now(), tr.state.step);
-    let mut last_test = f64::NAN;
-    let steps_per_epoch = batches.steps_per_epoch();
-    let _ = steps_per_epoch;
+    let mut last_eval = f64::NAN;
+    let mut stopped_early = false;
+    let short = if tabular { "nats" } else { "bpd" };
     while tr.state.step < t_cfg.max_steps {
         let step = tr.state.step;
-        let (px, labels) = batches.at(step)?;
+        let idx = batches.at(step)?;
         tch::manual_seed(mix(t_cfg.seed, 6, step));
-        let x = dequantize(&to_model_space(&px, cfg.data.n_bits, Kind::Float)?, cfg.data.n_bits)?;
-        let cond = cond_of(&tr, &labels)?;
+        let (x, labels) = data.batch(&idx, opts.device)?;
+        let cond = tr.sess.one_hot(&labels)?;
         match tr.train_step(&x, cond.as_ref())? {
             StepOutcome::Updated { loss, grad_norm } => {
                 window.0 += loss;
@@ -353,46 +458,55 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
                 window.2 += 1;
             }
             StepOutcome::Skipped { loss, grad_norm } => {
-                bar.println(format!("step {}: non-finite loss {loss} / gradient norm {grad_norm}: update skipped", step + 1));
+                log(&bar, format!("step {}: non-finite loss {loss} / gradient norm {grad_norm}: update skipped", step + 1));
             }
         }
         let done = tr.state.step;
-        let last = done == t_cfg.max_steps;
+        let mut last = done == t_cfg.max_steps;
         let eval_now = last || (t_cfg.eval_every > 0 && done % t_cfg.eval_every == 0);
-        let mut test_field = String::new();
+        let mut eval_field = String::new();
         if eval_now {
-            last_test = evaluate(&tr)?;
-            test_field = format!("{last_test:.6}");
-            if last_test.is_finite() && tr.state.best_test_bpd.is_none_or(|b| last_test < b) {
-                let bad = tr.sess.non_finite_variables();
-                if bad.is_empty() {
+            last_eval = evaluate(&tr)?;
+            eval_field = format!("{last_eval:.6}");
+            if last_eval.is_finite() && tr.state.best_test_bpd.is_none_or(|b| last_eval < b) {
+                if tr.sess.non_finite_variables().is_empty() {
                     tr.with_eval_weights(|s| s.save_weights(&run.best_path(), done))?;
-                    tr.state.best_test_bpd = Some(last_test);
+                    tr.state.best_test_bpd = Some(last_eval);
                     tr.state.best_step = Some(done);
                 }
             }
+            if t_cfg.patience > 0 && t_cfg.eval_every > 0 {
+                if let Some(best_step) = tr.state.best_step {
+                    if (done - best_step) / t_cfg.eval_every >= t_cfg.patience && !last {
+                        stopped_early = true;
+                        last = true;
+                        log(&bar, format!("early stop at step {done}: no better validation score for {} evaluations (best at step {best_step})", t_cfg.patience));
+                    }
+                }
+            }
             if !is_tty && opts.verbose {
-                bar.println(format!(
-                    "step {done}/{}: train {:.4} bpd, test {last_test:.4} bpd (best {:.4} at step {})",
+                eprintln!(
+                    "step {done}/{}: train {:.4} {short}, {} {last_eval:.4} {short} (best {:.4} at step {})",
                     t_cfg.max_steps,
                     window.0 / window.2.max(1) as f64,
+                    if tabular { "validation" } else { "test" },
                     tr.state.best_test_bpd.unwrap_or(f64::NAN),
                     tr.state.best_step.unwrap_or(0)
-                ));
+                );
             }
         }
         if eval_now || done % t_cfg.log_every == 0 {
             let dt = last_log.0.elapsed().as_secs_f64();
             let sps = (done - last_log.1) as f64 / dt.max(1e-9);
-            let train_bpd = window.0 / window.2.max(1) as f64;
+            let train_loss = window.0 / window.2.max(1) as f64;
             rows.push(format!(
-                "{done},{:.6e},{train_bpd:.6},{:.4},{test_field},{sps:.3},{:.2},{}",
+                "{done},{:.6e},{train_loss:.6},{:.4},{eval_field},{sps:.3},{:.2},{}",
                 tr.lr_at(step),
                 window.1 / window.2.max(1) as f64,
                 tr.state.train_seconds + t0.elapsed().as_secs_f64(),
                 tr.state.skipped_steps
             ));
-            bar.set_message(format!("loss {train_bpd:.3} bpd | test {last_test:.3} | {sps:.1} steps/s"));
+            bar.set_message(format!("loss {train_loss:.3} {short} | eval {last_eval:.3} | {sps:.1} steps/s"));
             window = (0.0, 0.0, 0);
             last_log = (Instant::now(), done);
         }
@@ -405,40 +519,50 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
             let saved = tr.save_checkpoint(&run);
             tr.state.train_seconds -= elapsed;
             saved?;
-            write_metrics(&run, &rows)?;
+            write_metrics(&run, &rows, tabular)?;
             let (a, b) = curves_from(&rows);
-            if let Err(e) = super::plot::plot_curves(&run.path.join("curves.png"), &a, &b) {
-                bar.println(format!("warning: could not draw curves.png: {e}"));
+            let title = if tabular { "negative log-likelihood (nats)" } else { "bits/dim" };
+            if let Err(e) = super::plot::plot_curves(&run.path.join("curves.png"), title, &a, &b) {
+                log(&bar, format!("warning: could not draw curves.png: {e}"));
             }
         }
         bar.set_position(done as u64);
+        if stopped_early {
+            break;
+        }
     }
     bar.finish_and_clear();
     let elapsed = t0.elapsed().as_secs_f64();
     tr.state.train_seconds += elapsed;
-    if tr.state.step == start_step && start_step > 0 {
-        // Nothing to do (already at max_steps): still refresh samples.
-        write_samples(&tr, "final.png")?;
-    } else {
-        write_samples(&tr, "final.png")?;
-    }
+    write_samples(&tr, "final.png")?;
     run.save_state(&tr.state)?;
-    write_metrics(&run, &rows)?;
+    write_metrics(&run, &rows, tabular)?;
     let steps = tr.state.step - start_step;
     Ok(TrainSummary {
         steps: tr.state.step,
-        final_test_bpd: if last_test.is_nan() { evaluate(&tr)? } else { last_test },
-        best_test_bpd: tr.state.best_test_bpd.unwrap_or(f64::NAN),
+        final_eval: if last_eval.is_nan() { evaluate(&tr)? } else { last_eval },
+        best_eval: tr.state.best_test_bpd.unwrap_or(f64::NAN),
         best_step: tr.state.best_step.unwrap_or(0),
         steps_per_s: steps as f64 / elapsed.max(1e-9),
         parameters: n_params,
         skipped_steps: tr.state.skipped_steps,
+        unit,
+        stopped_early,
     })
 }
 
-fn write_metrics(run: &RunDir, rows: &[String]) -> Result<()> {
+/// A line above the progress bar on a terminal, on stderr otherwise.
+fn log(bar: &ProgressBar, msg: String) {
+    if bar.is_hidden() {
+        eprintln!("{msg}");
+    } else {
+        bar.println(msg);
+    }
+}
+
+fn write_metrics(run: &RunDir, rows: &[String], tabular: bool) -> Result<()> {
     crate::io::atomic::atomic_write(&run.metrics_path(), |f| {
-        writeln!(f, "{}", metrics_header())?;
+        writeln!(f, "{}", metrics_header(tabular))?;
         for r in rows {
             writeln!(f, "{r}")?;
         }

@@ -1,0 +1,180 @@
+//! Tabular data: CSV (header optional, a chosen subset of columns), `.npy` and `.npz`; a seeded
+//! train / validation / test split; standardisation statistics from the training split.
+use crate::config::{BadRows, DataConfig};
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+pub struct Table {
+    /// `[N, D]` float64 on the CPU.
+    pub rows: Tensor,
+    pub columns: Vec<String>,
+    /// Rows dropped as bad (`bad_rows = "drop"`).
+    pub dropped: usize,
+}
+
+pub struct TabularSplit {
+    pub train: Tensor,
+    pub val: Tensor,
+    pub test: Tensor,
+    pub columns: Vec<String>,
+    pub dropped: usize,
+}
+
+/// Reads a table; errors name the file, line and column.
+pub fn load_table(path: &Path, cfg: &DataConfig) -> Result<Table> {
+    if !path.is_file() {
+        bail!("data file {} does not exist", path.display());
+    }
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let table = match ext.as_str() {
+        "csv" | "txt" | "tsv" => read_csv(path, cfg)?,
+        "npy" => {
+            let t = Tensor::read_npy(path).map_err(|e| anyhow::anyhow!("{}: not a readable .npy file: {e}", path.display()))?;
+            from_array(path, t)?
+        }
+        "npz" => {
+            let arrays = Tensor::read_npz(path).map_err(|e| anyhow::anyhow!("{}: not a readable .npz file: {e}", path.display()))?;
+            let names: Vec<&str> = arrays.iter().map(|(n, _)| n.as_str()).collect();
+            let pick = if cfg.npz_key.is_empty() {
+                if arrays.len() != 1 {
+                    bail!("{} holds several arrays ({}): set data.npz_key", path.display(), names.join(", "));
+                }
+                0
+            } else {
+                names.iter().position(|n| *n == cfg.npz_key).with_context(|| {
+                    format!("{} has no array {:?} (it has: {})", path.display(), cfg.npz_key, names.join(", "))
+                })?
+            };
+            from_array(path, arrays[pick].1.shallow_clone())?
+        }
+        _ => bail!("{}: unknown tabular format (use .csv, .npy or .npz)", path.display()),
+    };
+    select_columns(path, table, &cfg.columns)
+}
+
+fn from_array(path: &Path, t: Tensor) -> Result<Table> {
+    let t = match t.dim() {
+        1 => t.unsqueeze(1),
+        2 => t,
+        d => bail!("{}: expected a 1-d or 2-d array, got {d} dimensions {:?}", path.display(), t.size()),
+    };
+    let t = t.f_to_kind(Kind::Double)?;
+    let finite = t.f_isfinite()?.f_all_dim(1, false)?;
+    let n_bad = finite.f_logical_not()?.f_sum(Kind::Int64)?.int64_value(&[]);
+    if n_bad > 0 {
+        let first = Vec::<bool>::try_from(&finite)?.iter().position(|f| !f).unwrap_or(0);
+        bail!("{}: {n_bad} rows hold NaN or Inf (first: row {first})", path.display());
+    }
+    let d = t.size()[1];
+    Ok(Table { rows: t, columns: (0..d).map(|i| i.to_string()).collect(), dropped: 0 })
+}
+
+fn read_csv(path: &Path, cfg: &DataConfig) -> Result<Table> {
+    let delim = if path.extension().is_some_and(|e| e == "tsv") { b'\t' } else { b',' };
+    let mut rdr = csv::ReaderBuilder::new().has_headers(false).flexible(true).delimiter(delim).trim(csv::Trim::All).from_path(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut records = rdr.records();
+    let Some(first) = records.next() else { bail!("{} is empty", path.display()) };
+    let first = first.with_context(|| format!("{}: line 1", path.display()))?;
+    let numeric = first.iter().all(|f| f.parse::<f64>().is_ok());
+    let has_header = match cfg.header.as_str() {
+        "true" => true,
+        "false" => false,
+        _ => !numeric,
+    };
+    let columns: Vec<String> =
+        if has_header { first.iter().map(str::to_string).collect() } else { (0..first.len()).map(|i| i.to_string()).collect() };
+    let d = columns.len();
+    let mut values: Vec<f64> = vec![];
+    let mut dropped = 0;
+    let mut push = |rec: &csv::StringRecord, line: u64| -> Result<()> {
+        let problem = if rec.len() != d {
+            Some(format!("line {line}: {} fields, expected {d}", rec.len()))
+        } else {
+            rec.iter().enumerate().find_map(|(j, f)| match f.parse::<f64>() {
+                Ok(v) if v.is_finite() => None,
+                Ok(v) => Some(format!("line {line}, column {} ({:?}): {v} is not a finite number", j + 1, columns[j])),
+                Err(_) => Some(format!("line {line}, column {} ({:?}): {f:?} is not a number", j + 1, columns[j])),
+            })
+        };
+        match problem {
+            None => {
+                values.extend(rec.iter().map(|f| f.parse::<f64>().expect("checked")));
+                Ok(())
+            }
+            Some(p) if cfg.bad_rows == BadRows::Drop => {
+                dropped += 1;
+                let _ = p;
+                Ok(())
+            }
+            Some(p) => bail!("{}: {p} (set data.bad_rows = \"drop\" to drop such rows)", path.display()),
+        }
+    };
+    if !has_header {
+        push(&first, 1)?;
+    }
+    for (i, rec) in records.enumerate() {
+        let line = i as u64 + 2;
+        let rec = rec.with_context(|| format!("{}: line {line}", path.display()))?;
+        if rec.len() == 1 && rec[0].is_empty() {
+            continue;
+        }
+        push(&rec, line)?;
+    }
+    let n = values.len() / d.max(1);
+    if n == 0 {
+        bail!("{}: no usable rows{}", path.display(), if dropped > 0 { format!(" ({dropped} dropped as bad)") } else { String::new() });
+    }
+    if dropped > 0 {
+        eprintln!("warning: {}: dropped {dropped} bad rows", path.display());
+    }
+    Ok(Table { rows: Tensor::f_from_slice(&values)?.f_reshape([n as i64, d as i64])?, columns, dropped })
+}
+
+fn select_columns(path: &Path, t: Table, wanted: &[String]) -> Result<Table> {
+    if wanted.is_empty() {
+        return Ok(t);
+    }
+    let mut idx = vec![];
+    for w in wanted {
+        let j = match t.columns.iter().position(|c| c == w) {
+            Some(j) => j,
+            None => match w.parse::<usize>() {
+                Ok(j) if j < t.columns.len() => j,
+                _ => bail!("{}: data.columns names {w:?}, which is neither a column ({}) nor an index below {}", path.display(), t.columns.join(", "), t.columns.len()),
+            },
+        };
+        idx.push(j as i64);
+    }
+    let rows = t.rows.f_index_select(1, &Tensor::f_from_slice(&idx)?)?;
+    let columns = idx.iter().map(|&j| t.columns[j as usize].clone()).collect();
+    Ok(Table { rows, columns, dropped: t.dropped })
+}
+
+/// Seeded split: test first, then validation, the rest training.
+pub fn split_table(t: &Table, cfg: &DataConfig, seed: u64) -> Result<TabularSplit> {
+    let n = t.rows.size()[0];
+    let n_test = ((n as f64) * cfg.test_fraction).round() as i64;
+    let n_val = ((n as f64) * cfg.val_fraction).round() as i64;
+    if n - n_test - n_val < 2 {
+        bail!("{} rows leave fewer than 2 for training (test_fraction {}, val_fraction {})", n, cfg.test_fraction, cfg.val_fraction);
+    }
+    let perm = Tensor::f_from_slice(&super::images::seeded_permutation(n as usize, seed))?;
+    let take = |start: i64, len: i64| t.rows.f_index_select(0, &perm.narrow(0, start, len));
+    Ok(TabularSplit {
+        test: take(0, n_test)?,
+        val: take(n_test, n_val)?,
+        train: take(n_test + n_val, n - n_test - n_val)?,
+        columns: t.columns.clone(),
+        dropped: t.dropped,
+    })
+}
+
+/// Mean and std per column (std of a constant column is taken as 1).
+pub fn standardization(train: &Tensor) -> Result<(Tensor, Tensor)> {
+    let mean = train.f_mean_dim(Some(&[0i64][..]), false, None)?;
+    let std = train.f_std_dim(Some(&[0i64][..]), false, false)?;
+    let std = std.f_where_scalarother(&std.f_gt(1e-12)?, 1.0)?;
+    Ok((mean, std))
+}

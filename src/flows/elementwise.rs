@@ -1,0 +1,72 @@
+//! Elementwise affine maps `y = x · exp(log_scale) + shift`, per feature:
+//! - [`ElementwiseAffine::standardize`]: fixed (buffers) from training-set statistics, the first
+//!   layer of a tabular model, so every likelihood is in the data's own units;
+//! - [`ElementwiseAffine::scaling`]: NICE's learned diagonal scaling (log-scale only);
+//! - [`ElementwiseAffine::diag_gaussian`]: learned mean and std of the base distribution,
+//!   written as the last layer (the base itself stays N(0, I)).
+use super::{check_channels, sum_per_sample, Ctx, Flow};
+use anyhow::Result;
+use tch::{nn, Tensor};
+
+/// The stored parameters; the affine map is derived from them on every call, so loading
+/// weights or training them is always reflected.
+pub enum ElementwiseAffine {
+    Standardize { mean: Tensor, std: Tensor },
+    Scaling { log_scale: Tensor },
+    DiagGaussian { loc: Tensor, log_std: Tensor },
+}
+
+impl ElementwiseAffine {
+    /// `y = (x - mean) / std`; `mean`, `std` are `[D]` and saved as buffers `mean`, `std`.
+    pub fn standardize(p: nn::Path, mean: &Tensor, std: &Tensor) -> Self {
+        let dev = p.device();
+        let mean = p.add("mean", mean.to_kind(tch::Kind::Float).to_device(dev), false);
+        let std = p.add("std", std.to_kind(tch::Kind::Float).to_device(dev), false);
+        ElementwiseAffine::Standardize { mean, std }
+    }
+
+    pub fn scaling(p: nn::Path, dim: i64) -> Self {
+        ElementwiseAffine::Scaling { log_scale: p.zeros("log_scale", &[dim]) }
+    }
+
+    /// Maps `z ~ N(loc, exp(log_std)²)` to standard normal: `y = (x - loc) · exp(-log_std)`.
+    pub fn diag_gaussian(p: nn::Path, dim: i64) -> Self {
+        ElementwiseAffine::DiagGaussian { loc: p.zeros("loc", &[dim]), log_std: p.zeros("log_std", &[dim]) }
+    }
+
+    /// `(shift, log_scale)` of `y = x · exp(log_scale) + shift`.
+    pub fn affine(&self) -> Result<(Tensor, Tensor)> {
+        Ok(match self {
+            ElementwiseAffine::Standardize { mean, std } => (mean.f_div(std)?.f_neg()?, std.f_log()?.f_neg()?),
+            ElementwiseAffine::Scaling { log_scale } => (log_scale.f_zeros_like()?, log_scale.shallow_clone()),
+            ElementwiseAffine::DiagGaussian { loc, log_std } => {
+                (loc.f_mul(&log_std.f_neg()?.f_exp()?)?.f_neg()?, log_std.f_neg()?)
+            }
+        })
+    }
+
+    fn dims(&self) -> i64 {
+        match self {
+            ElementwiseAffine::Standardize { mean, .. } => mean.size()[0],
+            ElementwiseAffine::Scaling { log_scale } => log_scale.size()[0],
+            ElementwiseAffine::DiagGaussian { loc, .. } => loc.size()[0],
+        }
+    }
+}
+
+impl Flow for ElementwiseAffine {
+    fn forward(&self, x: &Tensor, _ctx: &Ctx) -> Result<(Tensor, Tensor)> {
+        check_channels("ElementwiseAffine", x, self.dims())?;
+        let (shift, log_scale) = self.affine()?;
+        let y = x.f_mul(&log_scale.f_exp()?)?.f_add(&shift)?;
+        let ld = sum_per_sample(&log_scale.f_unsqueeze(0)?.f_expand_as(x)?)?;
+        Ok((y, ld))
+    }
+    fn inverse(&self, y: &Tensor, _ctx: &Ctx) -> Result<(Tensor, Tensor)> {
+        check_channels("ElementwiseAffine", y, self.dims())?;
+        let (shift, log_scale) = self.affine()?;
+        let x = y.f_sub(&shift)?.f_mul(&log_scale.f_neg()?.f_exp()?)?;
+        let ld = sum_per_sample(&log_scale.f_unsqueeze(0)?.f_expand_as(y)?)?;
+        Ok((x, ld.f_neg()?))
+    }
+}

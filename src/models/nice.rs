@@ -1,0 +1,49 @@
+//! NICE (Dinh, Krueger & Bengio, 2015): additive couplings with MLP conditioners on alternating
+//! halves, then a learned diagonal scaling. Volume-preserving except for the scaling.
+//! Parameter names: `standardize.{mean,std}`, `blocks.{b}.coupling.net.*`, `scaling.log_scale`.
+use super::realnvp::{mlp_coupling, push_standardize, vector_mask, VectorSpec};
+use super::DensityModel;
+use crate::config::Config;
+use crate::flows::{CouplingKind, ElementwiseAffine, Flow, Sequential};
+use anyhow::{bail, Result};
+use tch::nn;
+
+pub struct Nice {
+    pub dim: i64,
+    flow: Sequential,
+    desc: String,
+}
+
+impl Nice {
+    pub fn new(root: nn::Path, cfg: &Config, spec: &VectorSpec) -> Result<Self> {
+        let m = &cfg.model;
+        let d = spec.dim;
+        if d < 2 {
+            bail!("NICE needs at least 2 dimensions, the data has {d}");
+        }
+        let mut flow = Sequential::new();
+        push_standardize(&mut flow, &root, spec);
+        for b in 0..m.blocks {
+            let p = &root / "blocks" / b;
+            flow.push(mlp_coupling(&p / "coupling", CouplingKind::Additive, vector_mask(m.mask, b), d, m)?);
+        }
+        flow.push(ElementwiseAffine::scaling(&root / "scaling", d));
+        let desc = format!(
+            "NICE: {d} dims, {} additive blocks, MLP width {} depth {} ({:?}), {:?} masks, standardize {}",
+            m.blocks, m.width, m.depth, m.activation, m.mask, spec.standardize
+        );
+        Ok(Nice { dim: d, flow, desc })
+    }
+}
+
+impl DensityModel for Nice {
+    fn flow(&self) -> &dyn Flow {
+        &self.flow
+    }
+    fn event_shape(&self) -> Vec<i64> {
+        vec![self.dim]
+    }
+    fn describe(&self) -> String {
+        self.desc.clone()
+    }
+}

@@ -1,0 +1,183 @@
+//! RealNVP (Dinh, Sohl-Dickstein & Bengio, 2017), built from the same zoo as Glow.
+//!
+//! - [`RealNvp`] on vectors: `[standardize] → blocks × (affine coupling with an MLP conditioner
+//!   on alternating masks or halves → norm → permutation) → [diagonal Gaussian base]`.
+//!   Parameter names: `standardize.{mean,std}`, `blocks.{b}.{coupling.net,norm,permutation}.*`,
+//!   `base.{loc,log_std}`.
+//! - [`RealNvpImage`]: per level `3 × checkerboard coupling → squeeze → 3 × channel coupling →
+//!   split`, and `4 × checkerboard coupling` at the last level, with Glow's conv conditioner.
+use super::DensityModel;
+use crate::config::{BaseChoice, Config, MaskChoice, NormChoice, PermutationChoice};
+use crate::flows::{
+    ActNorm, ActNormParam, BatchNormFlow, ConvNet, Coupling, CouplingKind, ElementwiseAffine, Flatten, Flow,
+    InvConv1x1Lu, LearnedPrior, Mask, MlpNet, ParamLayout, Permutation, ScaleFn, Sequential, SplitPrior, Squeeze,
+};
+use anyhow::{bail, Result};
+use tch::nn;
+
+/// What a vector model needs beyond the config: its dimension.
+#[derive(Clone, Debug)]
+pub struct VectorSpec {
+    pub dim: i64,
+    pub standardize: bool,
+}
+
+/// A coupling on vectors with an MLP conditioner.
+pub fn mlp_coupling(p: nn::Path, kind: CouplingKind, mask: Mask, dim: i64, cfg: &crate::config::ModelConfig) -> Result<Coupling> {
+    let (c_in, c_out) = Coupling::net_channels(kind, mask, dim);
+    let net = MlpNet::new(&p / "net", c_in, cfg.width, cfg.depth, c_out, cfg.activation)?;
+    Ok(Coupling { kind, scale_fn: ScaleFn::ExpTanh, mask, layout: ParamLayout::Interleaved, channels: dim, net: Box::new(net) })
+}
+
+pub fn vector_mask(choice: MaskChoice, block: i64) -> Mask {
+    match choice {
+        MaskChoice::Alternating => Mask::Checkerboard { parity: block % 2 },
+        MaskChoice::Halves => Mask::Channel { flip: block % 2 == 1 },
+    }
+}
+
+/// The optional standardisation layer first (statistics filled in from the training split).
+pub fn push_standardize(flow: &mut Sequential, root: &nn::Path, spec: &VectorSpec) {
+    if spec.standardize {
+        let zeros = tch::Tensor::zeros([spec.dim], (tch::Kind::Float, tch::Device::Cpu));
+        flow.push(ElementwiseAffine::standardize(root / "standardize", &zeros, &zeros.ones_like()));
+    }
+}
+
+pub struct RealNvp {
+    pub dim: i64,
+    flow: Sequential,
+    desc: String,
+}
+
+impl RealNvp {
+    pub fn new(root: nn::Path, cfg: &Config, spec: &VectorSpec) -> Result<Self> {
+        let m = &cfg.model;
+        let d = spec.dim;
+        if d < 2 {
+            bail!("RealNVP needs at least 2 dimensions, the data has {d}");
+        }
+        let mut flow = Sequential::new();
+        push_standardize(&mut flow, &root, spec);
+        for b in 0..m.blocks {
+            let p = &root / "blocks" / b;
+            flow.push(mlp_coupling(&p / "coupling", CouplingKind::Affine, vector_mask(m.mask, b), d, m)?);
+            match m.norm {
+                NormChoice::Batchnorm => flow.push(BatchNormFlow::new(&p / "norm", d, 2)),
+                NormChoice::Actnorm => flow.push(ActNorm::new(&p / "norm", d, 2, ActNormParam::Log)),
+                NormChoice::None => {}
+            }
+            // With alternating masks the roles already alternate; halves need a shuffle to mix.
+            match (m.permutation, m.mask) {
+                (PermutationChoice::Reverse, _) => flow.push(Permutation::reverse(&p / "permutation", d)),
+                (PermutationChoice::Shuffle, _) => flow.push(Permutation::shuffle(&p / "permutation", d)),
+                (PermutationChoice::InvconvLu, MaskChoice::Halves) => flow.push(InvConv1x1Lu::new(&p / "permutation", d)),
+                (PermutationChoice::Invconv, MaskChoice::Halves) => flow.push(crate::flows::InvConv1x1::new(&p / "permutation", d)),
+                _ => {}
+            }
+        }
+        if m.base == BaseChoice::DiagGaussian {
+            flow.push(ElementwiseAffine::diag_gaussian(&root / "base", d));
+        }
+        let desc = format!(
+            "RealNVP: {d} dims, {} blocks, MLP width {} depth {} ({:?}), {:?} masks, norm {:?}, base {:?}, standardize {}",
+            m.blocks, m.width, m.depth, m.activation, m.mask, m.norm, m.base, spec.standardize
+        );
+        Ok(RealNvp { dim: d, flow, desc })
+    }
+}
+
+impl DensityModel for RealNvp {
+    fn flow(&self) -> &dyn Flow {
+        &self.flow
+    }
+    fn event_shape(&self) -> Vec<i64> {
+        vec![self.dim]
+    }
+    fn describe(&self) -> String {
+        self.desc.clone()
+    }
+}
+
+pub struct RealNvpImage {
+    pub shape: [i64; 3],
+    flow: Sequential,
+    desc: String,
+}
+
+impl RealNvpImage {
+    pub fn new(root: nn::Path, cfg: &Config) -> Result<Self> {
+        let m = &cfg.model;
+        let s = cfg.data.image_size;
+        let shape = [cfg.data.channels, s, s];
+        let div = 1 << (m.levels - 1);
+        if s % div != 0 {
+            bail!("RealNVP: image size {s} must be divisible by 2^(levels-1) = {div}");
+        }
+        let coupling = |p: nn::Path, mask: Mask, c: i64| {
+            let (c_in, c_out) = Coupling::net_channels(CouplingKind::Affine, mask, c);
+            let net = ConvNet::new(&p / "net", c_in, m.width, c_out, true);
+            Coupling { kind: CouplingKind::Affine, scale_fn: ScaleFn::ExpTanh, mask, layout: ParamLayout::Interleaved, channels: c, net: Box::new(net) }
+        };
+        let norm = |seq: &mut Sequential, p: nn::Path, c: i64| match m.norm {
+            NormChoice::Batchnorm => seq.push(BatchNormFlow::new(p, c, 4)),
+            NormChoice::Actnorm => seq.push(ActNorm::new(p, c, 4, ActNormParam::Log)),
+            NormChoice::None => {}
+        };
+        // Shapes at the start of each level.
+        let mut shapes = vec![shape];
+        for _ in 1..m.levels {
+            let [c, h, w] = *shapes.last().expect("non-empty");
+            shapes.push([c * 2, h / 2, w / 2]);
+        }
+        let top = *shapes.last().expect("levels >= 1");
+        let mut inner = Sequential::new();
+        {
+            let lp = &root / "levels" / (m.levels - 1);
+            for k in 0..4 {
+                let p = &lp / "steps" / k;
+                inner.push(coupling(&p / "coupling", Mask::Checkerboard { parity: k % 2 }, top[0]));
+                norm(&mut inner, &p / "norm", top[0]);
+            }
+            if m.base == BaseChoice::DiagGaussian {
+                inner.push(LearnedPrior::new(&root / "prior", top, true, None));
+            }
+            inner.push(Flatten { shape: top.to_vec() });
+        }
+        for i in (0..(m.levels - 1) as usize).rev() {
+            let lp = &root / "levels" / i;
+            let [c, h, w] = shapes[i];
+            let mut level = Sequential::new();
+            for k in 0..3 {
+                let p = &lp / "steps" / k;
+                level.push(coupling(&p / "coupling", Mask::Checkerboard { parity: k % 2 }, c));
+                norm(&mut level, &p / "norm", c);
+            }
+            level.push(Squeeze);
+            for k in 3..6 {
+                let p = &lp / "steps" / k;
+                level.push(coupling(&p / "coupling", Mask::Channel { flip: k % 2 == 0 }, 4 * c));
+                norm(&mut level, &p / "norm", 4 * c);
+            }
+            level.push(SplitPrior::new(&lp / "split", [4 * c, h / 2, w / 2], Box::new(inner)));
+            inner = level;
+        }
+        let desc = format!("RealNVP (images): image {shape:?}, {} levels, width {}, norm {:?}, base {:?}", m.levels, m.width, m.norm, m.base);
+        Ok(RealNvpImage { shape, flow: inner, desc })
+    }
+}
+
+impl DensityModel for RealNvpImage {
+    fn flow(&self) -> &dyn Flow {
+        &self.flow
+    }
+    fn event_shape(&self) -> Vec<i64> {
+        self.shape.to_vec()
+    }
+    fn describe(&self) -> String {
+        self.desc.clone()
+    }
+}
+
+
+
