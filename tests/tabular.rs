@@ -1,0 +1,364 @@
+//! Tabular models and data: the new layers, RealNVP and NICE as wholes, the loaders' bad
+//! inputs, standardisation, early stopping, and the CLI on vectors.
+use flowzoo::config::{BadRows, Config, DataConfig, DataKind};
+use flowzoo::data::tabular::{load_table, split_table};
+use flowzoo::flows::testing::{check_flow, perturb};
+use flowzoo::flows::*;
+use flowzoo::models::{self, DataInfo};
+use std::path::Path;
+use std::process::Command;
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+fn assert_ok(name: &str, flow: &dyn Flow, x: &Tensor, ctx: &Ctx) {
+    let c = check_flow(flow, x, ctx).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    assert!(c.inverse_err < 1e-10, "{name}: inverse error {}", c.inverse_err);
+    assert!(c.logdet_err < 1e-6, "{name}: log-det differs from brute force by {}", c.logdet_err);
+    assert!(c.inverse_logdet_err < 1e-10, "{name}: forward + inverse log-det = {}", c.inverse_logdet_err);
+}
+
+/// Moves the batch-norm running statistics off (0, 1) too.
+fn perturb_buffers(vs: &VarStore) {
+    let _g = tch::no_grad_guard();
+    for (name, mut t) in vs.variables() {
+        if name.ends_with("running_mean") {
+            let _ = t.f_add_(&(t.randn_like() * 0.5));
+        }
+        if name.ends_with("running_var") {
+            let _ = t.f_mul_(&(t.rand_like() + 0.5));
+        }
+    }
+}
+
+fn check_vector_layer<F: Flow>(name: &str, d: i64, build: impl FnOnce(&VarStore) -> F) {
+    tch::manual_seed(11);
+    let mut vs = VarStore::new(Device::Cpu);
+    let flow = build(&vs);
+    perturb(&vs, 0.3);
+    perturb_buffers(&vs);
+    vs.double();
+    let x = Tensor::randn([4, d], (Kind::Double, Device::Cpu));
+    assert_ok(name, &flow, &x, &Ctx::eval());
+}
+
+fn model_cfg() -> flowzoo::config::ModelConfig {
+    let mut m = Config::default().model;
+    m.width = 8;
+    m.depth = 2;
+    m
+}
+
+#[test]
+fn mlp_couplings_on_vectors() {
+    let m = model_cfg();
+    for kind in [CouplingKind::Affine, CouplingKind::Additive] {
+        for mask in [Mask::Checkerboard { parity: 0 }, Mask::Checkerboard { parity: 1 }, Mask::Channel { flip: false }, Mask::Channel { flip: true }] {
+            check_vector_layer(&format!("MLP coupling {kind:?} {mask:?}"), 5, |vs| {
+                models::realnvp::mlp_coupling(vs.root() / "c", kind, mask, 5, &m).unwrap()
+            });
+        }
+    }
+}
+
+#[test]
+fn mlp_coupling_starts_as_identity() {
+    let vs = VarStore::new(Device::Cpu);
+    let c = models::realnvp::mlp_coupling(vs.root() / "c", CouplingKind::Affine, Mask::Checkerboard { parity: 0 }, 4, &model_cfg()).unwrap();
+    let x = Tensor::randn([3, 4], (Kind::Float, Device::Cpu));
+    let (y, ld) = c.forward(&x, &Ctx::eval()).unwrap();
+    assert_eq!(y.f_sub(&x).unwrap().abs().max().double_value(&[]), 0.0);
+    assert_eq!(ld.abs().max().double_value(&[]), 0.0);
+}
+
+#[test]
+fn batchnorm_flow_eval_and_train() {
+    check_vector_layer("BatchNormFlow (eval)", 3, |vs| BatchNormFlow::new(vs.root() / "bn", 3, 2));
+    check_layer_images();
+    // Training mode: batch statistics normalise the batch, the log-det uses them, and the
+    // running statistics move towards them.
+    let vs = VarStore::new(Device::Cpu);
+    let bn = BatchNormFlow::new(vs.root() / "bn", 3, 2);
+    let x = Tensor::randn([256, 3], (Kind::Float, Device::Cpu)) * 3.0 + 2.0;
+    let (y, ld) = bn.forward(&x, &Ctx::train()).unwrap();
+    let mean = y.mean_dim(Some(&[0i64][..]), false, Kind::Float);
+    let var = y.var_dim(Some(&[0i64][..]), false, false);
+    assert!(mean.abs().max().double_value(&[]) < 1e-5);
+    assert!((var - 1.0).abs().max().double_value(&[]) < 1e-3);
+    let batch_var = x.var_dim(Some(&[0i64][..]), false, false);
+    let expect = -(batch_var + 1e-5).log().sum(Kind::Float).double_value(&[]) * 0.5;
+    assert!((ld.double_value(&[0]) - expect).abs() < 1e-4, "{} vs {expect}", ld.double_value(&[0]));
+    let rm = bn.running_mean.double_value(&[0, 0]);
+    assert!((rm - 0.05 * x.mean_dim(Some(&[0i64][..]), false, Kind::Float).double_value(&[0])).abs() < 1e-5, "running mean {rm}");
+    // Eval mode uses the running statistics: a different map from training mode.
+    let (y_eval, _) = bn.forward(&x, &Ctx::eval()).unwrap();
+    assert!(y_eval.f_sub(&y).unwrap().abs().max().double_value(&[]) > 0.1);
+    // The inverse always uses the running statistics, so it inverts eval mode.
+    let (x2, _) = bn.inverse(&y_eval, &Ctx::train()).unwrap();
+    assert!(x2.f_sub(&x).unwrap().abs().max().double_value(&[]) < 1e-4);
+}
+
+fn check_layer_images() {
+    tch::manual_seed(12);
+    let mut vs = VarStore::new(Device::Cpu);
+    let bn = BatchNormFlow::new(vs.root() / "bn", 2, 4);
+    perturb(&vs, 0.3);
+    perturb_buffers(&vs);
+    vs.double();
+    let x = Tensor::randn([2, 2, 3, 3], (Kind::Double, Device::Cpu));
+    assert_ok("BatchNormFlow images (eval)", &bn, &x, &Ctx::eval());
+}
+
+#[test]
+fn elementwise_affines() {
+    check_vector_layer("scaling", 4, |vs| ElementwiseAffine::scaling(vs.root() / "s", 4));
+    check_vector_layer("diag_gaussian", 4, |vs| ElementwiseAffine::diag_gaussian(vs.root() / "b", 4));
+    let mean = Tensor::from_slice(&[1.0f64, -2.0, 3.0]);
+    let std = Tensor::from_slice(&[0.5f64, 2.0, 4.0]);
+    check_vector_layer("standardize", 3, |vs| ElementwiseAffine::standardize(vs.root() / "st", &mean, &std));
+}
+
+#[test]
+fn standardization_round_trip_and_units() {
+    let mut vs = VarStore::new(Device::Cpu);
+    let mean = Tensor::from_slice(&[10.0f64, -3.0]);
+    let std = Tensor::from_slice(&[2.0f64, 0.25]);
+    let st = ElementwiseAffine::standardize(vs.root() / "standardize", &mean, &std);
+    vs.double();
+    let x = Tensor::from_slice(&[12.0f64, -3.5, 10.0, -3.0]).reshape([2, 2]);
+    let (z, ld) = st.forward(&x, &Ctx::eval()).unwrap();
+    assert_eq!(Vec::<f64>::try_from(&z.reshape([-1])).unwrap(), vec![1.0, -2.0, 0.0, 0.0]);
+    // log|det| = -Σ log std, the change of units that makes likelihoods comparable.
+    let expect = -(2.0f64.ln() + 0.25f64.ln());
+    assert!((ld.double_value(&[0]) - expect).abs() < 1e-12);
+    let (x2, _) = st.inverse(&z, &Ctx::eval()).unwrap();
+    assert!(x2.f_sub(&x).unwrap().abs().max().double_value(&[]) < 1e-12);
+    // Saved as buffers with the model.
+    assert!(vs.variables().contains_key("standardize.mean") && vs.variables().contains_key("standardize.std"));
+    assert!(!vs.variables()["standardize.mean"].requires_grad());
+}
+
+fn tab_config(kind: &str) -> Config {
+    let mut c = Config::default();
+    c.data.kind = DataKind::Tabular;
+    c.model.kind = kind.into();
+    c.model.blocks = 3;
+    c.model.width = 8;
+    c.model.depth = 1;
+    c
+}
+
+#[test]
+fn realnvp_and_nice_models_invert_with_exact_logdet() {
+    let cols: Vec<String> = (0..5).map(|i| format!("c{i}")).collect();
+    for (kind, norm, mask, base) in [
+        ("realnvp", "batchnorm", "alternating", "normal"),
+        ("realnvp", "actnorm", "halves", "diag_gaussian"),
+        ("realnvp", "none", "halves", "normal"),
+        ("nice", "none", "halves", "normal"),
+        ("nice", "none", "alternating", "normal"),
+    ] {
+        let mut c = tab_config(kind);
+        c = c.with_overrides(&[format!("model.norm=\"{norm}\""), format!("model.mask=\"{mask}\""), format!("model.base=\"{base}\"")]).unwrap();
+        tch::manual_seed(5);
+        let mut vs = VarStore::new(Device::Cpu);
+        let m = models::build_for(&c, vs.root(), &DataInfo { classes: vec![], columns: cols.clone() }).unwrap();
+        perturb(&vs, 0.2);
+        perturb_buffers(&vs);
+        vs.double();
+        let x = Tensor::randn([3, 5], (Kind::Double, Device::Cpu));
+        let name = format!("{kind} {norm} {mask} {base}");
+        assert_ok(&name, m.flow(), &x, &Ctx::eval());
+        assert_eq!(m.event_shape(), vec![5]);
+    }
+}
+
+#[test]
+fn realnvp_images_invert_with_exact_logdet() {
+    let mut c = Config::default();
+    c.model.kind = "realnvp".into();
+    c.model.levels = 2;
+    c.model.width = 8;
+    c.model.norm = flowzoo::config::NormChoice::Actnorm;
+    c.model.base = flowzoo::config::BaseChoice::DiagGaussian;
+    c.data.image_size = 4;
+    tch::manual_seed(6);
+    let mut vs = VarStore::new(Device::Cpu);
+    let m = models::build(&c, vs.root(), 1).unwrap();
+    perturb(&vs, 0.2);
+    vs.double();
+    let x = Tensor::randn([2, 1, 4, 4], (Kind::Double, Device::Cpu)) * 0.3;
+    assert_ok("RealNVP images", m.flow(), &x, &Ctx::eval());
+    assert!(vs.variables().keys().any(|k| k.starts_with("levels.0.steps.3.coupling.net.")));
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn tab_data(path: &Path) -> DataConfig {
+    DataConfig { kind: DataKind::Tabular, path: path.display().to_string(), ..DataConfig::default() }
+}
+
+#[test]
+fn csv_loader_bad_rows_name_line_and_column() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write(d.path(), "a.csv", "x,y,z\n1,2,3\n4,5,6\n7,oops,9\n1,2\n1,nan,3\n");
+    let err = format!("{:#}", load_table(&p, &tab_data(&p)).err().unwrap());
+    assert!(err.contains("a.csv") && err.contains("line 4, column 2") && err.contains("\"y\"") && err.contains("oops"), "{err}");
+    let mut c = tab_data(&p);
+    c.bad_rows = BadRows::Drop;
+    let t = load_table(&p, &c).unwrap();
+    assert_eq!(t.rows.size(), vec![2, 3]);
+    assert_eq!(t.dropped, 3);
+    // Wrong field count and NaN are named too.
+    let p2 = write(d.path(), "b.csv", "1,2,3\n4,5\n");
+    let err = format!("{:#}", load_table(&p2, &tab_data(&p2)).err().unwrap());
+    assert!(err.contains("line 2: 2 fields, expected 3"), "{err}");
+    let p3 = write(d.path(), "c.csv", "1,2\n3,NaN\n");
+    let err = format!("{:#}", load_table(&p3, &tab_data(&p3)).err().unwrap());
+    assert!(err.contains("line 2, column 2") && err.contains("not a finite number"), "{err}");
+}
+
+#[test]
+fn csv_header_detection_and_column_subsets() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write(d.path(), "h.csv", "a,b,c\n1,2,3\n4,5,6\n");
+    let t = load_table(&p, &tab_data(&p)).unwrap();
+    assert_eq!(t.columns, vec!["a", "b", "c"]);
+    let p2 = write(d.path(), "n.csv", "1,2,3\n4,5,6\n");
+    let t2 = load_table(&p2, &tab_data(&p2)).unwrap();
+    assert_eq!(t2.rows.size(), vec![2, 3]);
+    let mut c = tab_data(&p);
+    c.columns = vec!["c".into(), "0".into()];
+    let t3 = load_table(&p, &c).unwrap();
+    assert_eq!(t3.columns, vec!["c", "a"]);
+    assert_eq!(Vec::<f64>::try_from(&t3.rows.reshape([-1])).unwrap(), vec![3.0, 1.0, 6.0, 4.0]);
+    c.columns = vec!["zz".into()];
+    let err = format!("{:#}", load_table(&p, &c).err().unwrap());
+    assert!(err.contains("\"zz\"") && err.contains("a, b, c"), "{err}");
+    let empty = write(d.path(), "e.csv", "");
+    assert!(format!("{:#}", load_table(&empty, &tab_data(&empty)).err().unwrap()).contains("is empty"));
+    let missing = d.path().join("missing.csv");
+    assert!(format!("{:#}", load_table(&missing, &tab_data(&missing)).err().unwrap()).contains("does not exist"));
+}
+
+#[test]
+fn npy_and_npz_loaders() {
+    let d = tempfile::tempdir().unwrap();
+    let x = Tensor::arange(12, (Kind::Double, Device::Cpu)).reshape([4, 3]);
+    let p = d.path().join("x.npy");
+    x.write_npy(&p).unwrap();
+    let t = load_table(&p, &tab_data(&p)).unwrap();
+    assert_eq!(t.rows.size(), vec![4, 3]);
+    let pz = d.path().join("x.npz");
+    Tensor::write_npz(&[("train", &x), ("other", &x.narrow(1, 0, 2))], &pz).unwrap();
+    let err = format!("{:#}", load_table(&pz, &tab_data(&pz)).err().unwrap());
+    assert!(err.contains("several arrays") && err.contains("npz_key"), "{err}");
+    let mut c = tab_data(&pz);
+    c.npz_key = "other".into();
+    assert_eq!(load_table(&pz, &c).unwrap().rows.size(), vec![4, 2]);
+    let bad = write(d.path(), "bad.npy", "not numpy");
+    assert!(format!("{:#}", load_table(&bad, &tab_data(&bad)).err().unwrap()).contains("bad.npy"));
+}
+
+#[test]
+fn seeded_three_way_split() {
+    let d = tempfile::tempdir().unwrap();
+    let mut text = String::from("v\n");
+    for i in 0..100 {
+        text.push_str(&format!("{i}\n"));
+    }
+    let p = write(d.path(), "v.csv", &text);
+    let mut c = tab_data(&p);
+    c.test_fraction = 0.2;
+    c.val_fraction = 0.1;
+    let t = load_table(&p, &c).unwrap();
+    let s = split_table(&t, &c, 1).unwrap();
+    assert_eq!((s.train.size()[0], s.val.size()[0], s.test.size()[0]), (70, 10, 20));
+    let all = Tensor::cat(&[&s.train, &s.val, &s.test], 0).sort(0, false).0;
+    assert_eq!(all.reshape([-1]).f_sub(&Tensor::arange(100, (Kind::Double, Device::Cpu))).unwrap().abs().max().double_value(&[]), 0.0);
+    let s2 = split_table(&t, &c, 1).unwrap();
+    assert_eq!(s.test.f_sub(&s2.test).unwrap().abs().max().double_value(&[]), 0.0);
+}
+
+fn flowzoo(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_flowzoo")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = flowzoo(args);
+    assert!(o.status.success(), "flowzoo {args:?}:\n{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+#[test]
+fn early_stopping_keeps_the_best_weights() {
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("r");
+    // With a learning rate of 1e-30 no update changes a weight, so the validation score never
+    // improves after the first evaluation and patience 2 stops at the third.
+    let out = ok(&[
+        "train", "--config", "configs/realnvp_moons.toml", "--out", run.to_str().unwrap(), "-q",
+        "--set", "train.lr=1e-30", "--set", "model.norm=\"none\"", "--set", "train.eval_every=5", "--set", "train.patience=2",
+        "--set", "train.max_steps=100", "--set", "model.blocks=2", "--set", "model.width=8", "--set", "train.threads=1",
+        "--set", "train.device=\"cpu\"",
+    ]);
+    assert!(out.contains("trained 15 steps") && out.contains("stopped early"), "{out}");
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["best_step"], 5);
+}
+
+#[test]
+fn tabular_cli_train_eval_sample_toy() {
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("r");
+    let r = run.to_str().unwrap();
+    let out = ok(&[
+        "train", "--config", "configs/realnvp_moons.toml", "--out", r, "-q", "--set", "train.max_steps=30", "--set", "train.eval_every=10",
+        "--set", "model.blocks=2", "--set", "model.width=16", "--set", "train.threads=1", "--set", "train.device=\"cpu\"",
+    ]);
+    assert!(out.contains("trained 30 steps") && out.contains("nats"), "{out}");
+    let j: serde_json::Value = serde_json::from_str(&ok(&["eval", "--model", r, "--json"])).unwrap();
+    assert_eq!(j["n"], 2000);
+    let (m, se) = (j["mean_log_prob"].as_f64().unwrap(), j["stderr"].as_f64().unwrap());
+    assert!(m.is_finite() && se > 0.0 && se < 1.0, "{m} ± {se}");
+    assert_eq!(j["log_prob"].as_array().unwrap().len(), 2000);
+    // --csv scores the given rows as they are.
+    let rows = d.path().join("rows.csv");
+    std::fs::write(&rows, "x,y\n0.0,0.0\n1.0,-0.5\n").unwrap();
+    let j2: serde_json::Value = serde_json::from_str(&ok(&["eval", "--model", r, "--csv", rows.to_str().unwrap(), "--json"])).unwrap();
+    assert_eq!(j2["n"], 2);
+    let csv = d.path().join("s.csv");
+    ok(&["sample", "--model", r, "-n", "50", "--seed", "3", "-o", csv.to_str().unwrap()]);
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(text.lines().next().unwrap(), "x,y");
+    assert_eq!(text.lines().count(), 51);
+    let png = d.path().join("s.png");
+    ok(&["sample", "--model", r, "-n", "500", "-o", png.to_str().unwrap()]);
+    assert_eq!(image::image_dimensions(&png).unwrap(), (610, 300));
+    assert!(run.join("samples/final.png").is_file());
+    // Toys are seeded.
+    let (a, b) = (d.path().join("a.csv"), d.path().join("b.csv"));
+    ok(&["toy", "pinwheel", "-n", "100", "--seed", "4", "-o", a.to_str().unwrap()]);
+    ok(&["toy", "pinwheel", "-n", "100", "--seed", "4", "-o", b.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let o = flowzoo(&["toy", "spiral", "-o", a.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown toy"));
+    // The bundled toy files are what the command writes.
+    let fresh = d.path().join("moons.csv");
+    ok(&["toy", "moons", "-n", "10000", "--seed", "0", "-o", fresh.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&fresh).unwrap(), std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("data/toys/moons.csv")).unwrap());
+}
+
+#[test]
+fn tabular_digits64_configs_load() {
+    for f in ["configs/realnvp_moons.toml", "configs/realnvp_digits64.toml", "configs/nice_digits64.toml"] {
+        let c = Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join(f)).unwrap();
+        assert_eq!(c.data.kind, DataKind::Tabular);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/digits64.csv");
+    let t = load_table(&p, &tab_data(&p)).unwrap();
+    assert_eq!(t.rows.size(), vec![1797, 64]);
+}
