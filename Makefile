@@ -16,7 +16,7 @@ export PATH := $(VENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 export CARGO_TARGET_DIR := $(FLOWZOO_TARGET)
 
-.PHONY: setup build demo test test-rust test-python bench models clean-cache help
+.PHONY: setup build demo test test-rust test-python bench models toys clean-cache help
 help:
 	@echo "make demo   - set up, build, train the digits Glow, evaluate, sample, export"
 	@echo "make test   - set up, build, run every test (Rust and Python)"
@@ -49,16 +49,22 @@ test: setup build test-rust test-python
 test-rust:
 	RUST_TEST_THREADS=$(THREADS) cargo test --release -- --test-threads=$(THREADS)
 
+# The Python side: the reference Glow's own tests and the interop tests (export, import),
+# which drive target/release/flowzoo.
 test-python:
-	@if ls tests/python/test_*.py >/dev/null 2>&1; then \
-	  FLOWZOO_BIN=$(CURDIR)/$(BIN) $(PYTHON) -m pytest -q tests/python; \
-	else echo "no Python tests"; fi
+	FLOWZOO_BIN=$(CURDIR)/$(BIN) FLOWZOO_PYTHON=$(PYTHON) PYTHONPATH=$(CURDIR)/python \
+	  $(PYTHON) -m pytest -q python/tests_ref $(wildcard tests/python)
 
 bench: setup build
 	bash bench/run.sh
 
 models: setup build
 	bash scripts/build_models.sh
+
+# The bundled 2-D toys under data/toys (seeded; the committed files are these).
+toys: build
+	for t in moons circles 8gaussians checkerboard pinwheel 2spirals; do \
+	  $(BIN) toy $$t -n 10000 --seed 0 -o data/toys/$$t.csv; done
 
 clean-cache:
 	rm -rf $(FLOWZOO_CACHE)
