@@ -241,12 +241,13 @@ impl TrainData {
     fn batch(&self, idx: &Tensor, device: Device) -> Result<(Tensor, Tensor)> {
         match self {
             TrainData::Images { train, n_bits, .. } => {
-                let px = train.images.f_index_select(0, idx)?.f_to_device(device)?;
+                let idx_here = idx.f_to_device(train.images.device())?;
+                let px = train.images.f_index_select(0, &idx_here)?.f_to_device(device)?;
                 let x = dequantize(&to_model_space(&px, *n_bits, Kind::Float)?, *n_bits)?;
                 Ok((x, train.labels.f_index_select(0, idx)?))
             }
             TrainData::Tabular { train, noise, .. } => {
-                let mut x = train.f_index_select(0, idx)?.f_to_device(device)?.f_to_kind(Kind::Float)?;
+                let mut x = train.f_index_select(0, &idx.f_to_device(train.device())?)?.f_to_device(device)?.f_to_kind(Kind::Float)?;
                 if *noise > 0.0 {
                     x = x.f_add(&x.f_rand_like()?.f_mul_scalar(*noise)?)?;
                 }
@@ -368,7 +369,15 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
     if t_cfg.threads > 0 {
         tch::set_num_threads(t_cfg.threads as i32);
     }
-    let (data, columns, stats) = load_train_data(cfg, opts.verbose)?;
+    let (mut data, columns, stats) = load_train_data(cfg, opts.verbose)?;
+    if opts.device.is_cuda() {
+        // The decoded training set lives on the GPU (uint8 images are small), so a step never
+        // waits on a host-to-device copy.
+        match &mut data {
+            TrainData::Images { train, .. } => train.images = train.images.f_to_device(opts.device)?,
+            TrainData::Tabular { train, .. } => *train = train.f_to_kind(Kind::Float)?.f_to_device(opts.device)?,
+        }
+    }
     let tabular = matches!(data, TrainData::Tabular { .. });
     let unit = if tabular { "nats (validation NLL)" } else { "bits/dim" };
     let run = if opts.resume { RunDir::open(&opts.out)? } else { RunDir::create(&opts.out)? };
