@@ -11,7 +11,8 @@ use tch::{nn, Tensor};
 pub struct LearnedPrior {
     /// `[C, H, W]` of the latent.
     pub shape: [i64; 3],
-    /// Present when `learn_top`: `ZeroConv2d(2C -> 2C)` on zeros.
+    /// Present when `learn_top`: `ZeroConv2d(2C -> 2C)` on zeros (`C -> 2C` for rosinality,
+    /// see [`with_conv_input`](Self::with_conv_input)).
     pub conv: Option<ZeroConv2d>,
     /// Present when class-conditional: `(weight [2C, n_classes], bias [2C], logs [2C])`.
     pub class_linear: Option<(Tensor, Tensor, Tensor)>,
@@ -28,12 +29,28 @@ impl LearnedPrior {
         LearnedPrior { shape, conv, class_linear }
     }
 
+    /// Like [`new`](Self::new), with the top conv reading `in_channels` channels of zeros and
+    /// padding its border with `pad_value`: rosinality's top prior is `ZeroConv2d(C -> 2C)` on
+    /// zeros padded with ones (not spatially constant), where OpenAI / y0ast use `2C -> 2C`
+    /// with zero padding.
+    pub fn with_conv_input(p: nn::Path, shape: [i64; 3], learn_top: bool, n_classes: Option<i64>, in_channels: i64, pad_value: f64) -> Self {
+        let c2 = 2 * shape[0];
+        let conv = learn_top.then(|| {
+            let mut conv = ZeroConv2d::new(&p / "learn_top", in_channels, c2);
+            conv.pad_value = pad_value;
+            conv
+        });
+        let mut prior = LearnedPrior::new(p, shape, false, n_classes);
+        prior.conv = conv;
+        prior
+    }
+
     /// `(mean, log_std)`, each `[B or 1, C, H, W]`.
     pub fn mean_logs(&self, batch: i64, like: &Tensor, ctx: &Ctx) -> Result<(Tensor, Tensor)> {
         let [c, h, w] = self.shape;
         let opts = (like.kind(), like.device());
         let mut p = match &self.conv {
-            Some(conv) => conv.forward(&Tensor::f_zeros([1, 2 * c, h, w], opts)?)?,
+            Some(conv) => conv.forward(&Tensor::f_zeros([1, conv.weight.size()[1], h, w], opts)?)?,
             None => Tensor::f_zeros([1, 2 * c, h, w], opts)?,
         };
         if let Some((weight, bias, logs)) = &self.class_linear {
