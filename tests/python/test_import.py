@@ -222,6 +222,42 @@ def test_imported_run_is_an_ordinary_run(imported):
     assert not [p for p in run.parent.iterdir() if p.name.endswith(".tmp")]
 
 
+def _write_png(path, w, h, rgb):
+    """A minimal 8-bit RGB PNG (no imaging library needed)."""
+    import struct
+    import zlib
+
+    raw = b"".join(b"\x00" + bytes(rgb[y * w * 3:(y + 1) * w * 3]) for y in range(h))
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_imported_run_fine_tunes_with_train_resume(imported, work):
+    import random
+    import shutil
+
+    rng = random.Random(0)
+    folder = work / "pngs"
+    folder.mkdir()
+    for i in range(12):
+        _write_png(folder / f"{i}.png", SIZE, SIZE, [rng.randrange(256) for _ in range(SIZE * SIZE * 3)])
+    run = work / "run-finetune"
+    shutil.copytree(imported["rosinality-affine-lu"][1], run)
+    before = (run / "weights.safetensors").read_bytes()
+    p = flowzoo("train", "--resume", "--out", run, "--data", folder, "-q", "--set", "train.max_steps=2",
+                "--set", "train.eval_every=2", "--set", "train.checkpoint_every=2", "--set", "train.sample_every=100",
+                "--set", "train.batch_size=4", "--set", "train.threads=1", "--set", 'train.device="cpu"')
+    assert "trained 2 steps" in p.stdout, p.stdout
+    assert (run / "weights.safetensors").read_bytes() != before
+    assert json.loads((run / "state.json").read_text())["step"] == 2
+    res = json.loads(flowzoo("eval", "--model", run, "--data", folder, "--json").stdout)
+    assert math.isfinite(res["mean_bpd"])
+
+
 # ---------------------------------------------------------------------------------------------
 # error paths: clear messages naming the key and shapes, nothing written
 def _no_run(path):
