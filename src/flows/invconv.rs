@@ -49,6 +49,29 @@ impl Flow for InvConv1x1 {
         let w_inv = Tensor::f_linalg_inv(&self.weight)?;
         Ok((apply_matrix(y, &w_inv)?, self.logdet(y)?.f_neg()?))
     }
+
+    fn to_torchscript(&self, ts: &mut crate::export::ScriptBuilder) -> Result<crate::export::ScriptFlow> {
+        let w = ts.tensor(&self.weight)?;
+        let stem = ts.stem("invconv", &[&self.weight]);
+        // log|det W| by slogdet, times H·W, then cast (as `logdet`).
+        let body = |input: &str, matrix: &str, neg: &str| {
+            format!(
+                "t = {input}\nw = {w}\n{}\nld = (torch.linalg_slogdet(w)[1] * float(hw)).to(t.dtype)\nreturn {}, {neg}ld.expand([t.size(0)])",
+                crate::export::ts_spatial_size("hw", "t"),
+                ts_apply_matrix("t", matrix)
+            )
+        };
+        let f = body("x", "w", "");
+        let i = body("y", "torch.linalg_inv(w)", "-");
+        ts.define_flow(&stem, &f, &i)
+    }
+}
+
+/// TorchScript of [`apply_matrix`]: a 1×1 conv for images, a matmul for vectors.
+fn ts_apply_matrix(x: &str, w: &str) -> String {
+    format!(
+        "torch.conv2d({x}, ({w}).reshape([({w}).size(0), ({w}).size(0), 1, 1]), None, [1, 1], [0, 0], [1, 1], 1) if {x}.dim() == 4 else torch.matmul({x}, ({w}).t())"
+    )
 }
 
 /// `W = P · (L ⊙ strictly_lower + I) · (U ⊙ strictly_upper + diag(sign_s · exp(log_s)))`.
@@ -110,5 +133,36 @@ impl Flow for InvConv1x1Lu {
         check_channels("InvConv1x1Lu", y, self.channels)?;
         let w_inv = Tensor::f_linalg_inv(&self.weight()?)?;
         Ok((apply_matrix(y, &w_inv)?, self.logdet(y)?.f_neg()?))
+    }
+
+    fn to_torchscript(&self, ts: &mut crate::export::ScriptBuilder) -> Result<crate::export::ScriptFlow> {
+        let (p, sign_s) = (ts.tensor(&self.p)?, ts.tensor(&self.sign_s)?);
+        let (lower, upper, log_s) = (ts.tensor(&self.lower)?, ts.tensor(&self.upper)?, ts.tensor(&self.log_s)?);
+        let stem = ts.stem("invconv", &[&self.p, &self.lower, &self.upper, &self.log_s]);
+        // `weight()`: the masks are rebuilt in the parameters' dtype (exact 0/1 values).
+        let weight = ts.define_function(
+            &stem,
+            "weight",
+            "",
+            "Tensor",
+            &format!(
+                "lower = {lower}\nc = lower.size(0)\n\
+                 l_mask = torch.ones([c, c], dtype=lower.dtype, device=lower.device).tril(-1)\n\
+                 eye = torch.eye(c, dtype=lower.dtype, device=lower.device)\n\
+                 l = lower * l_mask + eye\n\
+                 u = {upper} * l_mask.t() + torch.diag_embed({sign_s} * torch.exp({log_s}), 0, -2, -1)\n\
+                 return torch.matmul(torch.matmul({p}, l), u)"
+            ),
+        )?;
+        let body = |input: &str, matrix: &str, neg: &str| {
+            format!(
+                "t = {input}\nw = self.{weight}()\n{}\nld = torch.sum({log_s}, dtype=t.dtype) * float(hw)\nreturn {}, {neg}ld.expand([t.size(0)])",
+                crate::export::ts_spatial_size("hw", "t"),
+                ts_apply_matrix("t", matrix)
+            )
+        };
+        let f = body("x", "w", "");
+        let i = body("y", "torch.linalg_inv(w)", "-");
+        ts.define_flow(&stem, &f, &i)
     }
 }

@@ -68,6 +68,63 @@ impl LearnedPrior {
 }
 
 impl Flow for LearnedPrior {
+    fn to_torchscript(&self, ts: &mut crate::export::ScriptBuilder) -> Result<crate::export::ScriptFlow> {
+        use crate::export::ts_sum_per_sample;
+        let [c, h, w] = self.shape;
+        let mut tensors: Vec<&Tensor> = vec![];
+        if let Some(conv) = &self.conv {
+            tensors.extend([&conv.weight, &conv.bias, &conv.logs]);
+        }
+        if let Some((weight, bias, logs)) = &self.class_linear {
+            tensors.extend([weight, bias, logs]);
+        }
+        let stem = ts.stem("prior", &tensors);
+        // `mean_logs(batch, like, ctx)`.
+        let mut body = match &self.conv {
+            Some(conv) => format!(
+                "p = self.{}(torch.zeros([1, {}, {h}, {w}], dtype=like.dtype, device=like.device))\n",
+                conv.to_torchscript(ts)?,
+                conv.weight.size()[1]
+            ),
+            None => format!("p = torch.zeros([1, {}, {h}, {w}], dtype=like.dtype, device=like.device)\n", 2 * c),
+        };
+        if let Some((weight, bias, logs)) = &self.class_linear {
+            let k = weight.size()[1];
+            let (weight, bias, logs) = (ts.tensor(weight)?, ts.tensor(bias)?, ts.tensor(logs)?);
+            body += &format!(
+                "assert cond is not None, \"LearnedPrior: this model is class-conditional; pass one-hot labels [B, {k}]\"\n\
+                 y = cond\n\
+                 b = like.size(0)\n\
+                 assert y.dim() == 2 and y.size(0) == b and y.size(1) == {k}, \"LearnedPrior: expected labels [\" + str(b) + \", {k}], got \" + str(y.size())\n\
+                 cls = torch.linear(y.to(like.dtype), {weight}, {bias}) * torch.exp({logs} * 3.0)\n\
+                 p = p + cls.reshape([b, {c2}, 1, 1])\n",
+                c2 = 2 * c
+            );
+        }
+        body += &format!("return p.narrow(1, 0, {c}), p.narrow(1, {c}, {c})");
+        let mean_logs = ts.define_function(&stem, "mean_logs", "like: Tensor, cond: Optional[Tensor]", "Tuple[Tensor, Tensor]", &body)?;
+        let check = |t: &str| {
+            format!(
+                "assert {t}.dim() >= 2 and {t}.size(1) == {c}, \"LearnedPrior: expected input with {c} channels (dim 1), got \" + str({t}.size())\n"
+            )
+        };
+        let f = format!(
+            "{}mean, logs = self.{mean_logs}(x, cond)\n\
+             eps = (x - mean) * torch.exp(-logs)\n\
+             return eps, -{}",
+            check("x"),
+            ts_sum_per_sample("logs.expand_as(x)")
+        );
+        let i = format!(
+            "{}mean, logs = self.{mean_logs}(y, cond)\n\
+             z = y * torch.exp(logs) + mean\n\
+             return z, {}",
+            check("y"),
+            ts_sum_per_sample("logs.expand_as(y)")
+        );
+        ts.define_flow(&stem, &f, &i)
+    }
+
     fn forward(&self, z: &Tensor, ctx: &Ctx) -> Result<(Tensor, Tensor)> {
         super::check_channels("LearnedPrior", z, self.shape[0])?;
         let b = z.size()[0];

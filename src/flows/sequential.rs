@@ -45,6 +45,31 @@ impl Flow for Sequential {
         }
         Ok((h, total))
     }
+
+    /// Calls the layers' methods in order (reversed for the inverse), summing the log-dets
+    /// from zero in the same order as above.
+    fn to_torchscript(&self, ts: &mut crate::export::ScriptBuilder) -> Result<crate::export::ScriptFlow> {
+        use crate::export::ts_zero_logdet;
+        use anyhow::Context;
+        let mut children = vec![];
+        for (i, layer) in self.layers.iter().enumerate() {
+            let c = layer
+                .to_torchscript(ts)
+                .with_context(|| format!("layer {i} ({}) of a Sequential", layer.layer_name()))?;
+            children.push(c);
+        }
+        let mut f = format!("h = x\ntotal = {}\n", ts_zero_logdet("x"));
+        for c in &children {
+            f += &format!("h, ld = {}\ntotal = total + ld\n", c.call_forward("h", "cond"));
+        }
+        f += "return h, total";
+        let mut i = format!("h = y\ntotal = {}\n", ts_zero_logdet("y"));
+        for c in children.iter().rev() {
+            i += &format!("h, ld = {}\ntotal = total + ld\n", c.call_inverse("h", "cond"));
+        }
+        i += "return h, total";
+        ts.define_flow("sequential", &f, &i)
+    }
 }
 
 /// `[B, C, H, W] <-> [B, C·H·W]` (row-major), the last step before the base distribution.
@@ -69,5 +94,20 @@ impl Flow for Flatten {
         let mut shape = vec![s[0]];
         shape.extend(&self.shape);
         Ok((y.f_reshape(&shape)?, zero_logdet(y)?))
+    }
+
+    fn to_torchscript(&self, ts: &mut crate::export::ScriptBuilder) -> Result<crate::export::ScriptFlow> {
+        use crate::export::ts_zero_logdet;
+        let dims: Vec<String> = self.shape.iter().map(|d| d.to_string()).collect();
+        let d: i64 = self.shape.iter().product();
+        let f = format!("return x.reshape([x.size(0), -1]), {}", ts_zero_logdet("x"));
+        let i = format!(
+            "assert y.dim() == 2 and y.size(1) == {d}, \"Flatten: expected [B, {d}] to unflatten to {:?}, got \" + str(y.size())\n\
+             return y.reshape([y.size(0), {}]), {}",
+            self.shape,
+            dims.join(", "),
+            ts_zero_logdet("y")
+        );
+        ts.define_flow("flatten", &f, &i)
     }
 }

@@ -34,4 +34,23 @@ impl Flow for Squeeze {
             .f_reshape([b, c / 4, h * 2, w * 2])?;
         Ok((x, zero_logdet(y)?))
     }
+
+    fn to_torchscript(&self, ts: &mut crate::export::ScriptBuilder) -> Result<crate::export::ScriptFlow> {
+        use crate::export::ts_zero_logdet;
+        let f = format!(
+            "assert x.dim() == 4 and x.size(2) % 2 == 0 and x.size(3) % 2 == 0, \"Squeeze: expected [B, C, H, W] with even H and W, got \" + str(x.size())\n\
+             b, c, h, w = x.size(0), x.size(1), x.size(2), x.size(3)\n\
+             out = x.reshape([b, c, h // 2, 2, w // 2, 2]).permute([0, 1, 3, 5, 2, 4]).reshape([b, c * 4, h // 2, w // 2])\n\
+             return out, {}",
+            ts_zero_logdet("x")
+        );
+        let i = format!(
+            "assert y.dim() == 4 and y.size(1) % 4 == 0, \"Squeeze inverse: expected [B, 4C, H, W], got \" + str(y.size())\n\
+             b, c, h, w = y.size(0), y.size(1), y.size(2), y.size(3)\n\
+             out = y.reshape([b, c // 4, 2, 2, h, w]).permute([0, 1, 4, 2, 5, 3]).reshape([b, c // 4, h * 2, w * 2])\n\
+             return out, {}",
+            ts_zero_logdet("y")
+        );
+        ts.define_flow("squeeze", &f, &i)
+    }
 }

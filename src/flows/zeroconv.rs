@@ -40,3 +40,27 @@ impl ZeroConv2d {
         Ok(h.f_mul(&self.logs.f_mul_scalar(self.logscale_factor)?.f_exp()?)?)
     }
 }
+
+impl ZeroConv2d {
+    /// Defines `forward` as a TorchScript method `(self, x: Tensor) -> Tensor` of the module being
+    /// exported (see [`crate::export`]) and returns its name.
+    pub fn to_torchscript(&self, ts: &mut crate::export::ScriptBuilder) -> Result<String> {
+        use crate::export::ts_float;
+        let (w, b, logs) = (ts.tensor(&self.weight)?, ts.tensor(&self.bias)?, ts.tensor(&self.logs)?);
+        let stem = ts.stem("zeroconv", &[&self.weight, &self.bias, &self.logs]);
+        let factor = ts_float(self.logscale_factor)?;
+        let conv = if self.pad_value == 0.0 {
+            format!("h = torch.conv2d(x, {w}, {b}, [1, 1], [1, 1], [1, 1], 1)")
+        } else {
+            format!(
+                "inside = torch.constant_pad_nd(torch.ones_like(x), [1, 1, 1, 1])\n\
+                 border = ((-inside) + 1.0) * {}\n\
+                 xp = torch.constant_pad_nd(x, [1, 1, 1, 1]) + border\n\
+                 h = torch.conv2d(xp, {w}, {b}, [1, 1], [0, 0], [1, 1], 1)",
+                ts_float(self.pad_value)?
+            )
+        };
+        let body = format!("{conv}\nreturn h * torch.exp({logs} * {factor})");
+        ts.define_function(&stem, "zeroconv", "x: Tensor", "Tensor", &body)
+    }
+}

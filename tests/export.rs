@@ -1,0 +1,368 @@
+//! TorchScript export (src/export): every layer's TorchScript against the layer itself, the
+//! whole Glow module against the model, and `flowzoo export`'s errors on missing or truncated
+//! run directories. The Python side (tests/python/test_export.py) loads trained, exported
+//! models in plain PyTorch.
+use flowzoo::config::{Config, PermutationChoice};
+use flowzoo::export::{self, ExportOptions, ScriptBuilder};
+use flowzoo::flows::testing::perturb;
+use flowzoo::flows::{
+    ActNorm, ActNormParam, ConvNet, Coupling, CouplingKind, Ctx, Flatten, Flow, InvConv1x1, InvConv1x1Lu, LearnedPrior,
+    Mask, ParamLayout, Permutation, Sequential, SplitPrior, Squeeze,
+};
+use flowzoo::io::tensors::named_variables;
+use flowzoo::io::{read_safetensors, Checkpoint, RunDir, RunState};
+use flowzoo::train::Session;
+use std::path::Path;
+use std::process::Command;
+use tch::{nn, nn::VarStore, Device, IValue, Kind, Tensor};
+
+const F64: (Kind, Device) = (Kind::Double, Device::Cpu);
+
+/// libtorch's generator is global: tests that seed it (seeded samples are compared) run one
+/// at a time.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    (a - b).abs().max().double_value(&[])
+}
+
+fn tensor(v: IValue) -> Tensor {
+    match v {
+        IValue::Tensor(t) => t,
+        other => panic!("expected a tensor, got {other:?}"),
+    }
+}
+
+fn pair(v: IValue) -> (Tensor, Tensor) {
+    match v {
+        IValue::Tuple(mut p) if p.len() == 2 => {
+            let b = tensor(p.pop().unwrap());
+            (tensor(p.pop().unwrap()), b)
+        }
+        other => panic!("expected a pair of tensors, got {other:?}"),
+    }
+}
+
+fn opt(t: Option<&Tensor>) -> IValue {
+    t.map_or(IValue::None, |t| IValue::Tensor(t.shallow_clone()))
+}
+
+/// Exports `flow` alone (methods `forward`/`inverse` taking `(x, cond)`) and compares it with
+/// the flow on `x`, in float64: outputs and log-dets to 1e-10.
+fn check_flow_script(what: &str, vs: &VarStore, flow: &dyn Flow, x: &Tensor, cond: Option<&Tensor>) {
+    let mut ts = ScriptBuilder::new("Test").unwrap();
+    ts.register_variables(&named_variables(vs)).unwrap();
+    let f = flow.to_torchscript(&mut ts).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+    ts.define(&format!(
+        "def forward(self, x: Tensor, cond: Optional[Tensor]) -> Tuple[Tensor, Tensor]:\n    return {}\n\n\
+         def inverse(self, y: Tensor, cond: Optional[Tensor]) -> Tuple[Tensor, Tensor]:\n    return {}\n",
+        f.call_forward("x", "cond"),
+        f.call_inverse("y", "cond")
+    ))
+    .unwrap();
+    let m = ts.module().to_cmodule().unwrap();
+    let ctx = Ctx::eval().with_cond(cond);
+    let _g = tch::no_grad_guard();
+    let (y, ld) = flow.forward(x, &ctx).unwrap();
+    let (ys, lds) = pair(m.method_is("forward", &[IValue::Tensor(x.shallow_clone()), opt(cond)]).unwrap());
+    let (xi, ldi) = flow.inverse(&y, &ctx).unwrap();
+    let (xis, ldis) = pair(m.method_is("inverse", &[IValue::Tensor(y.shallow_clone()), opt(cond)]).unwrap());
+    for (name, a, b) in [("forward", &ys, &y), ("forward logdet", &lds, &ld), ("inverse", &xis, &xi), ("inverse logdet", &ldis, &ldi)] {
+        assert_eq!(a.kind(), Kind::Double, "{what} {name}");
+        let d = max_diff(a, b);
+        assert!(d < 1e-10, "{what}: {name} differs by {d:e}");
+    }
+    // A non-trivial layer: the check above is not comparing two identities.
+    eprintln!("{what}: |y - x| {:.3}, |logdet| {:.3}", if y.size() == x.size() { max_diff(&y, x) } else { f64::NAN }, ld.abs().max().double_value(&[]));
+}
+
+/// Every branch of every exportable layer: both ActNorm parametrisations, both 1×1 convs,
+/// permutations, affine/additive couplings with channel (both flips) and checkerboard masks,
+/// both output layouts, conv nets with and without hidden ActNorm, zero-convs padded with 0 and
+/// 1, split priors (both layouts) and learned priors (learn_top, class-conditional).
+#[test]
+fn every_layer_matches_its_torchscript() {
+    let _rng = rng_lock();
+    tch::manual_seed(0);
+    let x = Tensor::randn([3, 4, 4, 4], F64) * 0.5;
+    let channel_net = |p: nn::Path, c_in: i64, c_out: i64, hidden_actnorm: bool, pad: f64| {
+        let mut net = ConvNet::new(p, c_in, 8, c_out, hidden_actnorm);
+        net.out.pad_value = pad;
+        net
+    };
+    type Build = Box<dyn Fn(&nn::Path) -> Box<dyn Flow>>;
+    let mut cases: Vec<(&str, Build)> = vec![
+        ("actnorm log", Box::new(|p| Box::new(ActNorm::new(p / "an", 4, 4, ActNormParam::Log)))),
+        ("actnorm linear", Box::new(|p| Box::new(ActNorm::new(p / "an", 4, 4, ActNormParam::Linear)))),
+        ("invconv", Box::new(|p| Box::new(InvConv1x1::new(p / "w", 4)))),
+        ("invconv lu", Box::new(|p| Box::new(InvConv1x1Lu::new(p / "w", 4)))),
+        ("reverse", Box::new(|p| Box::new(Permutation::reverse(p / "perm", 4)))),
+        ("shuffle", Box::new(|p| Box::new(Permutation::shuffle(p / "perm", 4)))),
+        ("squeeze", Box::new(|_| Box::new(Squeeze))),
+    ];
+    for kind in [CouplingKind::Affine, CouplingKind::Additive] {
+        for mask in [Mask::Channel { flip: false }, Mask::Channel { flip: true }, Mask::Checkerboard { parity: 0 }, Mask::Checkerboard { parity: 1 }] {
+            for (layout, hidden_actnorm, pad) in [(ParamLayout::Interleaved, true, 0.0), (ParamLayout::Contiguous, false, 1.0)] {
+                let name: &'static str = Box::leak(format!("coupling {kind:?} {mask:?} {layout:?} actnorm={hidden_actnorm} pad={pad}").into_boxed_str());
+                cases.push((
+                    name,
+                    Box::new(move |p| {
+                        let mut c = Coupling::with_conv_net(p / "coupling", kind, mask, 4, 8);
+                        let (c_in, c_out) = Coupling::net_channels(kind, mask, 4);
+                        c.net = Box::new(channel_net(p / "coupling" / "net2", c_in, c_out, hidden_actnorm, pad));
+                        c.layout = layout;
+                        Box::new(c)
+                    }),
+                ));
+            }
+        }
+    }
+    for (name, build) in &cases {
+        let mut vs = VarStore::new(Device::Cpu);
+        let flow = build(&vs.root());
+        perturb(&vs, 0.3);
+        vs.double();
+        check_flow_script(name, &vs, flow.as_ref(), &x, None);
+    }
+
+    // Priors: a split whose inner flow ends in a (class-conditional) learned prior and a flatten.
+    for (layout, pad, learn_top, classes) in
+        [(ParamLayout::Interleaved, 0.0, true, None), (ParamLayout::Contiguous, 1.0, true, Some(3)), (ParamLayout::Interleaved, 0.0, false, Some(3))]
+    {
+        let mut vs = VarStore::new(Device::Cpu);
+        let root = vs.root();
+        let mut inner = Sequential::new();
+        inner.push(ActNorm::new(&root / "inner_an", 2, 4, ActNormParam::Log));
+        let mut prior = LearnedPrior::new(&root / "prior", [2, 4, 4], learn_top, classes);
+        if let Some(conv) = &mut prior.conv {
+            conv.pad_value = pad;
+        }
+        inner.push(prior);
+        inner.push(Flatten { shape: vec![2, 4, 4] });
+        let mut split = SplitPrior::new(&root / "split", [4, 4, 4], Box::new(inner));
+        split.layout = layout;
+        split.prior.pad_value = pad;
+        perturb(&vs, 0.3);
+        vs.double();
+        let cond = classes.map(|k| Tensor::from_slice(&[0i64, 2, 1]).one_hot(k).to_kind(Kind::Double));
+        check_flow_script(&format!("split {layout:?} pad={pad} learn_top={learn_top} classes={classes:?}"), &vs, &split, &x, cond.as_ref());
+    }
+}
+
+struct Mystery;
+
+impl Flow for Mystery {
+    fn forward(&self, x: &Tensor, _ctx: &Ctx) -> anyhow::Result<(Tensor, Tensor)> {
+        Ok((x.shallow_clone(), x.zeros_like().sum_dim_intlist(Some(&[1i64, 2, 3][..]), false, None::<Kind>)))
+    }
+    fn inverse(&self, y: &Tensor, ctx: &Ctx) -> anyhow::Result<(Tensor, Tensor)> {
+        self.forward(y, ctx)
+    }
+}
+
+#[test]
+fn a_layer_without_torchscript_is_named() {
+    let _rng = rng_lock();
+    let vs = VarStore::new(Device::Cpu);
+    let mut seq = Sequential::new();
+    seq.push(ActNorm::new(vs.root() / "an", 2, 4, ActNormParam::Log));
+    seq.push(Mystery);
+    let mut ts = ScriptBuilder::new("Test").unwrap();
+    ts.register_variables(&named_variables(&vs)).unwrap();
+    let err = format!("{:#}", seq.to_torchscript(&mut ts).unwrap_err());
+    assert!(err.contains("layer 1 (Mystery)") && err.contains("Mystery cannot be exported to TorchScript yet"), "{err}");
+}
+
+fn tiny_glow(perm: PermutationChoice, conditional: bool, extra: &[&str]) -> Config {
+    let mut c = Config::default();
+    c.data.image_size = 8;
+    c.data.channels = 1;
+    c.data.n_bits = 4;
+    c.model.levels = 2;
+    c.model.steps = 2;
+    c.model.width = 8;
+    c.model.permutation = perm;
+    c.model.conditional = conditional;
+    c.train.max_steps = 1;
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    c.with_overrides(&extra).unwrap()
+}
+
+/// The whole module of a Glow session against the session's model, float64: forward,
+/// log_prob, bits_per_dim, inverse and seeded sample, two batch sizes.
+#[test]
+fn glow_module_matches_the_model() {
+    let _rng = rng_lock();
+    for (perm, conditional, extra) in [
+        (PermutationChoice::InvconvLu, false, &[][..]),
+        (PermutationChoice::Invconv, false, &["model.coupling=additive", "model.learn_top=false"][..]),
+        (PermutationChoice::Shuffle, true, &[][..]),
+    ] {
+        let cfg = tiny_glow(perm, conditional, extra);
+        let classes: Vec<String> = (0..3).map(|i| i.to_string()).collect();
+        let mut sess = Session::new(&cfg, classes, Device::Cpu).unwrap();
+        perturb(&sess.vs, 0.05);
+        sess.vs.double();
+        let module = export::session_module(&sess).unwrap();
+        let m = module.to_cmodule().unwrap();
+        let _g = tch::no_grad_guard();
+        for b in [2i64, 5] {
+            let x = Tensor::rand([b, 1, 8, 8], F64) - 0.5;
+            let labels = conditional.then(|| Tensor::arange(b, (Kind::Int64, Device::Cpu)).remainder(3));
+            let cond = labels.as_ref().map(|l| sess.one_hot(l).unwrap().unwrap());
+            let ctx = Ctx::eval().with_cond(cond.as_ref());
+            let args = |t: &Tensor| vec![IValue::Tensor(t.shallow_clone()), opt(labels.as_ref())];
+            let (z, ld) = sess.model.flow().forward(&x, &ctx).unwrap();
+            let (zs, lds) = pair(m.forward_is(&args(&x)).unwrap());
+            let lp = sess.model.log_prob(&x, &ctx).unwrap();
+            let lps = tensor(m.method_is("log_prob", &args(&x)).unwrap());
+            let bpd = flowzoo::data::bits_per_dim(&lp, 64, 4).unwrap();
+            let bpds = tensor(m.method_is("bits_per_dim", &args(&x)).unwrap());
+            let xs = tensor(m.method_is("inverse", &args(&z)).unwrap());
+            let (xr, _) = sess.model.flow().inverse(&z, &ctx).unwrap();
+            tch::manual_seed(9);
+            let s = sess.model.sample(b, 0.7, &ctx, F64).unwrap();
+            tch::manual_seed(9);
+            let ss = tensor(m.method_is("sample", &[IValue::Int(b), IValue::Double(0.7), opt(labels.as_ref())]).unwrap());
+            assert!(bool::try_from(s.isfinite().all()).unwrap(), "{perm:?}: the model's samples are not finite");
+            for (what, a, r) in [("z", &zs, &z), ("logdet", &lds, &ld), ("log_prob", &lps, &lp), ("bpd", &bpds, &bpd), ("inverse", &xs, &xr), ("sample", &ss, &s)] {
+                let d = max_diff(a, r);
+                assert!(d < 1e-10, "{perm:?} conditional={conditional} B={b}: {what} differs by {d:e} (max abs {:e} vs {:e})", a.abs().max().double_value(&[]), r.abs().max().double_value(&[]));
+            }
+        }
+        // A conditional model without labels, and an unconditional one with labels, are refused.
+        let x = Tensor::rand([2, 1, 8, 8], F64);
+        let labels = Tensor::from_slice(&[0i64, 1]);
+        let err = if conditional {
+            m.method_is("log_prob", &[IValue::Tensor(x)]).unwrap_err().to_string()
+        } else {
+            m.method_is("log_prob", &[IValue::Tensor(x), IValue::Tensor(labels)]).unwrap_err().to_string()
+        };
+        let want = if conditional { "this model is class-conditional" } else { "not class-conditional" };
+        assert!(err.contains(want), "{err}");
+    }
+}
+
+/// A run directory written without training (fresh weights, a state file).
+fn fake_run(dir: &Path) -> Config {
+    let cfg = tiny_glow(PermutationChoice::InvconvLu, false, &[]);
+    let run = RunDir::create(dir).unwrap();
+    run.save_config(&cfg).unwrap();
+    let sess = Session::new(&cfg, vec!["0".into()], Device::Cpu).unwrap();
+    perturb(&sess.vs, 0.1);
+    sess.save_weights(&run.weights_path(), 1).unwrap();
+    sess.save_weights(&run.best_path(), 1).unwrap();
+    run.save_state(&RunState { step: 1, classes: vec!["0".into()], ..RunState::default() }).unwrap();
+    cfg
+}
+
+fn opts(pt: &Path) -> ExportOptions {
+    ExportOptions { checkpoint: Checkpoint::Best, torchscript: Some(pt.to_path_buf()), safetensors: None, reference_in: None, reference_out: None }
+}
+
+#[test]
+fn export_writes_a_module_with_the_run_weights() {
+    let _rng = rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    fake_run(&run);
+    let pt = dir.path().join("model.pt");
+    let st = dir.path().join("exported.safetensors");
+    let lines = export::export_run(&run, &ExportOptions { safetensors: Some(st.clone()), ..opts(&pt) }).unwrap();
+    assert!(lines[0].contains("model.pt") && lines[0].contains("Glow"), "{lines:?}");
+    let m = tch::CModule::load(&pt).unwrap();
+    let (weights, _) = read_safetensors(&run.join("best.safetensors")).unwrap();
+    let (exported, _) = read_safetensors(&st).unwrap();
+    assert_eq!(weights.keys().collect::<Vec<_>>(), exported.keys().collect::<Vec<_>>());
+    // Parameters are the trainable variables, by their flowzoo names and values.
+    let params = m.named_parameters().unwrap();
+    assert!(!params.is_empty());
+    for (name, p) in &params {
+        let w = weights.get(name).unwrap_or_else(|| panic!("parameter {name} is not in the weights"));
+        assert_eq!(max_diff(p, w), 0.0, "{name}");
+    }
+    let n_buffers = weights.keys().filter(|k| k.ends_with("initialized") || k.ends_with(".p") || k.ends_with("sign_s")).count();
+    assert_eq!(params.len() + n_buffers, weights.len());
+}
+
+fn export_cli(run: &Path, extra: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_flowzoo"))
+        .arg("export")
+        .arg("--model")
+        .arg(run)
+        .args(extra)
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn export_errors_name_what_is_wrong() {
+    let _rng = rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let pt = dir.path().join("model.pt");
+    let pt_arg = pt.to_str().unwrap();
+    let err = |run: &Path, o: &ExportOptions| format!("{:#}", export::export_run(run, o).unwrap_err());
+
+    // Missing directory (library and CLI: exit status 1, one clear line, no panic).
+    let missing = dir.path().join("nope");
+    let e = err(&missing, &opts(&pt));
+    assert!(e.contains("nope") && e.contains("does not exist"), "{e}");
+    let (ok, stderr) = export_cli(&missing, &["--torchscript", pt_arg]);
+    assert!(!ok && stderr.starts_with("error: ") && stderr.contains("does not exist") && !stderr.contains("panicked"), "{stderr}");
+
+    let run = dir.path().join("run");
+    fake_run(&run);
+    // Nothing asked for.
+    let e = err(&run, &ExportOptions { torchscript: None, ..opts(&pt) });
+    assert!(e.contains("--torchscript"), "{e}");
+
+    let cases: Vec<(&str, Box<dyn Fn(&Path)>, Vec<&str>)> = vec![
+        ("state.json missing", Box::new(|r: &Path| std::fs::remove_file(r.join("state.json")).unwrap()), vec!["state.json", "is missing"]),
+        ("config.toml missing", Box::new(|r: &Path| std::fs::remove_file(r.join("config.toml")).unwrap()), vec!["config.toml", "is missing"]),
+        ("state.json truncated", Box::new(|r: &Path| truncate(&r.join("state.json"))), vec!["state.json", "truncated"]),
+        ("config.toml truncated", Box::new(|r: &Path| std::fs::write(r.join("config.toml"), "[data]\npath = \"data/dig").unwrap()), vec!["config.toml"]),
+        ("best.safetensors truncated", Box::new(|r: &Path| truncate(&r.join("best.safetensors"))), vec!["best.safetensors", "truncated"]),
+        (
+            "no weights at all",
+            Box::new(|r: &Path| {
+                std::fs::remove_file(r.join("best.safetensors")).unwrap();
+                std::fs::remove_file(r.join("weights.safetensors")).unwrap();
+            }),
+            vec!["no weights", "weights.safetensors", "is missing"],
+        ),
+    ];
+    for (what, damage, want) in cases {
+        let run = dir.path().join(what.replace(' ', "_"));
+        fake_run(&run);
+        damage(&run);
+        let e = err(&run, &opts(&pt));
+        for w in &want {
+            assert!(e.contains(w), "{what}: {w:?} not in {e:?}");
+        }
+        assert!(e.contains("cannot export"), "{what}: {e}");
+        let (ok, stderr) = export_cli(&run, &["--torchscript", pt_arg]);
+        assert!(!ok && stderr.contains(want[0]) && !stderr.contains("panicked"), "{what}: {stderr}");
+        assert!(!pt.exists(), "{what}: a module was written");
+    }
+    // `--checkpoint last` reads weights.safetensors: truncated, it is named (best is fine).
+    let run = dir.path().join("last");
+    fake_run(&run);
+    truncate(&run.join("weights.safetensors"));
+    export::export_run(&run, &opts(&pt)).unwrap();
+    std::fs::remove_file(&pt).unwrap();
+    let e = err(&run, &ExportOptions { checkpoint: Checkpoint::Last, ..opts(&pt) });
+    assert!(e.contains("weights.safetensors") && e.contains("truncated"), "{e}");
+    let (ok, stderr) = export_cli(&run, &["--torchscript", pt_arg, "--checkpoint", "last"]);
+    assert!(!ok && stderr.contains("weights.safetensors"), "{stderr}");
+}
+
+fn truncate(path: &Path) {
+    let bytes = std::fs::read(path).unwrap();
+    std::fs::write(path, &bytes[..bytes.len() / 2]).unwrap();
+}

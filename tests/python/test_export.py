@@ -1,0 +1,300 @@
+"""flowzoo export: a trained model as a TorchScript module, checked from plain PyTorch.
+
+For each model variant, a tiny model is trained with the flowzoo binary ($FLOWZOO_BIN, else
+target/release/flowzoo) on the bundled 8x8 digits, exported with `flowzoo export`, loaded with
+`torch.jit.load` and compared with the Rust model's own outputs on the same inputs, which
+`flowzoo export --reference-in IN --reference-out OUT` writes (a test hook, see
+src/export/mod.rs): float64 to 1e-10 absolute, float32 to 1e-5 (relative to the size of the
+values when they exceed 1), two batch sizes.
+
+Set FLOWZOO_EXPORT_REPORT=FILE.json to get the largest differences measured.
+"""
+import json
+import os
+import pathlib
+import subprocess
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BIN = os.environ.get("FLOWZOO_BIN") or str(ROOT / "target" / "release" / "flowzoo")
+
+# Tiny Glows (8x8x1 digits, K=2, L=2, width 16), trained a few steps so that every layer
+# (ActNorm data init, couplings, priors) is away from its identity initialisation.
+COMMON = [
+    "train.max_steps=8",
+    "train.warmup_steps=1",
+    "train.lr=0.003",
+    "train.batch_size=32",
+    "model.steps=2",
+    "model.levels=2",
+    "model.width=16",
+    "train.eval_every=8",
+    "train.sample_every=0",
+    "train.checkpoint_every=8",
+    "train.threads=2",
+]
+VARIANTS = {
+    "affine_lu": ["model.coupling=affine", "model.permutation=invconv_lu"],
+    "additive_reverse": ["model.coupling=additive", "model.permutation=reverse"],
+    "affine_invconv": ["model.coupling=affine", "model.permutation=invconv"],
+    "affine_shuffle_conditional": [
+        "model.coupling=affine",
+        "model.permutation=shuffle",
+        "model.conditional=true",
+    ],
+}
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+BATCHES = (3, 5)
+
+REPORT = {}
+
+
+def record(variant, what, dtype, diff):
+    key = f"{variant}/{str(dtype).replace('torch.', '')}/{what}"
+    REPORT[key] = max(REPORT.get(key, 0.0), float(diff))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def write_report():
+    yield
+    path = os.environ.get("FLOWZOO_EXPORT_REPORT")
+    if path:
+        pathlib.Path(path).write_text(json.dumps(REPORT, indent=1, sort_keys=True))
+
+
+def flowzoo(*args, check=True):
+    r = subprocess.run([BIN, *map(str, args)], cwd=ROOT, capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise AssertionError(f"flowzoo {' '.join(map(str, args))} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def max_diff(a, b):
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def exported(request, tmp_path_factory):
+    name = request.param
+    d = tmp_path_factory.mktemp(name)
+    run = d / "run"
+    sets = []
+    for s in COMMON + VARIANTS[name]:
+        sets += ["--set", s]
+    flowzoo("train", "--config", "configs/glow_digits.toml", "--out", run, *sets, "-q")
+    pt, st = d / "model.pt", d / "weights.safetensors"
+    out = flowzoo("export", "--model", run, "--torchscript", pt, "--safetensors", st)
+    assert pt.is_file() and st.is_file(), out.stdout
+    return {"name": name, "run": run, "pt": pt, "st": st, "dir": d, "conditional": "conditional" in name}
+
+
+def load(ex, dtype=torch.float32):
+    m = torch.jit.load(str(ex["pt"]))
+    m.eval()
+    return m.double() if dtype == torch.float64 else m
+
+
+def reference(ex, inputs, tag):
+    """The Rust model's outputs on `inputs` (see write_reference in src/export/mod.rs)."""
+    fin, fout = ex["dir"] / f"ref_in_{tag}.safetensors", ex["dir"] / f"ref_out_{tag}.safetensors"
+    save_file({k: v.contiguous() for k, v in inputs.items()}, str(fin))
+    flowzoo("export", "--model", ex["run"], "--reference-in", fin, "--reference-out", fout)
+    return load_file(str(fout))
+
+
+def test_state_dict_is_the_safetensors_file(exported):
+    m = load(exported)
+    sd = m.state_dict()
+    weights = load_file(str(exported["st"]))
+    assert sorted(sd) == sorted(weights)
+    # ... which are the run's own weights (best checkpoint), names and values.
+    run_weights = load_file(str(exported["run"] / "best.safetensors"))
+    assert sorted(run_weights) == sorted(sd)
+    for k, v in weights.items():
+        assert sd[k].shape == v.shape, k
+        assert sd[k].dtype == v.dtype, k
+        assert torch.equal(sd[k], v), k
+        assert torch.equal(run_weights[k], v), k
+    params = dict(m.named_parameters())
+    buffers = dict(m.named_buffers())
+    assert set(params) | set(buffers) == set(sd) and not set(params) & set(buffers)
+    assert all(p.requires_grad for p in params.values())
+    # What is not trained is a buffer: ActNorm's flag, permutations, LU's P and sign(s).
+    for k in buffers:
+        assert k.rsplit(".", 1)[1] in ("initialized", "perm", "p", "sign_s"), k
+    assert all(float(v) == 1.0 for k, v in buffers.items() if k.endswith("initialized"))
+    assert m.event_shape() == [1, 8, 8] and m.dim == 64 and m.n_bits == 4
+    assert m.n_classes == (10 if exported["conditional"] else 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_matches_the_rust_model(exported, dtype):
+    m = load(exported, dtype)
+    tol = TOL[dtype]
+    name = exported["name"]
+    for b in BATCHES:
+        g = torch.Generator().manual_seed(100 + b)
+        x = (torch.floor(torch.rand(b, 1, 8, 8, generator=g) * 16) / 16 - 0.5
+             + torch.rand(b, 1, 8, 8, generator=g) / 16).to(dtype)
+        eps = torch.randn(b, 64, generator=g).to(dtype) * 0.8
+        seed, temperature = 7 + b, 0.7
+        inputs = {
+            "x": x,
+            "eps": eps,
+            "sample_n": torch.tensor([b]),
+            "sample_temperature": torch.tensor([temperature], dtype=torch.float64),
+            "sample_seed": torch.tensor([seed]),
+        }
+        labels = None
+        if exported["conditional"]:
+            labels = torch.arange(b) % 10
+            inputs.update(labels=labels, eps_labels=labels.flip(0), sample_labels=(labels + 3) % 10)
+        ref = reference(exported, inputs, f"{dtype}_{b}".replace("torch.", ""))
+        for k in ("z", "logabsdet", "log_prob", "bits_per_dim", "x_rec", "inverse_eps", "sample"):
+            assert ref[k].dtype == dtype, (k, ref[k].dtype)
+        with torch.no_grad():
+            z, ld = m(x, labels)
+            assert z.shape == (b, 64) and ld.shape == (b,) and z.dtype == dtype
+            checks = {
+                "forward_z": (z, ref["z"]),
+                "forward_logabsdet": (ld, ref["logabsdet"]),
+                "log_prob": (m.log_prob(x, labels), ref["log_prob"]),
+                "bits_per_dim": (m.bits_per_dim(x, labels), ref["bits_per_dim"]),
+                "inverse_z": (m.inverse(ref["z"], labels), ref["x_rec"]),
+                "inverse_eps": (m.inverse(eps, None if labels is None else labels.flip(0)), ref["inverse_eps"]),
+            }
+            torch.manual_seed(seed)
+            s = m.sample(b, temperature, None if labels is None else (labels + 3) % 10)
+            checks["sample"] = (s, ref["sample"])
+            # the inverse is exact too (both directions in the module itself).
+            checks["roundtrip"] = (m.inverse(z, labels), x)
+        for what, (got, want) in checks.items():
+            diff = max_diff(got, want)
+            record(name, what, dtype, diff)
+            # float32: 1e-5 relative to the values' size (log_prob is in the hundreds, where one
+            # float32 ulp is 1.5e-5; the two processes' kernels may round the last bit apart).
+            scale = 1.0 if dtype == torch.float64 else max(1.0, want.abs().max().item())
+            assert diff <= tol * scale, f"{name} {dtype} B={b} {what}: max |difference| {diff:.3e} > {tol * scale:.1e}"
+        # log_prob is log N(z; 0, I) + logabsdet, and bits/dim follows from it with n_bits = 4.
+        lp = -0.5 * (z.double() ** 2).sum(1) - 32 * torch.log(torch.tensor(2 * torch.pi, dtype=torch.float64)) + ld.double()
+        assert max_diff(lp, ref["log_prob"]) <= 1e-3
+        bpd = -(ref["log_prob"].double() - 64 * 4 * 0.6931471805599453) / (64 * 0.6931471805599453)
+        assert max_diff(bpd, ref["bits_per_dim"]) <= 1e-4
+
+
+def test_log_prob_agrees_with_flowzoo_eval(exported):
+    if exported["conditional"]:
+        pytest.skip("eval --tensors has no labels")
+    m = load(exported)
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(3)) - 0.5
+    f = exported["dir"] / "eval_x.safetensors"
+    save_file({"x": x}, str(f))
+    out = flowzoo("eval", "--model", exported["run"], "--tensors", f"{f}:x", "--json")
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    with torch.no_grad():
+        lp = m.log_prob(x)
+        bpd = m.bits_per_dim(x)
+    assert max_diff(lp, torch.tensor(got["log_prob"])) <= 1e-3
+    assert max_diff(bpd, torch.tensor(got["bpd"])) <= 1e-5
+
+
+def test_fine_tune_save_and_reload(exported, tmp_path):
+    m = load(exported)
+    m.train()
+    labels = torch.arange(32) % 10 if exported["conditional"] else None
+    g = torch.Generator().manual_seed(11)
+    x = torch.floor(torch.rand(32, 1, 8, 8, generator=g) * 16) / 16 - 0.5 + torch.rand(32, 1, 8, 8, generator=g) / 16
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    opt = torch.optim.Adam(m.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(6):
+        opt.zero_grad()
+        loss = m.bits_per_dim(x, labels).mean()
+        loss.backward()
+        grads = [p.grad for p in m.parameters()]
+        assert all(gr is not None and torch.isfinite(gr).all() for gr in grads)
+        opt.step()
+        losses.append(loss.item())
+    with torch.no_grad():
+        final = m.bits_per_dim(x, labels).mean().item()
+    assert final < losses[0] - 1e-3, (losses, final)
+    changed = [k for k, v in m.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed, "no parameter changed"
+    assert all(torch.equal(m.state_dict()[k], before[k]) for k, _ in m.named_buffers())
+    path = tmp_path / "finetuned.pt"
+    torch.jit.save(m, str(path))
+    m2 = torch.jit.load(str(path))
+    m2.eval()
+    m.eval()
+    assert sorted(m2.state_dict()) == sorted(m.state_dict())
+    with torch.no_grad():
+        assert torch.equal(m2.log_prob(x, labels), m.log_prob(x, labels))
+        torch.manual_seed(1)
+        s1 = m.sample(4, 0.5)
+        torch.manual_seed(1)
+        s2 = m2.sample(4, 0.5)
+    assert torch.equal(s1, s2)
+    # the fine-tuned weights load back as a plain state dict too.
+    m3 = load(exported)
+    m3.load_state_dict(m2.state_dict())
+    with torch.no_grad():
+        assert torch.equal(m3.log_prob(x, labels), m.log_prob(x, labels))
+
+
+def test_batch_sizes_dtypes_and_helpers(exported):
+    m = load(exported)
+    labels = (lambda n: torch.arange(n) % 10) if exported["conditional"] else (lambda n: None)
+    with torch.no_grad():
+        for n in (1, 2, 7):
+            s = m.sample(n, 0.6, labels(n))
+            assert s.shape == (n, 1, 8, 8) and s.dtype == torch.float32
+            assert torch.isfinite(m.log_prob(s, labels(n))).all()
+        if exported["conditional"]:
+            s = m.sample(12, 0.6)  # labels default to 0, 1, ..., 9, 0, 1
+            assert s.shape == (12, 1, 8, 8)
+        px = m.to_pixels(m.sample(6, 0.7, labels(6)))
+        assert px.dtype == torch.uint8 and px.shape == (6, 1, 8, 8)
+        x = m.preprocess(px)
+        assert x.dtype == torch.float32 and x.min() >= -0.5 and x.max() < 0.5
+        assert torch.equal(m.preprocess(px, False), torch.floor(px.float() / 16) / 16 - 0.5)
+        md = m.double()
+        sd = md.sample(3, 0.5, labels(3))
+        assert sd.dtype == torch.float64 and md.log_prob(sd, labels(3)).dtype == torch.float64
+        assert md.preprocess(px).dtype == torch.float64
+
+
+def test_clear_errors(exported):
+    m = load(exported)
+    with pytest.raises(Exception, match="expected x of shape"):
+        m.log_prob(torch.zeros(2, 3, 8, 8))
+    with pytest.raises(Exception, match="expected z of shape"):
+        m.inverse(torch.zeros(2, 63))
+    if exported["conditional"]:
+        with pytest.raises(Exception, match="class-conditional"):
+            m.log_prob(torch.zeros(2, 1, 8, 8))
+    else:
+        with pytest.raises(Exception, match="not class-conditional"):
+            m.log_prob(torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.int64))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda(exported):
+    m = load(exported, torch.float64)
+    labels = (torch.arange(4) % 10) if exported["conditional"] else None
+    x = torch.rand(4, 1, 8, 8, dtype=torch.float64) - 0.5
+    with torch.no_grad():
+        lp = m.log_prob(x, labels)
+        mc = m.to("cuda")
+        lpc = mc.log_prob(x.cuda(), None if labels is None else labels.cuda())
+        assert lpc.device.type == "cuda"
+        assert max_diff(lpc.cpu(), lp) <= 1e-8
+        s = mc.sample(3, 0.5, None if labels is None else labels[:3].cuda())
+        assert s.device.type == "cuda"
+    mc.train()
+    loss = -mc.log_prob(x.cuda(), None if labels is None else labels.cuda()).mean()
+    loss.backward()
+    assert all(p.grad is not None and p.grad.device.type == "cuda" for p in mc.parameters())
