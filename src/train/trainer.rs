@@ -388,8 +388,12 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
     let mut batches = Batches { seed: t_cfg.seed, batch: t_cfg.batch_size, n: data.len(), epoch: -1, perm: vec![] };
     if opts.resume {
         tr.load_checkpoint(&run)?;
-        if tr.state.classes != classes || tr.state.columns != tr.sess.columns {
-            bail!("--resume: the data's classes/columns differ from the run's; resume with the data it was trained on");
+        // Only a class-conditional model depends on the class list; tabular ones on the columns.
+        if cfg.model.conditional && tr.state.classes != classes {
+            bail!("--resume: the data's classes {classes:?} differ from the run's {:?}", tr.state.classes);
+        }
+        if tr.state.columns != tr.sess.columns {
+            bail!("--resume: the data's columns {:?} differ from the run's {:?}", tr.sess.columns, tr.state.columns);
         }
         if opts.verbose {
             eprintln!("resuming {} at step {}", run.path.display(), tr.state.step);
