@@ -6,9 +6,10 @@ use flowzoo::config::{Config, PermutationChoice};
 use flowzoo::export::{self, ExportOptions, ScriptBuilder};
 use flowzoo::flows::testing::perturb;
 use flowzoo::flows::{
-    ActNorm, ActNormParam, ConvNet, Coupling, CouplingKind, Ctx, Flatten, Flow, InvConv1x1, InvConv1x1Lu, LearnedPrior,
-    Mask, ParamLayout, Permutation, Sequential, SplitPrior, Squeeze,
+    Activation, ActNorm, ActNormParam, BatchNormFlow, ConvNet, Coupling, CouplingKind, Ctx, ElementwiseAffine, Flatten, Flow,
+    InvConv1x1, InvConv1x1Lu, LearnedPrior, Mask, MlpNet, ParamLayout, Permutation, ScaleFn, Sequential, SplitPrior, Squeeze,
 };
+use flowzoo::models::DataInfo;
 use flowzoo::io::tensors::named_variables;
 use flowzoo::io::{read_safetensors, Checkpoint, RunDir, RunState};
 use flowzoo::train::Session;
@@ -154,6 +155,65 @@ fn every_layer_matches_its_torchscript() {
     }
 }
 
+/// The layers of vector models: MLP conditioners (every activation) in couplings with both
+/// scale functions and every mask, batch norm (eval: running statistics) on vectors and images,
+/// the elementwise affine maps (standardisation, NICE's scaling, a diagonal Gaussian base).
+#[test]
+fn every_vector_layer_matches_its_torchscript() {
+    let _rng = rng_lock();
+    tch::manual_seed(1);
+    let x = Tensor::randn([3, 6], F64);
+    type Build = Box<dyn Fn(&nn::Path) -> Box<dyn Flow>>;
+    let mut cases: Vec<(String, Build)> = vec![
+        ("batchnorm vectors".into(), Box::new(|p| Box::new(BatchNormFlow::new(p / "bn", 6, 2)))),
+        ("standardize".into(), Box::new(|p| {
+            let mean = Tensor::randn([6], F64);
+            let std = Tensor::rand([6], F64) + 0.5;
+            Box::new(ElementwiseAffine::standardize(p / "std", &mean, &std))
+        })),
+        ("scaling".into(), Box::new(|p| Box::new(ElementwiseAffine::scaling(p / "scaling", 6)))),
+        ("diag gaussian".into(), Box::new(|p| Box::new(ElementwiseAffine::diag_gaussian(p / "base", 6)))),
+    ];
+    let activations = [Activation::Relu, Activation::Tanh, Activation::Elu, Activation::LeakyRelu, Activation::Gelu, Activation::Silu];
+    for (i, act) in activations.into_iter().enumerate() {
+        for kind in [CouplingKind::Affine, CouplingKind::Additive] {
+            let mask = [Mask::Channel { flip: false }, Mask::Channel { flip: true }, Mask::Checkerboard { parity: 0 }, Mask::Checkerboard { parity: 1 }][i % 4];
+            let scale_fn = if i % 2 == 0 { ScaleFn::ExpTanh } else { ScaleFn::Sigmoid2 };
+            cases.push((
+                format!("mlp coupling {act:?} {kind:?} {mask:?} {scale_fn:?}"),
+                Box::new(move |p| {
+                    let (c_in, c_out) = Coupling::net_channels(kind, mask, 6);
+                    let net = MlpNet::new(p / "coupling" / "net", c_in, 8, 2, c_out, act).unwrap();
+                    let mut c = Coupling::with_conv_net(p / "unused", kind, mask, 6, 4);
+                    c.net = Box::new(net);
+                    c.scale_fn = scale_fn;
+                    Box::new(c)
+                }),
+            ));
+        }
+    }
+    for (name, build) in &cases {
+        let mut vs = VarStore::new(Device::Cpu);
+        let flow = build(&vs.root());
+        perturb(&vs, 0.3);
+        vs.double();
+        check_flow_script(name, &vs, flow.as_ref(), &x, None);
+    }
+    // Batch norm with running statistics away from (0, 1), on images too.
+    for (shape, ndim) in [(vec![3i64, 6], 2usize), (vec![3, 6, 2, 2], 4)] {
+        let mut vs = VarStore::new(Device::Cpu);
+        let bn = BatchNormFlow::new(vs.root() / "bn", 6, ndim);
+        perturb(&vs, 0.3);
+        tch::no_grad(|| {
+            bn.running_mean.shallow_clone().copy_(&(bn.running_mean.randn_like() * 0.5));
+            bn.running_var.shallow_clone().copy_(&(bn.running_var.rand_like() + 0.3));
+        });
+        vs.double();
+        let x = Tensor::randn(&shape[..], F64);
+        check_flow_script(&format!("batchnorm {ndim}-d, running statistics"), &vs, &bn, &x, None);
+    }
+}
+
 struct Mystery;
 
 impl Flow for Mystery {
@@ -245,6 +305,51 @@ fn glow_module_matches_the_model() {
         };
         let want = if conditional { "this model is class-conditional" } else { "not class-conditional" };
         assert!(err.contains(want), "{err}");
+    }
+}
+
+/// RealNVP (images and vectors) and NICE: the module against the model, float64.
+#[test]
+fn other_families_match_the_model() {
+    let _rng = rng_lock();
+    let cases: [(&str, &[&str], Option<i64>); 4] = [
+        ("realnvp images", &["model.kind=realnvp", "model.width=8", "model.norm=batchnorm"], None),
+        ("realnvp vectors", &["data.kind=tabular", "model.kind=realnvp", "model.blocks=3", "model.width=8", "model.norm=batchnorm", "model.base=diag_gaussian"], Some(5)),
+        ("realnvp vectors halves", &["data.kind=tabular", "model.kind=realnvp", "model.blocks=2", "model.width=8", "model.norm=actnorm", "model.mask=halves", "model.permutation=invconv_lu"], Some(4)),
+        ("nice", &["data.kind=tabular", "model.kind=nice", "model.blocks=3", "model.width=8"], Some(6)),
+    ];
+    for (what, sets, columns) in cases {
+        let cfg = tiny_glow(PermutationChoice::Shuffle, false, sets);
+        let info = DataInfo {
+            classes: vec!["0".into()],
+            columns: (0..columns.unwrap_or(0)).map(|i| format!("c{i}")).collect(),
+        };
+        let mut sess = Session::new_for(&cfg, info, Device::Cpu).unwrap();
+        perturb(&sess.vs, 0.05);
+        sess.vs.double();
+        let module = export::session_module(&sess).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        let m = module.to_cmodule().unwrap();
+        let _g = tch::no_grad_guard();
+        let mut shape = vec![4i64];
+        shape.extend(sess.model.event_shape());
+        let x = Tensor::rand(&shape[..], F64) - 0.5;
+        let ctx = Ctx::eval();
+        let (z, ld) = sess.model.flow().forward(&x, &ctx).unwrap();
+        let (zs, lds) = pair(m.forward_is(&[IValue::Tensor(x.shallow_clone())]).unwrap());
+        let lp = sess.model.log_prob(&x, &ctx).unwrap();
+        let lps = tensor(m.method_is("log_prob", &[IValue::Tensor(x.shallow_clone())]).unwrap());
+        let (xr, _) = sess.model.flow().inverse(&z, &ctx).unwrap();
+        let xs = tensor(m.method_is("inverse", &[IValue::Tensor(z.shallow_clone())]).unwrap());
+        tch::manual_seed(4);
+        let s = sess.model.sample(3, 0.5, &ctx, F64).unwrap();
+        tch::manual_seed(4);
+        let ss = tensor(m.method_is("sample", &[IValue::Int(3), IValue::Double(0.5)]).unwrap());
+        for (name, a, r) in [("z", &zs, &z), ("logdet", &lds, &ld), ("log_prob", &lps, &lp), ("inverse", &xs, &xr), ("sample", &ss, &s)] {
+            let d = max_diff(a, r);
+            assert!(d < 1e-10, "{what}: {name} differs by {d:e}");
+        }
+        let names = module.to_cmodule().unwrap().named_parameters().unwrap();
+        assert!(names.iter().all(|(n, _)| sess.vs.variables().contains_key(n)), "{what}");
     }
 }
 

@@ -409,8 +409,13 @@ def to_pixels(self, x: Tensor) -> Tensor:
     ts.define(&src)
 }
 
-/// The module's class for a `model.kind`: `glow` -> `Glow` (`__torch__.flowzoo.Glow` in PyTorch).
+/// The module's class for a `model.kind`: `glow` -> `Glow` (`__torch__.flowzoo.Glow` in PyTorch),
+/// `realnvp` -> `RealNVP`, `nice` -> `NICE`; other kinds are capitalised.
 pub fn class_name(kind: &str) -> String {
+    let known = [("glow", "Glow"), ("realnvp", "RealNVP"), ("nice", "NICE"), ("maf", "MAF"), ("iaf", "IAF"), ("nsf", "NSF"), ("ffjord", "FFJORD")];
+    if let Some((_, name)) = known.iter().find(|(k, _)| *k == kind) {
+        return name.to_string();
+    }
     let clean: String = kind.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
     let mut chars = clean.chars();
     match chars.next() {

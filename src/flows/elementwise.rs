@@ -55,6 +55,41 @@ impl ElementwiseAffine {
 }
 
 impl Flow for ElementwiseAffine {
+    fn to_torchscript(&self, ts: &mut crate::export::ScriptBuilder) -> Result<crate::export::ScriptFlow> {
+        use crate::export::ts_sum_per_sample;
+        // `affine()`: (shift, log_scale), op for op.
+        let (tensors, affine) = match self {
+            ElementwiseAffine::Standardize { mean, std } => {
+                let (m, s) = (ts.tensor(mean)?, ts.tensor(std)?);
+                (vec![mean, std], format!("shift = -({m} / {s})\nls = -torch.log({s})\n"))
+            }
+            ElementwiseAffine::Scaling { log_scale } => {
+                let l = ts.tensor(log_scale)?;
+                (vec![log_scale], format!("ls = {l}\nshift = torch.zeros_like(ls)\n"))
+            }
+            ElementwiseAffine::DiagGaussian { loc, log_std } => {
+                let (m, s) = (ts.tensor(loc)?, ts.tensor(log_std)?);
+                (vec![loc, log_std], format!("shift = -({m} * torch.exp(-{s}))\nls = -{s}\n"))
+            }
+        };
+        let stem = ts.stem("elementwise", &tensors);
+        let d = self.dims();
+        let check = |t: &str| {
+            format!("assert {t}.dim() >= 2 and {t}.size(1) == {d}, \"ElementwiseAffine: expected input with {d} channels (dim 1), got \" + str({t}.size())\n")
+        };
+        let f = format!(
+            "{}{affine}out = x * torch.exp(ls) + shift\nreturn out, {}",
+            check("x"),
+            ts_sum_per_sample("ls.unsqueeze(0).expand_as(x)")
+        );
+        let i = format!(
+            "{}{affine}out = (y - shift) * torch.exp(-ls)\nreturn out, -{}",
+            check("y"),
+            ts_sum_per_sample("ls.unsqueeze(0).expand_as(y)")
+        );
+        ts.define_flow(&stem, &f, &i)
+    }
+
     fn forward(&self, x: &Tensor, _ctx: &Ctx) -> Result<(Tensor, Tensor)> {
         check_channels("ElementwiseAffine", x, self.dims())?;
         let (shift, log_scale) = self.affine()?;

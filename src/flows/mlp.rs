@@ -58,6 +58,29 @@ impl MlpNet {
 }
 
 impl Conditioner for MlpNet {
+    fn to_torchscript(&self, ts: &mut crate::export::ScriptBuilder) -> Result<String> {
+        let act = match self.activation {
+            Activation::Relu => "torch.relu(h)",
+            Activation::Tanh => "torch.tanh(h)",
+            Activation::Elu => "torch.elu(h)",
+            Activation::LeakyRelu => "torch.leaky_relu(h)",
+            Activation::Gelu => "torch.gelu(h, approximate=\"none\")",
+            Activation::Silu => "torch.silu(h)",
+        };
+        let mut body = "h = x\n".to_string();
+        let last = self.layers.len() - 1;
+        for (i, (w, b)) in self.layers.iter().enumerate() {
+            body += &format!("h = torch.linear(h, {}, {})\n", ts.tensor(w)?, ts.tensor(b)?);
+            if i < last {
+                body += &format!("h = {act}\n");
+            }
+        }
+        body += "return h";
+        let tensors: Vec<&Tensor> = self.layers.iter().map(|(w, _)| w).collect();
+        let stem = ts.stem("mlp", &tensors);
+        ts.define_function(&stem, "net", "x: Tensor, cond: Optional[Tensor]", "Tensor", &body)
+    }
+
     fn forward(&self, x: &Tensor, _ctx: &Ctx) -> Result<Tensor> {
         let mut h = x.shallow_clone();
         let last = self.layers.len() - 1;

@@ -1,7 +1,8 @@
 """flowzoo export: a trained model as a TorchScript module, checked from plain PyTorch.
 
-For each model variant, a tiny model is trained with the flowzoo binary ($FLOWZOO_BIN, else
-target/release/flowzoo) on the bundled 8x8 digits, exported with `flowzoo export`, loaded with
+For each model family (Glow in four variants, RealNVP on images and vectors, NICE), a tiny
+model is trained with the flowzoo binary ($FLOWZOO_BIN, else target/release/flowzoo) on bundled
+data (8x8 digits, two moons, 64-d digits), exported with `flowzoo export`, loaded with
 `torch.jit.load` and compared with the Rust model's own outputs on the same inputs, which
 `flowzoo export --reference-in IN --reference-out OUT` writes (a test hook, see
 src/export/mod.rs): float64 to 1e-10 absolute, float32 to 1e-5 (relative to the size of the
@@ -10,6 +11,7 @@ values when they exceed 1), two batch sizes.
 Set FLOWZOO_EXPORT_REPORT=FILE.json to get the largest differences measured.
 """
 import json
+import math
 import os
 import pathlib
 import subprocess
@@ -21,30 +23,40 @@ from safetensors.torch import load_file, save_file
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIN = os.environ.get("FLOWZOO_BIN") or str(ROOT / "target" / "release" / "flowzoo")
 
-# Tiny Glows (8x8x1 digits, K=2, L=2, width 16), trained a few steps so that every layer
-# (ActNorm data init, couplings, priors) is away from its identity initialisation.
+# Tiny models of every family, trained a few steps so that every layer (ActNorm data init,
+# couplings, priors, batch-norm statistics) is away from its identity initialisation.
 COMMON = [
     "train.max_steps=8",
     "train.warmup_steps=1",
     "train.lr=0.003",
     "train.batch_size=32",
-    "model.steps=2",
-    "model.levels=2",
-    "model.width=16",
     "train.eval_every=8",
     "train.sample_every=0",
     "train.checkpoint_every=8",
     "train.threads=2",
 ]
+GLOW = ["model.steps=2", "model.levels=2", "model.width=16"]
+DIGITS = "configs/glow_digits.toml"
 VARIANTS = {
-    "affine_lu": ["model.coupling=affine", "model.permutation=invconv_lu"],
-    "additive_reverse": ["model.coupling=additive", "model.permutation=reverse"],
-    "affine_invconv": ["model.coupling=affine", "model.permutation=invconv"],
-    "affine_shuffle_conditional": [
-        "model.coupling=affine",
-        "model.permutation=shuffle",
-        "model.conditional=true",
-    ],
+    # Glow on 8x8x1 digits (K=2, L=2, width 16).
+    "glow_affine_lu": dict(config=DIGITS, sets=GLOW + ["model.coupling=affine", "model.permutation=invconv_lu"]),
+    "glow_additive_reverse": dict(config=DIGITS, sets=GLOW + ["model.coupling=additive", "model.permutation=reverse"]),
+    "glow_affine_invconv": dict(config=DIGITS, sets=GLOW + ["model.coupling=affine", "model.permutation=invconv"]),
+    "glow_shuffle_conditional": dict(
+        config=DIGITS, sets=GLOW + ["model.permutation=shuffle", "model.conditional=true"], conditional=True
+    ),
+    # RealNVP on images (checkerboard and channel couplings, batch norm, squeeze, split).
+    "realnvp_image": dict(config=DIGITS, sets=["model.kind=realnvp", "model.levels=2", "model.width=16"]),
+    # RealNVP and NICE on vectors (MLP conditioners, standardisation, batch norm / ActNorm,
+    # permutations, a diagonal Gaussian base, NICE's scaling).
+    "realnvp_moons": dict(config="configs/realnvp_moons.toml", sets=["model.blocks=2", "model.width=16"], dim=2),
+    "realnvp_digits64_halves": dict(
+        config="configs/realnvp_digits64.toml",
+        sets=["model.blocks=2", "model.width=16", "model.norm=actnorm", "model.mask=halves",
+              "model.permutation=invconv_lu", "model.base=diag_gaussian", "model.activation=tanh"],
+        dim=64,
+    ),
+    "nice_digits64": dict(config="configs/nice_digits64.toml", sets=["model.blocks=2", "model.width=16"], dim=64),
 }
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 BATCHES = (3, 5)
@@ -80,16 +92,35 @@ def max_diff(a, b):
 @pytest.fixture(scope="module", params=sorted(VARIANTS))
 def exported(request, tmp_path_factory):
     name = request.param
+    v = VARIANTS[name]
     d = tmp_path_factory.mktemp(name)
     run = d / "run"
     sets = []
-    for s in COMMON + VARIANTS[name]:
+    for s in COMMON + v["sets"]:
         sets += ["--set", s]
-    flowzoo("train", "--config", "configs/glow_digits.toml", "--out", run, *sets, "-q")
+    flowzoo("train", "--config", v["config"], "--out", run, *sets, "-q")
     pt, st = d / "model.pt", d / "weights.safetensors"
     out = flowzoo("export", "--model", run, "--torchscript", pt, "--safetensors", st)
     assert pt.is_file() and st.is_file(), out.stdout
-    return {"name": name, "run": run, "pt": pt, "st": st, "dir": d, "conditional": "conditional" in name}
+    image = "dim" not in v
+    return {
+        "name": name, "run": run, "pt": pt, "st": st, "dir": d,
+        "conditional": v.get("conditional", False),
+        "image": image,
+        "shape": (1, 8, 8) if image else (v["dim"],),
+        "dim": 64 if image else v["dim"],
+    }
+
+
+def make_x(ex, b, g, dtype=torch.float32):
+    """Points in model space: dequantised 4-bit images in [-0.5, 0.5), or rows like the data."""
+    if ex["image"]:
+        x = torch.floor(torch.rand(b, 1, 8, 8, generator=g) * 16) / 16 - 0.5 + torch.rand(b, 1, 8, 8, generator=g) / 16
+    elif ex["dim"] == 64:  # digits64: grey levels 0..16 plus U(0, 1) noise
+        x = torch.floor(torch.rand(b, 64, generator=g) * 17) + torch.rand(b, 64, generator=g)
+    else:  # moons
+        x = torch.randn(b, ex["dim"], generator=g)
+    return x.to(dtype)
 
 
 def load(ex, dtype=torch.float32):
@@ -122,12 +153,14 @@ def test_state_dict_is_the_safetensors_file(exported):
     params = dict(m.named_parameters())
     buffers = dict(m.named_buffers())
     assert set(params) | set(buffers) == set(sd) and not set(params) & set(buffers)
-    assert all(p.requires_grad for p in params.values())
-    # What is not trained is a buffer: ActNorm's flag, permutations, LU's P and sign(s).
+    assert params and all(p.requires_grad for p in params.values())
+    # What is not trained is a buffer: ActNorm's flag, permutations, LU's P and sign(s),
+    # batch-norm statistics, the standardisation of tabular data.
     for k in buffers:
-        assert k.rsplit(".", 1)[1] in ("initialized", "perm", "p", "sign_s"), k
+        assert k.rsplit(".", 1)[1] in ("initialized", "perm", "p", "sign_s", "running_mean", "running_var", "mean", "std"), k
     assert all(float(v) == 1.0 for k, v in buffers.items() if k.endswith("initialized"))
-    assert m.event_shape() == [1, 8, 8] and m.dim == 64 and m.n_bits == 4
+    assert m.event_shape() == list(exported["shape"]) and m.dim == exported["dim"]
+    assert m.n_bits == (4 if exported["image"] else 0)
     assert m.n_classes == (10 if exported["conditional"] else 0)
 
 
@@ -135,12 +168,12 @@ def test_state_dict_is_the_safetensors_file(exported):
 def test_matches_the_rust_model(exported, dtype):
     m = load(exported, dtype)
     tol = TOL[dtype]
-    name = exported["name"]
+    name, dim = exported["name"], exported["dim"]
+    outputs = ["z", "logabsdet", "log_prob", "x_rec", "inverse_eps", "sample"] + (["bits_per_dim"] if exported["image"] else [])
     for b in BATCHES:
         g = torch.Generator().manual_seed(100 + b)
-        x = (torch.floor(torch.rand(b, 1, 8, 8, generator=g) * 16) / 16 - 0.5
-             + torch.rand(b, 1, 8, 8, generator=g) / 16).to(dtype)
-        eps = torch.randn(b, 64, generator=g).to(dtype) * 0.8
+        x = make_x(exported, b, g, dtype)
+        eps = torch.randn(b, dim, generator=g).to(dtype) * 0.8
         seed, temperature = 7 + b, 0.7
         inputs = {
             "x": x,
@@ -149,48 +182,54 @@ def test_matches_the_rust_model(exported, dtype):
             "sample_temperature": torch.tensor([temperature], dtype=torch.float64),
             "sample_seed": torch.tensor([seed]),
         }
-        labels = None
+        labels = eps_labels = sample_labels = None
         if exported["conditional"]:
             labels = torch.arange(b) % 10
-            inputs.update(labels=labels, eps_labels=labels.flip(0), sample_labels=(labels + 3) % 10)
+            eps_labels, sample_labels = labels.flip(0), (labels + 3) % 10
+            inputs.update(labels=labels, eps_labels=eps_labels, sample_labels=sample_labels)
         ref = reference(exported, inputs, f"{dtype}_{b}".replace("torch.", ""))
-        for k in ("z", "logabsdet", "log_prob", "bits_per_dim", "x_rec", "inverse_eps", "sample"):
+        for k in outputs:
             assert ref[k].dtype == dtype, (k, ref[k].dtype)
         with torch.no_grad():
             z, ld = m(x, labels)
-            assert z.shape == (b, 64) and ld.shape == (b,) and z.dtype == dtype
+            assert z.shape == (b, dim) and ld.shape == (b,) and z.dtype == dtype
             checks = {
                 "forward_z": (z, ref["z"]),
                 "forward_logabsdet": (ld, ref["logabsdet"]),
                 "log_prob": (m.log_prob(x, labels), ref["log_prob"]),
-                "bits_per_dim": (m.bits_per_dim(x, labels), ref["bits_per_dim"]),
                 "inverse_z": (m.inverse(ref["z"], labels), ref["x_rec"]),
-                "inverse_eps": (m.inverse(eps, None if labels is None else labels.flip(0)), ref["inverse_eps"]),
+                "inverse_eps": (m.inverse(eps, eps_labels), ref["inverse_eps"]),
             }
+            if exported["image"]:
+                checks["bits_per_dim"] = (m.bits_per_dim(x, labels), ref["bits_per_dim"])
             torch.manual_seed(seed)
-            s = m.sample(b, temperature, None if labels is None else (labels + 3) % 10)
-            checks["sample"] = (s, ref["sample"])
+            checks["sample"] = (m.sample(b, temperature, sample_labels), ref["sample"])
             # the inverse is exact too (both directions in the module itself).
             checks["roundtrip"] = (m.inverse(z, labels), x)
         for what, (got, want) in checks.items():
+            assert torch.isfinite(want).all(), (what, want)
             diff = max_diff(got, want)
             record(name, what, dtype, diff)
             # float32: 1e-5 relative to the values' size (log_prob is in the hundreds, where one
             # float32 ulp is 1.5e-5; the two processes' kernels may round the last bit apart).
             scale = 1.0 if dtype == torch.float64 else max(1.0, want.abs().max().item())
+            if what == "roundtrip":  # x -> z -> x through float arithmetic, not a comparison with Rust
+                scale *= 100
             assert diff <= tol * scale, f"{name} {dtype} B={b} {what}: max |difference| {diff:.3e} > {tol * scale:.1e}"
         # log_prob is log N(z; 0, I) + logabsdet, and bits/dim follows from it with n_bits = 4.
-        lp = -0.5 * (z.double() ** 2).sum(1) - 32 * torch.log(torch.tensor(2 * torch.pi, dtype=torch.float64)) + ld.double()
+        lp = -0.5 * (z.double() ** 2).sum(1) - 0.5 * dim * math.log(2 * math.pi) + ld.double()
         assert max_diff(lp, ref["log_prob"]) <= 1e-3
-        bpd = -(ref["log_prob"].double() - 64 * 4 * 0.6931471805599453) / (64 * 0.6931471805599453)
-        assert max_diff(bpd, ref["bits_per_dim"]) <= 1e-4
+        if exported["image"]:
+            bpd = -(ref["log_prob"].double() - 64 * 4 * math.log(2)) / (64 * math.log(2))
+            assert max_diff(bpd, ref["bits_per_dim"]) <= 1e-4
 
 
 def test_log_prob_agrees_with_flowzoo_eval(exported):
-    if exported["conditional"]:
-        pytest.skip("eval --tensors has no labels")
+    if exported["conditional"] or not exported["image"]:
+        pytest.skip("eval --tensors: unconditional image models")
     m = load(exported)
-    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(3)) - 0.5
+    m.eval()
+    x = make_x(exported, 4, torch.Generator().manual_seed(3))
     f = exported["dir"] / "eval_x.safetensors"
     save_file({"x": x}, str(f))
     out = flowzoo("eval", "--model", exported["run"], "--tensors", f"{f}:x", "--json")
@@ -202,28 +241,32 @@ def test_log_prob_agrees_with_flowzoo_eval(exported):
     assert max_diff(bpd, torch.tensor(got["bpd"])) <= 1e-5
 
 
+def loss_of(m, ex, x, labels):
+    return m.bits_per_dim(x, labels).mean() if ex["image"] else -m.log_prob(x, labels).mean() / ex["dim"]
+
+
 def test_fine_tune_save_and_reload(exported, tmp_path):
     m = load(exported)
     m.train()
     labels = torch.arange(32) % 10 if exported["conditional"] else None
-    g = torch.Generator().manual_seed(11)
-    x = torch.floor(torch.rand(32, 1, 8, 8, generator=g) * 16) / 16 - 0.5 + torch.rand(32, 1, 8, 8, generator=g) / 16
+    x = make_x(exported, 32, torch.Generator().manual_seed(11))
     before = {k: v.clone() for k, v in m.state_dict().items()}
     opt = torch.optim.Adam(m.parameters(), lr=2e-3)
     losses = []
     for _ in range(6):
         opt.zero_grad()
-        loss = m.bits_per_dim(x, labels).mean()
+        loss = loss_of(m, exported, x, labels)
         loss.backward()
         grads = [p.grad for p in m.parameters()]
         assert all(gr is not None and torch.isfinite(gr).all() for gr in grads)
         opt.step()
         losses.append(loss.item())
     with torch.no_grad():
-        final = m.bits_per_dim(x, labels).mean().item()
+        final = loss_of(m, exported, x, labels).item()
     assert final < losses[0] - 1e-3, (losses, final)
     changed = [k for k, v in m.state_dict().items() if not torch.equal(v, before[k])]
     assert changed, "no parameter changed"
+    # Buffers stay as they are (batch-norm statistics are fixed in the exported module).
     assert all(torch.equal(m.state_dict()[k], before[k]) for k, _ in m.named_buffers())
     path = tmp_path / "finetuned.pt"
     torch.jit.save(m, str(path))
@@ -247,45 +290,54 @@ def test_fine_tune_save_and_reload(exported, tmp_path):
 
 def test_batch_sizes_dtypes_and_helpers(exported):
     m = load(exported)
+    shape = exported["shape"]
     labels = (lambda n: torch.arange(n) % 10) if exported["conditional"] else (lambda n: None)
     with torch.no_grad():
         for n in (1, 2, 7):
             s = m.sample(n, 0.6, labels(n))
-            assert s.shape == (n, 1, 8, 8) and s.dtype == torch.float32
+            assert s.shape == (n, *shape) and s.dtype == torch.float32
             assert torch.isfinite(m.log_prob(s, labels(n))).all()
         if exported["conditional"]:
             s = m.sample(12, 0.6)  # labels default to 0, 1, ..., 9, 0, 1
-            assert s.shape == (12, 1, 8, 8)
-        px = m.to_pixels(m.sample(6, 0.7, labels(6)))
-        assert px.dtype == torch.uint8 and px.shape == (6, 1, 8, 8)
-        x = m.preprocess(px)
-        assert x.dtype == torch.float32 and x.min() >= -0.5 and x.max() < 0.5
-        assert torch.equal(m.preprocess(px, False), torch.floor(px.float() / 16) / 16 - 0.5)
+            assert s.shape == (12, *shape)
         md = m.double()
         sd = md.sample(3, 0.5, labels(3))
         assert sd.dtype == torch.float64 and md.log_prob(sd, labels(3)).dtype == torch.float64
-        assert md.preprocess(px).dtype == torch.float64
+        if exported["image"]:
+            m = load(exported)
+            px = m.to_pixels(m.sample(6, 0.7, labels(6)))
+            assert px.dtype == torch.uint8 and px.shape == (6, 1, 8, 8)
+            x = m.preprocess(px)
+            assert x.dtype == torch.float32 and x.min() >= -0.5 and x.max() < 0.5
+            assert torch.equal(m.preprocess(px, False), torch.floor(px.float() / 16) / 16 - 0.5)
+            assert md.preprocess(px).dtype == torch.float64
+        else:
+            assert not hasattr(m, "bits_per_dim")
 
 
 def test_clear_errors(exported):
     m = load(exported)
+    dim = exported["dim"]
+    bad = torch.zeros(2, 3, 8, 8) if exported["image"] else torch.zeros(2, dim + 1)
+    good = torch.zeros(2, *exported["shape"])
     with pytest.raises(Exception, match="expected x of shape"):
-        m.log_prob(torch.zeros(2, 3, 8, 8))
+        m.log_prob(bad)
     with pytest.raises(Exception, match="expected z of shape"):
-        m.inverse(torch.zeros(2, 63))
+        m.inverse(torch.zeros(2, dim - 1))
     if exported["conditional"]:
         with pytest.raises(Exception, match="class-conditional"):
-            m.log_prob(torch.zeros(2, 1, 8, 8))
+            m.log_prob(good)
     else:
         with pytest.raises(Exception, match="not class-conditional"):
-            m.log_prob(torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.int64))
+            m.log_prob(good, torch.zeros(2, dtype=torch.int64))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda(exported):
     m = load(exported, torch.float64)
+    m.eval()
     labels = (torch.arange(4) % 10) if exported["conditional"] else None
-    x = torch.rand(4, 1, 8, 8, dtype=torch.float64) - 0.5
+    x = make_x(exported, 4, torch.Generator().manual_seed(5), torch.float64)
     with torch.no_grad():
         lp = m.log_prob(x, labels)
         mc = m.to("cuda")
@@ -293,7 +345,7 @@ def test_cuda(exported):
         assert lpc.device.type == "cuda"
         assert max_diff(lpc.cpu(), lp) <= 1e-8
         s = mc.sample(3, 0.5, None if labels is None else labels[:3].cuda())
-        assert s.device.type == "cuda"
+        assert s.device.type == "cuda" and torch.isfinite(s).all()
     mc.train()
     loss = -mc.log_prob(x.cuda(), None if labels is None else labels.cuda()).mean()
     loss.backward()
