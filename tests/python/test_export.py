@@ -1,6 +1,6 @@
 """flowzoo export: a trained model as a TorchScript module, checked from plain PyTorch.
 
-For each model family (Glow in four variants, RealNVP on images and vectors, NICE), a tiny
+For each model family (Glow in five variants, RealNVP on images and vectors, NICE), a tiny
 model is trained with the flowzoo binary ($FLOWZOO_BIN, else target/release/flowzoo) on bundled
 data (8x8 digits, two moons, 64-d digits), exported with `flowzoo export`, loaded with
 `torch.jit.load` and compared with the Rust model's own outputs on the same inputs, which
@@ -45,6 +45,9 @@ VARIANTS = {
     "glow_shuffle_conditional": dict(
         config=DIGITS, sets=GLOW + ["model.permutation=shuffle", "model.conditional=true"], conditional=True
     ),
+    # rosinality/glow-pytorch's conventions (what `flowzoo import rosinality` builds): linear
+    # ActNorm, biased hidden convs, zero-convs padded with ones, contiguous halves.
+    "glow_rosinality": dict(config=DIGITS, sets=GLOW + ["model.style=rosinality", "model.permutation=invconv"]),
     # RealNVP on images (checkerboard and channel couplings, batch norm, squeeze, split).
     "realnvp_image": dict(config=DIGITS, sets=["model.kind=realnvp", "model.levels=2", "model.width=16"]),
     # RealNVP and NICE on vectors (MLP conditioners, standardisation, batch norm / ActNorm,
@@ -350,3 +353,32 @@ def test_cuda(exported):
     loss = -mc.log_prob(x.cuda(), None if labels is None else labels.cuda()).mean()
     loss.backward()
     assert all(p.grad is not None and p.grad.device.type == "cuda" for p in mc.parameters())
+
+
+def readme_example():
+    """The Python example of the README section "Using flowzoo models from PyTorch"."""
+    for name in ("README.md", "README_EXPORT.md"):
+        path = ROOT / name
+        if not path.is_file():
+            continue
+        text = path.read_text()
+        at = text.find("Using flowzoo models from PyTorch")
+        if at < 0:
+            continue
+        start = text.index("```python\n", at) + len("```python\n")
+        return text[start:text.index("```", start)]
+    pytest.skip("no README section 'Using flowzoo models from PyTorch'")
+
+
+def test_readme_example_runs(exported, tmp_path, monkeypatch):
+    if exported["name"] != "glow_affine_lu":
+        pytest.skip("the example is for a Glow on digits")
+    code = readme_example()
+    assert len(code.strip().splitlines()) <= 12, code
+    assert "glow_digits.pt" in code and "range(100)" in code
+    code = code.replace("glow_digits.pt", str(exported["pt"])).replace("range(100)", "range(3)")
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(code, "README example", "exec"), namespace)
+    assert (tmp_path / "glow_digits_finetuned.pt").is_file()
+    assert namespace["loss"].item() > 0
