@@ -67,9 +67,27 @@ impl Session {
     /// Per-row log-density (nats, data units) of tabular rows, each averaged over `draws`
     /// draws of the configured uniform noise (one pass when there is none).
     pub fn score_rows(&self, rows: &Tensor, noise: f64, draws: i64, batch: i64, seed: i64) -> Result<Vec<f64>> {
-        let _g = tch::no_grad_guard();
-        let n = rows.size()[0];
         let draws = if noise > 0.0 { draws } else { 1 };
+        let lp = self.mean_log_prob(rows.size()[0], batch, draws, seed, |start, len| {
+            let x = rows.f_narrow(0, start, len)?.f_to_device(self.device())?.f_to_kind(self.kind())?;
+            let x = if noise > 0.0 { x.f_add(&x.f_rand_like()?.f_mul_scalar(noise)?)? } else { x };
+            Ok((x, None))
+        })?;
+        Ok(Vec::<f64>::try_from(&lp)?)
+    }
+
+    /// Per-point `log_prob` (float64, CPU) of `n` points taken `batch` at a time, averaged over
+    /// `draws` passes each seeded from `seed`; `points(start, len)` gives one batch in model
+    /// space (drawing any noise it adds) and its conditioning.
+    fn mean_log_prob(
+        &self,
+        n: i64,
+        batch: i64,
+        draws: i64,
+        seed: i64,
+        mut points: impl FnMut(i64, i64) -> Result<(Tensor, Option<Tensor>)>,
+    ) -> Result<Tensor> {
+        let _g = tch::no_grad_guard();
         let mut sum = Tensor::zeros([n], (Kind::Double, Device::Cpu));
         for d in 0..draws {
             tch::manual_seed(seed.wrapping_mul(1_000_003).wrapping_add(d));
@@ -77,17 +95,14 @@ impl Session {
             let mut start = 0;
             while start < n {
                 let len = batch.min(n - start);
-                let mut x = rows.f_narrow(0, start, len)?.f_to_device(self.device())?.f_to_kind(self.kind())?;
-                if noise > 0.0 {
-                    x = x.f_add(&x.f_rand_like()?.f_mul_scalar(noise)?)?;
-                }
-                let lp = self.model.log_prob(&x, &Ctx::eval())?;
+                let (x, cond) = points(start, len)?;
+                let lp = self.model.log_prob(&x, &Ctx::eval().with_cond(cond.as_ref()))?;
                 parts.push(lp.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?);
                 start += len;
             }
             sum = sum.f_add(&Tensor::f_cat(&parts, 0)?)?;
         }
-        Ok(Vec::<f64>::try_from(&sum.f_div_scalar(draws as f64)?)?)
+        Ok(sum.f_div_scalar(draws as f64)?)
     }
 
     /// `n` samples of a tabular model in data units, `[n, D]` on the CPU.
@@ -149,47 +164,28 @@ impl Session {
         let n = pixels.size()[0];
         let n_bits = self.cfg.data.n_bits;
         let dims = self.model.dim();
-        let _g = tch::no_grad_guard();
-        let mut lp_sum = Tensor::zeros([n], (Kind::Double, Device::Cpu));
-        for d in 0..draws {
-            tch::manual_seed(seed.wrapping_mul(1_000_003).wrapping_add(d));
-            let mut parts = vec![];
-            let mut start = 0;
-            while start < n {
-                let len = batch.min(n - start);
-                let px = pixels.f_narrow(0, start, len)?.f_to_device(self.device())?;
-                let x = dequantize(&to_model_space(&px, n_bits, self.kind())?, n_bits)?;
-                let cond = self.one_hot(&labels.f_narrow(0, start, len)?)?;
-                let lp = self.model.log_prob(&x, &Ctx::eval().with_cond(cond.as_ref()))?;
-                parts.push(lp.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?);
-                start += len;
-            }
-            lp_sum = lp_sum.f_add(&Tensor::f_cat(&parts, 0)?)?;
-        }
-        let lp = lp_sum.f_div_scalar(draws as f64)?;
+        let lp = self.mean_log_prob(n, batch, draws, seed, |start, len| {
+            let px = pixels.f_narrow(0, start, len)?.f_to_device(self.device())?;
+            let x = dequantize(&to_model_space(&px, n_bits, self.kind())?, n_bits)?;
+            Ok((x, self.one_hot(&labels.f_narrow(0, start, len)?)?))
+        })?;
         let bpd = bits_per_dim(&lp, dims, n_bits)?;
         Ok(Scores { bpd: Vec::<f64>::try_from(&bpd)?, log_prob: Vec::<f64>::try_from(&lp)? })
     }
 
     /// Per-sample log-density and bits/dim of tensors already in model space (no noise added).
     pub fn score_tensor(&self, x: &Tensor, labels: Option<&Tensor>, batch: i64) -> Result<Scores> {
-        let _g = tch::no_grad_guard();
-        let n = x.size()[0];
-        let mut parts = vec![];
-        let mut start = 0;
-        while start < n {
-            let len = batch.min(n - start);
+        if labels.is_none() && self.model.n_classes().is_some() {
+            bail!("this model is class-conditional: labels are needed");
+        }
+        let lp = self.mean_log_prob(x.size()[0], batch, 1, 0, |start, len| {
             let xb = x.f_narrow(0, start, len)?.f_to_device(self.device())?.f_to_kind(self.kind())?;
             let cond = match labels {
                 Some(l) => self.one_hot(&l.f_narrow(0, start, len)?)?,
-                None if self.model.n_classes().is_some() => bail!("this model is class-conditional: labels are needed"),
                 None => None,
             };
-            let lp = self.model.log_prob(&xb, &Ctx::eval().with_cond(cond.as_ref()))?;
-            parts.push(lp.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?);
-            start += len;
-        }
-        let lp = Tensor::f_cat(&parts, 0)?;
+            Ok((xb, cond))
+        })?;
         let bpd = bits_per_dim(&lp, self.model.dim(), self.cfg.data.n_bits)?;
         Ok(Scores { bpd: Vec::<f64>::try_from(&bpd)?, log_prob: Vec::<f64>::try_from(&lp)? })
     }
