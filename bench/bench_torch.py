@@ -13,6 +13,13 @@ Measures, after the ActNorm data init on one batch and a warm-up:
       standard-normal eps of every level is part of each call).
 Each repeat runs --steps calls; the reported value is the median over --repeats.
 One JSON object goes to stdout; logs go to stderr.
+
+--precision (CUDA): fp32 = IEEE float32 (cuDNN and cuBLAS TF32 off: stricter than PyTorch's
+default, which lets cuDNN convolutions use TF32); tf32 = TF32 on in both; bf16 = each coupling
+network runs under torch.autocast(bfloat16) and its output is cast back to float32, so the flow,
+its log-dets and priors stay float32 (what `flowzoo bench --precision bf16` does).
+--metrics chooses what is timed; --count-flops adds the FLOPs of one training step's forward and
+backward (torch.utils.flop_counter; convolutions and matmuls) as train_step_flops.
 """
 import argparse
 import json
@@ -29,6 +36,45 @@ from flowzoo_ref import Glow, dequantize, preprocess  # noqa: E402
 
 def log(msg: str) -> None:
     print(f"[bench_torch] {msg}", file=sys.stderr, flush=True)
+
+
+class _Autocast(torch.nn.Module):
+    """Runs `net` under autocast in `dtype` and returns float32."""
+
+    def __init__(self, net: torch.nn.Module, device_type: str, dtype: torch.dtype):
+        super().__init__()
+        self.net, self.device_type, self.dtype = net, device_type, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            h = self.net(x)
+        return h.float()
+
+
+def apply_precision(model: torch.nn.Module, precision: str, device: torch.device) -> None:
+    tf32 = precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    if precision == "bf16":
+        from flowzoo_ref.glow import FlowStep
+        for m in model.modules():
+            if isinstance(m, FlowStep):
+                key = "block" if "block" in m._modules else "coupling"
+                if key == "block":
+                    m._modules["block"] = _Autocast(m._modules["block"], device.type, torch.bfloat16)
+                else:
+                    m._modules["coupling"].net = _Autocast(m._modules["coupling"].net, device.type, torch.bfloat16)
+
+
+def count_train_flops(model, x, args) -> int:
+    """FLOPs of one training step's forward + backward (the optimizer's elementwise work and
+    the elementwise ops of the flow are not counted: convolutions and matmuls only)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as fc:
+        loss = model.bpd(dequantize(x, args.n_bits)).mean()
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return int(fc.get_total_flops())
 
 
 def main() -> None:
@@ -48,7 +94,14 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32")
+    ap.add_argument("--metrics", default="train,log_prob,sample", help="comma-separated: train, log_prob, sample")
+    ap.add_argument("--count-flops", action="store_true")
     args = ap.parse_args()
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    for m in metrics:
+        if m not in ("train", "log_prob", "sample"):
+            ap.error(f"unknown metric {m!r}")
 
     load_start = os.getloadavg()[0]
     torch.set_num_threads(args.threads)
@@ -60,6 +113,7 @@ def main() -> None:
     model = Glow(args.channels, args.image_size, K=args.K, L=args.L, width=args.width, affine=True,
                  lu=True, learn_top=True, n_bits=args.n_bits, style="y0ast").to(device=device, dtype=dtype)
     n_params = sum(p.numel() for p in model.parameters())
+    apply_precision(model, args.precision, device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     shape = (args.batch, args.channels, args.image_size, args.image_size)
     images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen, device=device)
@@ -72,14 +126,17 @@ def main() -> None:
     log(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {n_params} params, "
         f"bpd after ActNorm init {bpd0:.4f}")
 
-    def timed(fn, n):
+    cpu_ms = {}
+
+    def timed(fn, n, name):
         for _ in range(args.warmup):
             fn()
         sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(n):
             fn()
         sync()
+        cpu_ms.setdefault(name, []).append((time.process_time() - c0) * 1e3 / n)
         return time.perf_counter() - t0
 
     # (a) training steps
@@ -93,9 +150,10 @@ def main() -> None:
         opt.step()
         last["loss"] = loss.detach()
 
+    flops = count_train_flops(model, x, args) if args.count_flops else None
     train = []
-    for r in range(args.repeats):
-        dt = timed(train_step, args.steps)
+    for r in range(args.repeats if "train" in metrics else 0):
+        dt = timed(train_step, args.steps, "train")
         train.append(args.steps / dt)
         log(f"train repeat {r}: {train[-1]:.3f} steps/s (loss {last['loss'].item():.4f} bpd)")
 
@@ -108,8 +166,8 @@ def main() -> None:
             last["lp"] = model.log_prob(x_deq)
 
     lp = []
-    for r in range(args.repeats):
-        dt = timed(log_prob_call, args.steps)
+    for r in range(args.repeats if "log_prob" in metrics else 0):
+        dt = timed(log_prob_call, args.steps, "log_prob")
         lp.append(args.steps * args.batch / dt)
         log(f"log_prob repeat {r}: {lp[-1]:.1f} images/s")
 
@@ -119,17 +177,20 @@ def main() -> None:
             last["sample"] = model.sample(n=args.batch, temperature=args.temperature, generator=gen)
 
     smp = []
-    for r in range(args.repeats):
-        dt = timed(sample_call, args.steps)
+    for r in range(args.repeats if "sample" in metrics else 0):
+        dt = timed(sample_call, args.steps, "sample")
         smp.append(args.steps * args.batch / dt)
         log(f"sample repeat {r}: {smp[-1]:.1f} images/s")
-    if not torch.isfinite(last["sample"]).all():
+    if "sample" in last and not torch.isfinite(last["sample"]).all():
         log("warning: the last samples contain non-finite values")
 
-    result = {
-        "train_steps_per_s": statistics.median(train),
-        "log_prob_images_per_s": statistics.median(lp),
-        "sample_images_per_s": statistics.median(smp),
+    result = {}
+    for key, vals in (("train_steps_per_s", train), ("log_prob_images_per_s", lp), ("sample_images_per_s", smp)):
+        if vals:
+            result[key] = statistics.median(vals)
+    result.update({
+        "impl": "pytorch",
+        "precision": args.precision,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "config": {
@@ -138,12 +199,16 @@ def main() -> None:
             "repeats": args.repeats, "steps": args.steps, "warmup": args.warmup,
             "temperature": args.temperature, "device": str(device), "seed": args.seed,
             "style": "y0ast", "affine": True, "lu": True, "learn_top": True, "optimizer": "Adam(lr=1e-3)",
-            "n_params": n_params,
+            "n_params": n_params, "last_train_loss_bpd": last["loss"].item() if "loss" in last else None,
         },
         # 1-min load average before and after: other processes on the machine skew the timings
         "loadavg_1min": [load_start, os.getloadavg()[0]],
+        # process CPU ms per call (all threads; see flowzoo bench)
+        "cpu_ms_per_call": {k: statistics.median(v) for k, v in cpu_ms.items()},
         "runs": {"train_steps_per_s": train, "log_prob_images_per_s": lp, "sample_images_per_s": smp},
-    }
+    })
+    if flops is not None:
+        result["train_step_flops"] = flops
     print(json.dumps(result))
 
 

@@ -192,6 +192,9 @@ enum Cmd {
         /// Also compare the device's log_prob with CPU float64 on the same weights.
         #[arg(long)]
         check: bool,
+        /// Also time the phases of a training step (stderr and `profile` in the JSON).
+        #[arg(long)]
+        profile: bool,
     },
 }
 
@@ -312,7 +315,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote {n} samples at temperature {temperature} to {}", output.display());
             Ok(())
         }
-        Cmd::Bench { config, set, threads, repeats, steps, warmup, device, precision, temperature, seed, metrics, check } => {
+        Cmd::Bench { config, set, threads, repeats, steps, warmup, device, precision, temperature, seed, metrics, check, profile } => {
             let cfg = Config::load(&config)?.with_overrides(&set)?;
             cfg.validate()?;
             let opts = flowzoo::bench::BenchOptions {
@@ -326,6 +329,7 @@ fn run(cli: Cli) -> Result<()> {
                 seed,
                 metrics: flowzoo::bench::Metric::parse_list(&metrics)?,
                 check,
+                profile,
             };
             println!("{}", flowzoo::bench::run(&cfg, &opts)?);
             Ok(())

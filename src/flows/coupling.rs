@@ -85,11 +85,28 @@ impl ConvNet {
         ConvNet { conv0, bias0, norm0, conv2, bias2, norm2, out }
     }
 
+    /// `relu(ActNorm(conv(x, w) + b))`. Once the ActNorm is initialised it is folded into the
+    /// conv: `(conv(x, w) + b + shift)·s = conv(x, w·s, (b + shift)·s)` with `s` per output
+    /// channel, one conv with a fused bias instead of a conv and two passes over the
+    /// activations (and their backward); the ActNorm's log-det is not needed inside a network.
     fn hidden(x: &Tensor, w: &Tensor, b: &Option<Tensor>, norm: &Option<ActNorm>, pad: i64, ctx: &Ctx, lowp: Option<Kind>) -> Result<Tensor> {
-        let h = conv2d_in(x, w, b.as_ref(), pad, lowp)?;
         let h = match norm {
-            Some(n) => n.forward(&h, ctx)?.0,
-            None => h,
+            Some(n) if !ctx.data_init || n.is_initialized() => {
+                let c = w.size()[0];
+                let s = match n.param {
+                    ActNormParam::Log => n.scale.f_exp()?,
+                    ActNormParam::Linear => n.scale.shallow_clone(),
+                }
+                .f_reshape([c])?;
+                let shift = n.shift.f_reshape([c])?;
+                let bias = match b {
+                    Some(b) => b.f_add(&shift)?.f_mul(&s)?,
+                    None => shift.f_mul(&s)?,
+                };
+                conv2d_in(x, &w.f_mul(&s.f_reshape([c, 1, 1, 1])?)?, Some(&bias), pad, lowp)?
+            }
+            Some(n) => n.forward(&conv2d_in(x, w, b.as_ref(), pad, lowp)?, ctx)?.0,
+            None => conv2d_in(x, w, b.as_ref(), pad, lowp)?,
         };
         Ok(h.f_relu()?)
     }
@@ -121,17 +138,21 @@ impl Conditioner for ConvNet {
 
     fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let lowp = conditioner_kind();
-        let h = Self::hidden(x, &self.conv0, &self.bias0, &self.norm0, 1, ctx, lowp)?;
+        // CPU float: NHWC activations throughout the network (see `fastconv`).
+        let x = if lowp.is_none() && super::fastconv::applies(x) { super::fastconv::to_channels_last(x)? } else { x.shallow_clone() };
+        let h = Self::hidden(&x, &self.conv0, &self.bias0, &self.norm0, 1, ctx, lowp)?;
         let h = Self::hidden(&h, &self.conv2, &self.bias2, &self.norm2, 0, ctx, lowp)?;
-        match lowp {
-            Some(k) if self.out.pad_value == 0.0 => {
-                let o = &self.out;
-                let h = conv2d_in(&h, &o.weight, Some(&o.bias), 1, Some(k))?;
-                // bf16 conv output times the float32 scale promotes back to float32.
-                Ok(h.f_mul(&o.logs.f_mul_scalar(o.logscale_factor)?.f_exp()?)?)
-            }
-            _ => self.out.forward(&h),
+        let o = &self.out;
+        if o.pad_value != 0.0 {
+            return o.forward(&h);
         }
+        // `(conv(h, w) + b)·e` with `e = exp(factor·logs)` per output channel, folded into the
+        // conv as `conv(h, w·e, b·e)`.
+        let c = o.weight.size()[0];
+        let e = o.logs.f_mul_scalar(o.logscale_factor)?.f_exp()?.f_reshape([c])?;
+        let out = conv2d_in(&h, &o.weight.f_mul(&e.f_reshape([c, 1, 1, 1])?)?, Some(&o.bias.f_mul(&e)?), 1, lowp)?;
+        // Low-precision conditioners hand the flow float32 (as autocast + `.float()` would).
+        Ok(if lowp.is_some() { out.f_to_kind(x.kind())? } else { out })
     }
 }
 
@@ -160,6 +181,8 @@ fn conv2d_in(x: &Tensor, w: &Tensor, b: Option<&Tensor>, pad: i64, lowp: Option<
             let b = b.map(|b| b.f_to_kind(k)).transpose()?;
             Ok(x.f_to_kind(k)?.f_conv2d(&w.f_to_kind(k)?, b.as_ref(), [1, 1], [pad, pad], [1, 1], 1)?)
         }
+        // CPU float: the formulation `fastconv` picks for the shape (same function).
+        _ if pad == w.size()[2] / 2 => super::fastconv::conv2d_same(x, w, b),
         _ => Ok(x.f_conv2d(w, b, [1, 1], [pad, pad], [1, 1], 1)?),
     }
 }

@@ -2,13 +2,20 @@
 //! channel vector, plain (log-det by slogdet) or LU-decomposed (log-det is `Σ log|s|`).
 use super::{check_channels, spatial_size, Ctx, Flow};
 use anyhow::Result;
+use std::cell::RefCell;
 use tch::{nn, Kind, Tensor};
 
 /// `W·x` for every position: a 1×1 conv for images, a matmul for vectors.
 pub(crate) fn apply_matrix(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let c = w.size()[0];
     if x.dim() == 4 {
-        Ok(x.f_conv2d(&w.f_reshape([c, c, 1, 1])?, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)?)
+        let s = x.size();
+        let w4 = w.f_reshape([c, c, 1, 1])?;
+        if super::fastconv::applies(x) && s[2] * s[3] <= super::fastconv::GEMM_1X1_HW && x.kind() == w.kind() {
+            // Small CPU images: one GEMM over the pixels (see `fastconv`), not a oneDNN call.
+            return super::fastconv::conv2d_same(x, &w4, None);
+        }
+        Ok(x.f_conv2d(&w4, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)?)
     } else {
         Ok(x.f_matmul(&w.f_tr()?)?)
     }
@@ -24,12 +31,13 @@ fn random_orthogonal(c: i64) -> Tensor {
 pub struct InvConv1x1 {
     pub channels: i64,
     pub weight: Tensor,
+    inv_cache: Derived,
 }
 
 impl InvConv1x1 {
     pub fn new(p: nn::Path, channels: i64) -> Self {
         let w = random_orthogonal(channels).to_device(p.device());
-        InvConv1x1 { channels, weight: p.var_copy("weight", &w) }
+        InvConv1x1 { channels, weight: p.var_copy("weight", &w), inv_cache: Derived::default() }
     }
 
     fn logdet(&self, x: &Tensor) -> Result<Tensor> {
@@ -46,7 +54,7 @@ impl Flow for InvConv1x1 {
     }
     fn inverse(&self, y: &Tensor, _ctx: &Ctx) -> Result<(Tensor, Tensor)> {
         check_channels("InvConv1x1", y, self.channels)?;
-        let w_inv = Tensor::f_linalg_inv(&self.weight)?;
+        let w_inv = self.inv_cache.get_or(&[&self.weight], || Ok(Tensor::f_linalg_inv(&self.weight)?))?;
         Ok((apply_matrix(y, &w_inv)?, self.logdet(y)?.f_neg()?))
     }
 
@@ -74,6 +82,55 @@ fn ts_apply_matrix(x: &str, w: &str) -> String {
     )
 }
 
+/// A matrix derived from parameters (the assembled LU weight, an inverse), remembered between
+/// calls without gradient tracking (evaluation, sampling), so it is computed once per set of
+/// weights instead of once per call and layer. It is reused only while every source tensor has
+/// the same storage, shape, dtype and version counter: any in-place change (an optimizer step,
+/// loading or copying weights) bumps the version and forces a recomputation. With gradients on
+/// (training) it is always recomputed, as part of the graph.
+#[derive(Default)]
+struct Derived(RefCell<Option<(Vec<SourceKey>, Tensor)>>);
+
+type SourceKey = (usize, i64, Vec<i64>, Kind, tch::Device);
+
+impl Derived {
+    fn get_or(&self, sources: &[&Tensor], compute: impl FnOnce() -> Result<Tensor>) -> Result<Tensor> {
+        if grad_tracked(sources) {
+            return compute();
+        }
+        let key: Option<Vec<SourceKey>> = sources
+            .iter()
+            .map(|t| t.f_internal_version().ok().map(|v| (t.data_ptr() as usize, v, t.size(), t.kind(), t.device())))
+            .collect();
+        let Some(key) = key else { return compute() };
+        if let Some((k, t)) = &*self.0.borrow() {
+            if *k == key {
+                return Ok(t.shallow_clone());
+            }
+        }
+        let t = compute()?;
+        *self.0.borrow_mut() = Some((key, t.shallow_clone()));
+        Ok(t)
+    }
+}
+
+/// Whether an op on `sources` would be recorded for autograd now (grad mode on and a source
+/// requires grad).
+fn grad_tracked(sources: &[&Tensor]) -> bool {
+    grad_mode_enabled() && sources.iter().any(|t| t.requires_grad())
+}
+
+/// libtorch's thread-local grad mode (`torch.is_grad_enabled()`), which tch 0.24 does not
+/// expose: `c10::GradMode::is_enabled()`, an exported function of libc10.
+fn grad_mode_enabled() -> bool {
+    extern "C" {
+        #[link_name = "_ZN3c108GradMode10is_enabledEv"]
+        fn c10_grad_mode_is_enabled() -> bool;
+    }
+    // SAFETY: a static function without arguments that reads a thread-local flag.
+    unsafe { c10_grad_mode_is_enabled() }
+}
+
 /// `W = P · (L ⊙ strictly_lower + I) · (U ⊙ strictly_upper + diag(sign_s · exp(log_s)))`.
 /// P and sign(s) are fixed buffers; L, U and log|s| are learned. The masks are applied on every
 /// use, so entries of the stored `lower`/`upper` outside them (as in imported weights) are inert.
@@ -86,6 +143,8 @@ pub struct InvConv1x1Lu {
     pub log_s: Tensor,
     l_mask: Tensor,
     eye: Tensor,
+    w_cache: Derived,
+    inv_cache: Derived,
 }
 
 impl InvConv1x1Lu {
@@ -102,7 +161,7 @@ impl InvConv1x1Lu {
         let log_s = p.var_copy("log_s", &f(s.abs().log()));
         let l_mask = Tensor::ones([channels, channels], (Kind::Float, dev)).tril(-1);
         let eye = Tensor::eye(channels, (Kind::Float, dev));
-        InvConv1x1Lu { channels, p: perm_t, sign_s, lower, upper, log_s, l_mask, eye }
+        InvConv1x1Lu { channels, p: perm_t, sign_s, lower, upper, log_s, l_mask, eye, w_cache: Derived::default(), inv_cache: Derived::default() }
     }
 
     /// The assembled `C×C` matrix.
@@ -118,6 +177,11 @@ impl InvConv1x1Lu {
         Ok(self.p.f_matmul(&l)?.f_matmul(&u)?)
     }
 
+    /// The tensors `weight()` is computed from.
+    fn sources(&self) -> [&Tensor; 5] {
+        [&self.p, &self.sign_s, &self.lower, &self.upper, &self.log_s]
+    }
+
     fn logdet(&self, x: &Tensor) -> Result<Tensor> {
         let ld = self.log_s.f_sum(x.kind())?.f_mul_scalar(spatial_size(x) as f64)?;
         Ok(ld.f_expand([x.size()[0]], false)?)
@@ -127,11 +191,12 @@ impl InvConv1x1Lu {
 impl Flow for InvConv1x1Lu {
     fn forward(&self, x: &Tensor, _ctx: &Ctx) -> Result<(Tensor, Tensor)> {
         check_channels("InvConv1x1Lu", x, self.channels)?;
-        Ok((apply_matrix(x, &self.weight()?)?, self.logdet(x)?))
+        let w = self.w_cache.get_or(&self.sources(), || self.weight())?;
+        Ok((apply_matrix(x, &w)?, self.logdet(x)?))
     }
     fn inverse(&self, y: &Tensor, _ctx: &Ctx) -> Result<(Tensor, Tensor)> {
         check_channels("InvConv1x1Lu", y, self.channels)?;
-        let w_inv = Tensor::f_linalg_inv(&self.weight()?)?;
+        let w_inv = self.inv_cache.get_or(&self.sources(), || Ok(Tensor::f_linalg_inv(&self.weight()?)?))?;
         Ok((apply_matrix(y, &w_inv)?, self.logdet(y)?.f_neg()?))
     }
 

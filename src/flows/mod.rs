@@ -15,6 +15,7 @@ pub mod actnorm;
 pub mod batchnorm;
 pub mod coupling;
 pub mod elementwise;
+pub(crate) mod fastconv;
 pub mod invconv;
 pub mod mlp;
 pub mod permutation;

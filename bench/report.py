@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Turns bench/run.sh's raw lines into the table (stdout) and bench/results/<date>.json.
+
+Each raw line: {"case", "impl": "flowzoo" | "pytorch", "round", "result": <the JSON a benchmark
+printed>}. For every case and every metric both sides report (a numeric top-level field whose
+per-repeat values are in result["runs"][metric]), the value is the median over all repeats of
+all rounds; the ratio is flowzoo / pytorch (higher is better for flowzoo: every metric is a rate).
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+METRIC_LABELS = {
+    "train_steps_per_s": "train steps/s",
+    "log_prob_images_per_s": "log_prob images/s",
+    "sample_images_per_s": "sample images/s (T=0.7)",
+}
+
+
+def machine() -> dict:
+    model = platform.processor() or "unknown"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "hostname": platform.node(),
+            "loadavg": list(os.getloadavg())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--raw", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--threads", type=int, required=True)
+    ap.add_argument("--rounds", type=int, required=True)
+    args = ap.parse_args()
+
+    rows = [json.loads(line) for line in open(args.raw) if line.strip()]
+    cases: dict = {}
+    for r in rows:
+        c = cases.setdefault(r["case"], {"flowzoo": [], "pytorch": []})
+        c[r["impl"]].append(r["result"])
+
+    table = []
+    torch_versions = set()
+    for case, sides in cases.items():
+        for res in sides["flowzoo"] + sides["pytorch"]:
+            torch_versions.add(res.get("torch", "unknown"))
+        fz, pt = sides["flowzoo"], sides["pytorch"]
+        if not fz or not pt:
+            continue
+        metrics = [k for k in fz[0].get("runs", {}) if k in pt[0].get("runs", {})]
+        for m in metrics:
+            a = [v for res in fz for v in res["runs"][m]]
+            b = [v for res in pt for v in res["runs"][m]]
+            if not a or not b:
+                continue
+            ma, mb = statistics.median(a), statistics.median(b)
+            table.append({
+                "case": case, "metric": m, "flowzoo": ma, "pytorch": mb, "ratio": ma / mb,
+                "flowzoo_runs": a, "pytorch_runs": b,
+                "config": fz[0].get("config", {}), "pytorch_config": pt[0].get("config", {}),
+            })
+
+    name_w = max([len(f"{t['case']}: {METRIC_LABELS.get(t['metric'], t['metric'])}") for t in table] + [6])
+    print(f"{'metric':<{name_w}}  {'flowzoo':>10}  {'pytorch':>10}  {'ratio':>6}")
+    print(f"{'-' * name_w}  {'-' * 10}  {'-' * 10}  {'-' * 6}")
+    for t in table:
+        label = f"{t['case']}: {METRIC_LABELS.get(t['metric'], t['metric'])}"
+        flag = "" if t["ratio"] >= 1.0 else "  < 1.0"
+        print(f"{label:<{name_w}}  {t['flowzoo']:>10.2f}  {t['pytorch']:>10.2f}  {t['ratio']:>5.2f}x{flag}")
+    mach = machine()
+    print(f"\n{mach['cpu']}, {mach['cores']} cores, {args.threads} threads each side, torch "
+          f"{', '.join(sorted(torch_versions))}; medians over {args.rounds} alternating rounds; "
+          f"load average now {mach['loadavg'][0]:.2f}")
+
+    out = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "machine": mach,
+        "torch": sorted(torch_versions),
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "table": table,
+        "raw": rows,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=1)
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
