@@ -125,6 +125,8 @@ pub enum PermutationChoice {
     Invconv,
     Reverse,
     Shuffle,
+    /// No permutation (vector models whose masks alternate by themselves).
+    None,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -362,6 +364,9 @@ impl Config {
         }
         if !(0.0..1.0).contains(&d.test_fraction) {
             bail!("data.test_fraction = {} must be in [0, 1)", d.test_fraction);
+        }
+        if m.kind == "glow" && m.permutation == PermutationChoice::None {
+            bail!("model.permutation = \"none\": Glow's couplings always transform the second half, so it needs a permutation");
         }
         if m.levels < 1 || m.steps < 1 || m.width < 1 {
             bail!("model.levels, model.steps and model.width must be >= 1");

@@ -362,3 +362,51 @@ fn tabular_digits64_configs_load() {
     let t = load_table(&p, &tab_data(&p)).unwrap();
     assert_eq!(t.rows.size(), vec![1797, 64]);
 }
+
+/// Jacobian of the whole flow at `x` ([1, D] -> [D, D]).
+fn jacobian(flow: &dyn Flow, x: &Tensor) -> Tensor {
+    let xg = x.detach().set_requires_grad(true);
+    let (y, _) = flow.forward(&xg, &Ctx::eval()).unwrap();
+    let d = x.size()[1];
+    let rows: Vec<Tensor> = (0..d).map(|j| Tensor::run_backward(&[y.select(1, j).sum(Kind::Double)], &[&xg], true, false).remove(0).reshape([d])).collect();
+    Tensor::stack(&rows, 0)
+}
+
+#[test]
+fn every_feature_is_transformed() {
+    // A latent coordinate that is an untouched copy of one input coordinate has a unit row in
+    // the Jacobian: masks and permutations that cancel out (alternating masks followed by a
+    // reversal of an even number of features) would leave such rows.
+    for (dim, mask, perm) in [(2, "alternating", "reverse"), (3, "alternating", "reverse"), (4, "halves", "reverse"), (2, "alternating", "none"), (4, "alternating", "shuffle"), (5, "halves", "none")] {
+        let c = tab_config("realnvp")
+            .with_overrides(&[format!("model.mask=\"{mask}\""), format!("model.permutation=\"{perm}\""), "model.norm=\"none\"".into(), "model.blocks=4".into()])
+            .unwrap();
+        tch::manual_seed(8);
+        let mut vs = VarStore::new(Device::Cpu);
+        let cols = (0..dim).map(|i| i.to_string()).collect();
+        let m = models::build_for(&c, vs.root(), &DataInfo { classes: vec![], columns: cols }).unwrap();
+        perturb(&vs, 0.5);
+        vs.double();
+        let j = jacobian(m.flow(), &Tensor::randn([1, dim], (Kind::Double, Device::Cpu)));
+        for r in 0..dim {
+            let row = j.select(0, r);
+            let off = row.abs().sum(Kind::Double).double_value(&[]) - row.abs().max().double_value(&[]);
+            assert!(off > 1e-6, "{mask}/{perm}, D={dim}: latent {r} copies one input (row {row:?})");
+        }
+    }
+}
+
+#[test]
+fn standardization_statistics_include_the_noise() {
+    use flowzoo::data::tabular::standardization;
+    // column 0 varies, column 1 is constant
+    let x = Tensor::from_slice(&[0.0f64, 5.0, 2.0, 5.0, 4.0, 5.0]).reshape([3, 2]);
+    let (m, s) = standardization(&x, 0.0).unwrap();
+    assert_eq!(Vec::<f64>::try_from(&m).unwrap(), vec![2.0, 5.0]);
+    assert!((s.double_value(&[0]) - (8.0f64 / 3.0).sqrt()).abs() < 1e-12);
+    assert_eq!(s.double_value(&[1]), 1.0, "a constant column keeps unit scale");
+    // With U(0, 1) noise the constant column has std sqrt(1/12), not 1.
+    let (m, s) = standardization(&x, 1.0).unwrap();
+    assert!((m.double_value(&[1]) - 5.5).abs() < 1e-12);
+    assert!((s.double_value(&[1]) - (1.0f64 / 12.0).sqrt()).abs() < 1e-12);
+}

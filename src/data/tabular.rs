@@ -171,10 +171,13 @@ pub fn split_table(t: &Table, cfg: &DataConfig, seed: u64) -> Result<TabularSpli
     })
 }
 
-/// Mean and std per column (std of a constant column is taken as 1).
-pub fn standardization(train: &Tensor) -> Result<(Tensor, Tensor)> {
-    let mean = train.f_mean_dim(Some(&[0i64][..]), false, None)?;
-    let std = train.f_std_dim(Some(&[0i64][..]), false, false)?;
+/// Mean and std per column of the data the model sees: the rows plus `U(0, noise)` noise
+/// (mean + noise/2, variance + noise²/12). The std of a column that is still constant is taken
+/// as 1.
+pub fn standardization(train: &Tensor, noise: f64) -> Result<(Tensor, Tensor)> {
+    let mean = train.f_mean_dim(Some(&[0i64][..]), false, None)?.f_add_scalar(noise / 2.0)?;
+    let var = train.f_var_dim(Some(&[0i64][..]), false, false)?.f_add_scalar(noise * noise / 12.0)?;
+    let std = var.f_sqrt()?;
     let std = std.f_where_scalarother(&std.f_gt(1e-12)?, 1.0)?;
     Ok((mean, std))
 }

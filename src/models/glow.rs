@@ -169,6 +169,7 @@ fn step(p: &nn::Path, cfg: &GlowConfig, conv: &GlowConventions, channels: i64, l
         PermutationChoice::Invconv => s.push(InvConv1x1::new(p / "invconv", channels)),
         PermutationChoice::Reverse => s.push(Permutation::reverse(p / "permutation", channels)),
         PermutationChoice::Shuffle => s.push(Permutation::shuffle(p / "permutation", channels)),
+        PermutationChoice::None => bail!("Glow needs a permutation (model.permutation = \"none\")"),
     }
     let kind = match cfg.coupling {
         CouplingChoice::Affine => CouplingKind::Affine,

@@ -25,7 +25,7 @@ impl Nice {
         push_standardize(&mut flow, &root, spec);
         for b in 0..m.blocks {
             let p = &root / "blocks" / b;
-            flow.push(mlp_coupling(&p / "coupling", CouplingKind::Additive, vector_mask(m.mask, b), d, m)?);
+            flow.push(mlp_coupling(&p / "coupling", CouplingKind::Additive, vector_mask(m.mask, b, d, crate::config::PermutationChoice::None), d, m)?);
         }
         flow.push(ElementwiseAffine::scaling(&root / "scaling", d));
         let desc = format!(

@@ -29,10 +29,20 @@ pub fn mlp_coupling(p: nn::Path, kind: CouplingKind, mask: Mask, dim: i64, cfg: 
     Ok(Coupling { kind, scale_fn: ScaleFn::ExpTanh, mask, layout: ParamLayout::Interleaved, channels: dim, net: Box::new(net) })
 }
 
-pub fn vector_mask(choice: MaskChoice, block: i64) -> Mask {
+/// The mask of block `block`. Consecutive blocks must transform different features, so the mask
+/// alternates, unless a reversal after each block already swaps the roles (always for halves,
+/// for an even number of features with alternating masks): alternating both would cancel out
+/// and leave half of the features untransformed.
+pub fn vector_mask(choice: MaskChoice, block: i64, dim: i64, permutation: PermutationChoice) -> Mask {
+    let reversal_swaps = permutation == PermutationChoice::Reverse
+        && match choice {
+            MaskChoice::Alternating => dim % 2 == 0,
+            MaskChoice::Halves => true,
+        };
+    let k = if reversal_swaps { 0 } else { block % 2 };
     match choice {
-        MaskChoice::Alternating => Mask::Checkerboard { parity: block % 2 },
-        MaskChoice::Halves => Mask::Channel { flip: block % 2 == 1 },
+        MaskChoice::Alternating => Mask::Checkerboard { parity: k },
+        MaskChoice::Halves => Mask::Channel { flip: k == 1 },
     }
 }
 
@@ -61,13 +71,14 @@ impl RealNvp {
         push_standardize(&mut flow, &root, spec);
         for b in 0..m.blocks {
             let p = &root / "blocks" / b;
-            flow.push(mlp_coupling(&p / "coupling", CouplingKind::Affine, vector_mask(m.mask, b), d, m)?);
+            flow.push(mlp_coupling(&p / "coupling", CouplingKind::Affine, vector_mask(m.mask, b, d, m.permutation), d, m)?);
             match m.norm {
                 NormChoice::Batchnorm => flow.push(BatchNormFlow::new(&p / "norm", d, 2)),
                 NormChoice::Actnorm => flow.push(ActNorm::new(&p / "norm", d, 2, ActNormParam::Log)),
                 NormChoice::None => {}
             }
-            // With alternating masks the roles already alternate; halves need a shuffle to mix.
+            // With alternating masks an LU / plain 1×1 "permutation" would only mix the roles
+            // the masks already alternate; halves get a learned mixing.
             match (m.permutation, m.mask) {
                 (PermutationChoice::Reverse, _) => flow.push(Permutation::reverse(&p / "permutation", d)),
                 (PermutationChoice::Shuffle, _) => flow.push(Permutation::shuffle(&p / "permutation", d)),

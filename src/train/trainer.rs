@@ -288,13 +288,7 @@ fn load_train_data(cfg: &Config, verbose: bool) -> Result<(TrainData, Vec<String
                     if split.dropped > 0 { format!(", {} bad rows dropped", split.dropped) } else { String::new() }
                 );
             }
-            // Statistics of the noisy data the model sees: the mean shifts by noise/2.
-            let (mut mean, mut std) = standardization(&split.train)?;
-            if cfg.data.uniform_noise > 0.0 {
-                let w = cfg.data.uniform_noise;
-                mean = mean.f_add_scalar(w / 2.0)?;
-                std = std.f_square()?.f_add_scalar(w * w / 12.0)?.f_sqrt()?;
-            }
+            let (mean, std) = standardization(&split.train, cfg.data.uniform_noise)?;
             let columns = split.columns.clone();
             Ok((TrainData::Tabular { train: split.train, val: split.val, noise: cfg.data.uniform_noise }, columns, Some((mean, std))))
         }
