@@ -55,8 +55,11 @@ test-python:
 	FLOWZOO_BIN=$(CURDIR)/$(BIN) FLOWZOO_PYTHON=$(PYTHON) PYTHONPATH=$(CURDIR)/python \
 	  $(PYTHON) -m pytest -q python/tests_ref $(wildcard tests/python)
 
+# One invocation, one table per part: Glow against the PyTorch reference (bench/run.sh), then
+# tabular RealNVP against nflows (bench/tabular.sh installs nflows into the venv on first use).
 bench: setup build
 	bash bench/run.sh
+	bash bench/tabular.sh
 
 models: setup build
 	bash scripts/build_models.sh

@@ -170,13 +170,16 @@ def build_flow(cfg, dim, mean, std, weights):
         transforms.append(PointwiseAffineTransform(shift=torch.as_tensor(-mean / std, dtype=torch.float32),
                                                    scale=torch.as_tensor(1.0 / std, dtype=torch.float32)))
     idx = np.arange(dim)
+    # flowzoo's `vector_mask`: the mask alternates unless a reversal already swaps the roles.
+    reversal_swaps = m.get("permutation") == "reverse" and (m["mask"] == "halves" or dim % 2 == 0)
     for b in range(m["blocks"]):
+        k = 0 if reversal_swaps else b % 2
         if m["mask"] == "alternating":
-            mask = (idx % 2 != b % 2).astype(np.int64)  # 1 = transformed; i % 2 == parity conditions
+            mask = (idx % 2 != k).astype(np.int64)  # 1 = transformed; i % 2 == parity conditions
             fan_in = dim
         elif m["mask"] == "halves":
             c1 = dim // 2
-            mask = (idx < c1) if b % 2 == 1 else (idx >= c1)
+            mask = (idx < c1) if k == 1 else (idx >= c1)
             mask = mask.astype(np.int64)
             fan_in = int((mask == 0).sum())
         else:

@@ -37,5 +37,5 @@ export OMP_WAIT_POLICY=${OMP_WAIT_POLICY-PASSIVE}
 exec "$PY" bench/bench_tabular.py run --bin "$BIN" --threads "$THREADS" --seed "${SEED:-0}" --seeds "${SEEDS:-3}" \
   --datasets "${DATASETS:-digits64,moons,8gaussians}" \
   --epochs-digits "${EPOCHS_DIGITS:-25}" --epochs-toys "${EPOCHS_TOYS:-30}" \
-  --toy-set "${TOY_SET-model.permutation=invconv}" \
+  --toy-set "${TOY_SET-}" \
   --out-dir "${BENCH_OUT:-bench/results}" "$@"
