@@ -15,8 +15,10 @@
 #   3. training-step timing, flowzoo and PyTorch alternately, in fp32, tf32 and bf16:
 #      images/s, ratio, achieved TFLOP/s (FLOPs of one step counted by torch's FlopCounterMode on
 #      the reference model, convolutions and matmuls, forward + backward) and % of the peak.
-# Prints a table; writes bench/results/gpu-<date>.json (and a copy under $OUT when set).
-# Environment: ROUNDS (3), STEPS (timed steps per run), PRECISIONS ("fp32 tf32 bf16").
+# Prints a table; writes bench/results/gpu-<date>.json (and a copy under $OUT when set; the
+# --tiny run writes only when BENCH_OUT is set).
+# Environment: ROUNDS (3), STEPS (timed steps per run), PRECISIONS ("fp32 tf32 bf16"), THREADS
+# (CPU threads, both sides: 2 with --tiny, else nproc), BENCH_OUT, FLOWZOO_BIN, PYTHON.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -110,8 +112,10 @@ for r in $(seq 1 "$ROUNDS"); do
   done
 done
 
-mkdir -p bench/results
-RESULT=bench/results/gpu-$(date +%Y-%m-%d)$( [ "$TINY" = 1 ] && echo -tiny-$DEVICE).json
+# The tiny run is a smoke test (`make test`): its JSON stays out of the repository unless asked.
+if [ "$TINY" = 1 ]; then OUT_DIR=${BENCH_OUT:-$WORK}; else OUT_DIR=${BENCH_OUT:-bench/results}; fi
+mkdir -p "$OUT_DIR"
+RESULT=$OUT_DIR/gpu-$(date +%Y-%m-%d)$( [ "$TINY" = 1 ] && echo -tiny-$DEVICE).json
 "$PY" - "$WORK" "$RESULT" "$BATCH" "$ROUNDS" "$PRECISIONS" "$DEVICE" <<'PYEOF'
 import glob, json, os, statistics, sys, time
 work, result, batch, rounds, precisions, device = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5].split(), sys.argv[6]

@@ -3,8 +3,12 @@
 
 Each raw line: {"case", "impl": "flowzoo" | "pytorch", "round", "result": <the JSON a benchmark
 printed>}. For every case and every metric both sides report (a numeric top-level field whose
-per-repeat values are in result["runs"][metric]), the value is the median over all repeats of
-all rounds; the ratio is flowzoo / pytorch (higher is better for flowzoo: every metric is a rate).
+per-repeat values are in result["runs"][metric]), each side's value is the median over all
+repeats of all rounds. The ratio is flowzoo / pytorch (higher is better for flowzoo: every metric
+is a rate), taken PAIRED: the two sides of one round ran back to back under the same load, so the
+ratio is the median over rounds of (flowzoo's median in the round / pytorch's median in the
+round); the range of those per-round ratios is printed beside it. On a machine whose load drifts
+(other users), that is steadier than the ratio of the overall medians.
 """
 import argparse
 import json
@@ -65,22 +69,32 @@ def main() -> None:
             if not a or not b:
                 continue
             ma, mb = statistics.median(a), statistics.median(b)
+            per_round = {}
+            for r in rows:
+                if r["case"] == case and r["result"].get("runs", {}).get(m):
+                    per_round.setdefault(r["round"], {})[r["impl"]] = statistics.median(r["result"]["runs"][m])
+            paired = [d["flowzoo"] / d["pytorch"] for d in per_round.values() if "flowzoo" in d and "pytorch" in d]
             table.append({
-                "case": case, "metric": m, "flowzoo": ma, "pytorch": mb, "ratio": ma / mb,
+                "case": case, "metric": m, "flowzoo": ma, "pytorch": mb,
+                "ratio": statistics.median(paired) if paired else ma / mb,
+                "ratio_min": min(paired) if paired else ma / mb, "ratio_max": max(paired) if paired else ma / mb,
+                "ratio_of_medians": ma / mb, "round_ratios": paired,
                 "flowzoo_runs": a, "pytorch_runs": b,
                 "config": fz[0].get("config", {}), "pytorch_config": pt[0].get("config", {}),
             })
 
     name_w = max([len(f"{t['case']}: {METRIC_LABELS.get(t['metric'], t['metric'])}") for t in table] + [6])
-    print(f"{'metric':<{name_w}}  {'flowzoo':>10}  {'pytorch':>10}  {'ratio':>6}")
-    print(f"{'-' * name_w}  {'-' * 10}  {'-' * 10}  {'-' * 6}")
+    print(f"{'metric':<{name_w}}  {'flowzoo':>10}  {'pytorch':>10}  {'ratio':>6}  {'rounds':>11}")
+    print(f"{'-' * name_w}  {'-' * 10}  {'-' * 10}  {'-' * 6}  {'-' * 11}")
     for t in table:
         label = f"{t['case']}: {METRIC_LABELS.get(t['metric'], t['metric'])}"
         flag = "" if t["ratio"] >= 1.0 else "  < 1.0"
-        print(f"{label:<{name_w}}  {t['flowzoo']:>10.2f}  {t['pytorch']:>10.2f}  {t['ratio']:>5.2f}x{flag}")
+        spread = f"{t['ratio_min']:.2f}-{t['ratio_max']:.2f}"
+        print(f"{label:<{name_w}}  {t['flowzoo']:>10.2f}  {t['pytorch']:>10.2f}  {t['ratio']:>5.2f}x  {spread:>11}{flag}")
     mach = machine()
     print(f"\n{mach['cpu']}, {mach['cores']} cores, {args.threads} threads each side, torch "
-          f"{', '.join(sorted(torch_versions))}; medians over {args.rounds} alternating rounds; "
+          f"{', '.join(sorted(torch_versions))}; medians over {args.rounds} alternating rounds (ratio: median of "
+          f"the per-round ratios, their range beside it); "
           f"load average now {mach['loadavg'][0]:.2f}")
 
     out = {
