@@ -16,7 +16,7 @@ export PATH := $(VENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 export CARGO_TARGET_DIR := $(FLOWZOO_TARGET)
 
-.PHONY: setup build demo test test-rust test-python bench models toys clean-cache help
+.PHONY: setup build demo test test-rust test-python test-gpu-script bench models toys clean-cache help
 help:
 	@echo "make demo   - set up, build, train the digits Glow, evaluate, sample, export"
 	@echo "make test   - set up, build, run every test (Rust and Python)"
@@ -44,7 +44,7 @@ build: setup
 demo: setup build
 	bash scripts/demo.sh
 
-test: setup build test-rust test-python
+test: setup build test-rust test-python test-gpu-script
 
 test-rust:
 	RUST_TEST_THREADS=$(THREADS) cargo test --release -- --test-threads=$(THREADS)
@@ -58,8 +58,12 @@ test-python:
 # One invocation, one table per part: Glow against the PyTorch reference (bench/run.sh), then
 # tabular RealNVP against nflows (bench/tabular.sh installs nflows into the venv on first use).
 bench: setup build
-	bash bench/run.sh
-	bash bench/tabular.sh
+	PYTHON=$(PYTHON) FLOWZOO_BIN=$(BIN) THREADS=$(THREADS) bash bench/run.sh
+	PYTHON=$(PYTHON) FLOWZOO_BIN=$(BIN) THREADS=$(THREADS) bash bench/tabular.sh
+
+# bench/gpu.sh on a tiny model on the CPU (under a minute), so the H200 script never rots.
+test-gpu-script:
+	PYTHON=$(PYTHON) FLOWZOO_BIN=$(BIN) bash bench/gpu.sh --device cpu --tiny
 
 models: setup build
 	bash scripts/build_models.sh
