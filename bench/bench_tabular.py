@@ -176,7 +176,7 @@ def build_flow(cfg, dim, mean, std, weights):
         k = 0 if reversal_swaps else b % 2
         if m["mask"] == "alternating":
             mask = (idx % 2 != k).astype(np.int64)  # 1 = transformed; i % 2 == parity conditions
-            fan_in = dim
+            fan_in = int((mask == 0).sum())  # flowzoo's net reads only the conditioning features
         elif m["mask"] == "halves":
             c1 = dim // 2
             mask = (idx < c1) if k == 1 else (idx >= c1)
@@ -248,15 +248,11 @@ def read_rows(path):
 
 
 def standardization(train, noise):
-    """flowzoo's statistics (src/data/tabular.rs + trainer.rs): biased std, constant columns
-    -> 1, then the moments of the noisy data: mean + w/2, var + w^2/12."""
-    mean = train.mean(0)
-    std = train.std(0)
-    std = np.where(std > 1e-12, std, 1.0)
-    if noise > 0:
-        mean = mean + noise / 2.0
-        std = np.sqrt(std ** 2 + noise * noise / 12.0)
-    return mean, std
+    """flowzoo's statistics (src/data/tabular.rs): the moments of the noisy data (mean + w/2,
+    biased var + w^2/12), then std 1 for a column that is still constant."""
+    mean = train.mean(0) + noise / 2.0
+    std = np.sqrt(train.var(0) + noise * noise / 12.0)
+    return mean, np.where(std > 1e-12, std, 1.0)
 
 
 def score(flow, x, batch=256):

@@ -177,7 +177,14 @@ fn every_vector_layer_matches_its_torchscript() {
     let activations = [Activation::Relu, Activation::Tanh, Activation::Elu, Activation::LeakyRelu, Activation::Gelu, Activation::Silu];
     for (i, act) in activations.into_iter().enumerate() {
         for kind in [CouplingKind::Affine, CouplingKind::Additive] {
-            let mask = [Mask::Channel { flip: false }, Mask::Channel { flip: true }, Mask::Checkerboard { parity: 0 }, Mask::Checkerboard { parity: 1 }][i % 4];
+            let mask = [
+                Mask::Channel { flip: false },
+                Mask::Channel { flip: true },
+                Mask::Checkerboard { parity: 0 },
+                Mask::Checkerboard { parity: 1 },
+                Mask::Alternating { parity: 0 },
+                Mask::Alternating { parity: 1 },
+            ][i % 6];
             let scale_fn = if i % 2 == 0 { ScaleFn::ExpTanh } else { ScaleFn::Sigmoid2 };
             cases.push((
                 format!("mlp coupling {act:?} {kind:?} {mask:?} {scale_fn:?}"),

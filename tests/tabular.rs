@@ -51,7 +51,14 @@ fn model_cfg() -> flowzoo::config::ModelConfig {
 fn mlp_couplings_on_vectors() {
     let m = model_cfg();
     for kind in [CouplingKind::Affine, CouplingKind::Additive] {
-        for mask in [Mask::Checkerboard { parity: 0 }, Mask::Checkerboard { parity: 1 }, Mask::Channel { flip: false }, Mask::Channel { flip: true }] {
+        for mask in [
+            Mask::Alternating { parity: 0 },
+            Mask::Alternating { parity: 1 },
+            Mask::Checkerboard { parity: 0 },
+            Mask::Checkerboard { parity: 1 },
+            Mask::Channel { flip: false },
+            Mask::Channel { flip: true },
+        ] {
             check_vector_layer(&format!("MLP coupling {kind:?} {mask:?}"), 5, |vs| {
                 models::realnvp::mlp_coupling(vs.root() / "c", kind, mask, 5, &m).unwrap()
             });
@@ -62,8 +69,8 @@ fn mlp_couplings_on_vectors() {
 #[test]
 fn mlp_coupling_starts_as_identity() {
     let vs = VarStore::new(Device::Cpu);
-    let c = models::realnvp::mlp_coupling(vs.root() / "c", CouplingKind::Affine, Mask::Checkerboard { parity: 0 }, 4, &model_cfg()).unwrap();
-    let x = Tensor::randn([3, 4], (Kind::Float, Device::Cpu));
+    let c = models::realnvp::mlp_coupling(vs.root() / "c", CouplingKind::Affine, Mask::Alternating { parity: 0 }, 5, &model_cfg()).unwrap();
+    let x = Tensor::randn([3, 5], (Kind::Float, Device::Cpu));
     let (y, ld) = c.forward(&x, &Ctx::eval()).unwrap();
     assert_eq!(y.f_sub(&x).unwrap().abs().max().double_value(&[]), 0.0);
     assert_eq!(ld.abs().max().double_value(&[]), 0.0);

@@ -20,6 +20,10 @@ pub enum Mask {
     /// Spatial checkerboard: positions with `(i + j) % 2 == parity` condition the others; on
     /// vectors, features with `i % 2 == parity` (alternating binary mask).
     Checkerboard { parity: i64 },
+    /// Vectors: features with `i % 2 == parity` condition the others (RealNVP's alternating
+    /// mask), gathered so the conditioner sees only them and writes only the parameters of the
+    /// transformed features.
+    Alternating { parity: i64 },
 }
 
 /// How a raw network output becomes the affine scale.
@@ -203,6 +207,10 @@ impl Coupling {
             Mask::Channel { flip: false } => (channels / 2, channels - channels / 2),
             Mask::Channel { flip: true } => (channels - channels / 2, channels / 2),
             Mask::Checkerboard { .. } => (channels, channels),
+            Mask::Alternating { parity } => {
+                let n_cond = (channels - parity + 1) / 2;
+                (n_cond, channels - n_cond)
+            }
         };
         match kind {
             CouplingKind::Affine => (c_in, 2 * c_tr),
@@ -297,6 +305,18 @@ impl Coupling {
                 let (shift, log_s) = self.params(&h)?;
                 let (out, ld) = transform(&tr, &shift, log_s.as_ref(), None, inverse)?;
                 Ok((self.join_channels(&cond, &out, flip)?, ld))
+            }
+            Mask::Alternating { parity } => {
+                if x.dim() != 2 {
+                    bail!("alternating coupling: expected [B, D], got {:?}", x.size());
+                }
+                let cond = x.f_slice(1, parity, None, 2)?;
+                let tr = x.f_slice(1, 1 - parity, None, 2)?;
+                let h = self.net.forward(&cond, ctx)?;
+                let (shift, log_s) = self.params(&h)?;
+                let (out, ld) = transform(&tr, &shift, log_s.as_ref(), None, inverse)?;
+                let tr_idx = Tensor::f_arange_start_step(1 - parity, self.channels, 2, (Kind::Int64, x.device()))?;
+                Ok((x.f_index_copy(1, &tr_idx, &out)?, ld))
             }
             Mask::Checkerboard { parity } => {
                 let b = self.checkerboard(x, parity)?;
@@ -394,6 +414,18 @@ impl Coupling {
                 s += &format!("h = self.{net}({keep}, cond)\n{params}{}", transform(tr, None));
                 let joined = if flip { format!("torch.cat([out, {keep}], 1)") } else { format!("torch.cat([{keep}, out], 1)") };
                 s += &format!("return {joined}, {neg}ld");
+            }
+            Mask::Alternating { parity } => {
+                let q = 1 - parity;
+                s += &format!(
+                    "assert {input}.dim() == 2, \"alternating coupling: expected [B, D], got \" + str({input}.size())\n\
+                     a = {input}[:, {parity}::2]\n\
+                     t = {input}[:, {q}::2]\n\
+                     h = self.{net}(a, cond)\n{params}{}\
+                     idx = torch.arange({q}, {c}, 2, dtype=4, device={input}.device)\n\
+                     return {input}.index_copy(1, idx, out), {neg}ld",
+                    transform("t", None)
+                );
             }
             Mask::Checkerboard { parity } => {
                 s += &format!(

@@ -41,7 +41,7 @@ pub fn vector_mask(choice: MaskChoice, block: i64, dim: i64, permutation: Permut
         };
     let k = if reversal_swaps { 0 } else { block % 2 };
     match choice {
-        MaskChoice::Alternating => Mask::Checkerboard { parity: k },
+        MaskChoice::Alternating => Mask::Alternating { parity: k },
         MaskChoice::Halves => Mask::Channel { flip: k == 1 },
     }
 }
