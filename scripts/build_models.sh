@@ -18,7 +18,7 @@ build() {
   rm -rf "$out" && mv "$tmp" "$out"
 }
 build glow_digits configs/glow_digits.toml
-score=$("$BIN" eval --model models/glow_digits --draws 8 --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(f"{d[\"mean_bpd\"]:.4f} bits/dim over {d[\"n\"]} test images")')
+score=$("$BIN" eval --model models/glow_digits --draws 8 --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print("%.4f bits/dim over %d test images" % (d["mean_bpd"], d["n"]))')
 info=$("$BIN" info --model models/glow_digits)
 cat > models/README.md <<MD
 # Pretrained models

@@ -199,6 +199,12 @@ enum Cmd {
 }
 
 fn main() {
+    // A closed pipe (`flowzoo eval --json | head`) ends the process quietly, as for any Unix
+    // tool, instead of a panic in println!.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);

@@ -118,3 +118,22 @@ fn errors_are_clear() {
     fails(&["train", "--resume", "--out", p.join("none").to_str().unwrap()], "does not exist");
     assert!(Path::new(env!("CARGO_BIN_EXE_flowzoo")).exists());
 }
+
+#[test]
+fn closed_stdout_is_not_a_panic() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("m.csv");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flowzoo"))
+        .args(["toy", "moons", "-n", "10", "-o", out.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away before anything is printed
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child.wait().unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+}
