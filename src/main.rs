@@ -309,7 +309,7 @@ fn run(cli: Cli) -> Result<()> {
                 (None, _) => None,
             };
             let px = if eps.is_some() || raw_out.is_some() {
-                let x = flowzoo::io::import::sample_raw(&sess, eps.as_ref(), n, temperature, seed, labels.as_ref())?;
+                let x = sess.sample_model_space(eps.as_ref(), n, temperature, seed, labels.as_ref())?;
                 if let Some(p) = &raw_out {
                     flowzoo::io::write_safetensors(p, &[("x".to_string(), x.shallow_clone())], &Default::default())?;
                 }

@@ -107,9 +107,7 @@ impl Session {
 
     /// `n` samples of a tabular model in data units, `[n, D]` on the CPU.
     pub fn sample_rows(&self, n: i64, temperature: f64, seed: i64) -> Result<Tensor> {
-        let _g = tch::no_grad_guard();
-        tch::manual_seed(seed);
-        let x = self.model.sample(n, temperature, &Ctx::eval(), (self.kind(), self.device()))?;
+        let x = self.sample_model_space(None, n, temperature, seed, None)?;
         Ok(x.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?)
     }
 
@@ -193,7 +191,30 @@ impl Session {
     /// `n` samples as uint8 pixels; `labels` chooses classes for a conditional model (default:
     /// cycling through the classes).
     pub fn sample_pixels(&self, n: i64, temperature: f64, seed: i64, labels: Option<&Tensor>) -> Result<Tensor> {
+        let x = self.sample_model_space(None, n, temperature, seed, labels)?;
+        to_pixels(&x, self.cfg.data.n_bits).context("converting samples to pixels")
+    }
+
+    /// Samples in model space, `x = f⁻¹(T · eps)`, from given standard-normal noise `eps`
+    /// (`[N, D]` in the flat latent order: level 0's factored-out half, level 1's, ..., the top,
+    /// each (C, H, W) row-major) or, without it, from `n` draws after seeding with `seed`.
+    /// `labels` pick classes of a class-conditional model (default: cycling through them).
+    pub fn sample_model_space(&self, eps: Option<&Tensor>, n: i64, temperature: f64, seed: i64, labels: Option<&Tensor>) -> Result<Tensor> {
         let _g = tch::no_grad_guard();
+        let d = self.model.dim();
+        let eps = match eps {
+            Some(e) => {
+                if e.size().len() != 2 || e.size()[1] != d {
+                    bail!("--eps: expected standard-normal noise of shape [N, {d}] (flowzoo's flat latent), got {:?}", e.size());
+                }
+                e.f_to_kind(self.kind())?.f_to_device(self.device())?
+            }
+            None => {
+                tch::manual_seed(seed);
+                Tensor::f_randn([n, d], (self.kind(), self.device()))?
+            }
+        };
+        let n = eps.size()[0];
         let cond = match self.model.n_classes() {
             Some(k) => {
                 let l = match labels {
@@ -204,9 +225,7 @@ impl Session {
             }
             None => None,
         };
-        tch::manual_seed(seed);
-        let x = self.model.sample(n, temperature, &Ctx::eval().with_cond(cond.as_ref()), (self.kind(), self.device()))?;
-        to_pixels(&x, self.cfg.data.n_bits).context("converting samples to pixels")
+        Ok(self.model.flow().inverse(&eps.f_mul_scalar(temperature)?, &Ctx::eval().with_cond(cond.as_ref()))?.0)
     }
 
     /// Names of every variable that holds a NaN or Inf.

@@ -17,7 +17,6 @@
 //! and computing a log-likelihood, and only then renamed into place: on any error nothing is
 //! left at `-o`.
 use crate::config::Config;
-use crate::flows::Ctx;
 use crate::io::pt::{read_weights, WeightsFile};
 use crate::io::tensors::named_variables;
 use crate::io::{write_safetensors, Checkpoint, RunDir, RunState};
@@ -324,36 +323,3 @@ pub(crate) fn indices(keys: &BTreeMap<String, Tensor>, prefix: &str) -> BTreeSet
     keys.keys().filter_map(|k| k.strip_prefix(prefix)?.split('.').next()?.parse().ok()).collect()
 }
 
-/// Samples in model space from given standard-normal noise `eps` (`[N, D]`, flowzoo's latent
-/// order: level 0's factored-out half, level 1's, ..., the top latent, each (C, H, W) row-major)
-/// or, without it, from noise drawn after seeding with `seed` (the draws of `flowzoo sample`):
-/// `x = f⁻¹(T · eps)`. `labels` pick classes of a class-conditional model (default: cycling).
-pub fn sample_raw(sess: &Session, eps: Option<&Tensor>, n: i64, temperature: f64, seed: i64, labels: Option<&Tensor>) -> Result<Tensor> {
-    let _g = tch::no_grad_guard();
-    let d = sess.model.dim();
-    let eps = match eps {
-        Some(e) => {
-            if e.size().len() != 2 || e.size()[1] != d {
-                bail!("--eps: expected standard-normal noise of shape [N, {d}] (flowzoo's flat latent), got {:?}", e.size());
-            }
-            e.f_to_kind(sess.kind())?.f_to_device(sess.device())?
-        }
-        None => {
-            tch::manual_seed(seed);
-            Tensor::f_randn([n, d], (sess.kind(), sess.device()))?
-        }
-    };
-    let n = eps.size()[0];
-    let cond = match sess.model.n_classes() {
-        Some(k) => {
-            let l = match labels {
-                Some(l) => l.shallow_clone(),
-                None => Tensor::f_arange(n, (Kind::Int64, Device::Cpu))?.f_remainder(k)?,
-            };
-            sess.one_hot(&l)?
-        }
-        None => None,
-    };
-    let (x, _) = sess.model.flow().inverse(&eps.f_mul_scalar(temperature)?, &Ctx::eval().with_cond(cond.as_ref()))?;
-    Ok(x)
-}
