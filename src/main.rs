@@ -33,7 +33,7 @@ impl From<Which> for Checkpoint {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Train a model on a folder of images.
+    /// Train a model on a folder of images or a table (CSV, .npy, .npz).
     Train {
         /// TOML config (not needed with --resume: the run's own config.toml is used).
         #[arg(long)]
@@ -57,7 +57,8 @@ enum Cmd {
         #[arg(long, short)]
         quiet: bool,
     },
-    /// Bits/dim and log-likelihood of test images (or of given tensors).
+    /// Bits/dim and log-likelihood of test images, or log-likelihood of test rows (or of given
+    /// tensors / CSV rows).
     Eval {
         #[arg(long)]
         model: PathBuf,
@@ -86,7 +87,7 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Write a grid of samples as PNG.
+    /// Write samples: a PNG grid of images, or CSV rows (a PNG scatter + density for 2-D data).
     Sample {
         #[arg(long)]
         model: PathBuf,

@@ -13,7 +13,8 @@ fn register_font() {
 }
 
 /// `train`/`test`: `(step, value)` points.
-pub fn plot_curves(path: &Path, title: &str, train: &[(f64, f64)], test: &[(f64, f64)]) -> Result<()> {
+/// `eval_label` names the held-out curve ("test" or "validation").
+pub fn plot_curves(path: &Path, title: &str, eval_label: &str, train: &[(f64, f64)], test: &[(f64, f64)]) -> Result<()> {
     register_font();
     let tmp = path.with_extension("tmp.png");
     {
@@ -42,7 +43,7 @@ pub fn plot_curves(path: &Path, title: &str, train: &[(f64, f64)], test: &[(f64,
         chart
             .draw_series(LineSeries::new(test.iter().copied().filter(|p| p.1.is_finite()), RED.stroke_width(2)))
             .map_err(|e| anyhow::anyhow!("{e}"))?
-            .label("eval")
+            .label(eval_label)
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
         chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| anyhow::anyhow!("{e}"))?;
         root.present().map_err(|e| anyhow::anyhow!("{e}"))?;

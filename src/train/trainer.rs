@@ -529,7 +529,8 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
             write_metrics(&run, &rows, tabular)?;
             let (a, b) = curves_from(&rows);
             let title = if tabular { "negative log-likelihood (nats)" } else { "bits/dim" };
-            if let Err(e) = super::plot::plot_curves(&run.path.join("curves.png"), title, &a, &b) {
+            let eval_label = if tabular { "validation" } else { "test" };
+            if let Err(e) = super::plot::plot_curves(&run.path.join("curves.png"), title, eval_label, &a, &b) {
                 log(&bar, format!("warning: could not draw curves.png: {e}"));
             }
         }
