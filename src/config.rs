@@ -242,6 +242,9 @@ pub struct TrainConfig {
     pub log_every: i64,
     /// Stop after this many evaluations without a better validation score (0 = never).
     pub patience: i64,
+    /// "fp32", "tf32" (TF32 matmuls/convs on CUDA) or "bf16" (the coupling networks' convs in
+    /// bfloat16; log-dets and priors stay float32).
+    pub precision: String,
 }
 
 impl Default for TrainConfig {
@@ -265,6 +268,7 @@ impl Default for TrainConfig {
             n_samples: 64,
             log_every: 10,
             patience: 0,
+            precision: "fp32".into(),
         }
     }
 }
@@ -386,6 +390,7 @@ impl Config {
             bail!("train.eval_draws, train.max_nonfinite and train.log_every must be >= 1");
         }
         crate::train::parse_device(&t.device).context("train.device")?;
+        t.precision.parse::<crate::bench::Precision>().context("train.precision")?;
         Ok(())
     }
 }

@@ -83,6 +83,9 @@ enum Cmd {
         checkpoint: Which,
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// fp32 | tf32 | bf16 (the coupling networks' convs; log-dets and priors stay float32).
+        #[arg(long, default_value = "fp32")]
+        precision: String,
         /// One JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -259,10 +262,11 @@ fn run(cli: Cli) -> Result<()> {
             println!("run directory: {}", out.display());
             Ok(())
         }
-        Cmd::Eval { model, data, tensors, csv, draws, seed, batch, checkpoint, device, json } => {
+        Cmd::Eval { model, data, tensors, csv, draws, seed, batch, checkpoint, device, precision, json } => {
             if draws < 1 || batch < 1 {
                 bail!("--draws and --batch must be >= 1");
             }
+            precision.parse::<flowzoo::bench::Precision>()?.apply();
             let run = RunDir::open(&model)?;
             let sess = Session::open(&run, checkpoint.into(), resolve_device(&device)?)?;
             if sess.is_tabular() {

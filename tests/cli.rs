@@ -95,6 +95,11 @@ fn eval_of_tensors_in_model_space() {
     let b: serde_json::Value = serde_json::from_str(&ok(&["eval", "--model", run.to_str().unwrap(), "--tensors", &spec, "--json"])).unwrap();
     assert_eq!(a["n"], 5);
     assert_eq!(a, b, "no noise is added to given tensors");
+    // bf16 conditioners move bits/dim a little, not a lot; fp32 is exact to itself.
+    let c: serde_json::Value = serde_json::from_str(&ok(&["eval", "--model", run.to_str().unwrap(), "--tensors", &spec, "--json", "--precision", "bf16"])).unwrap();
+    let (fp32, bf16) = (a["mean_bpd"].as_f64().unwrap(), c["mean_bpd"].as_f64().unwrap());
+    assert!((fp32 - bf16).abs() < 0.05, "fp32 {fp32} vs bf16 {bf16}");
+    fails(&["eval", "--model", run.to_str().unwrap(), "--tensors", &spec, "--precision", "fp8"], "unknown precision");
     fails(&["eval", "--model", run.to_str().unwrap(), "--tensors", &format!("{}:nope", f.display())], "has no tensor \"nope\"");
     let bad = tch::Tensor::zeros([2, 3, 8, 8], (tch::Kind::Float, tch::Device::Cpu));
     tch::Tensor::write_safetensors(&[("x", &bad)], &f).unwrap();

@@ -44,6 +44,9 @@ fn set_overrides() {
     assert!(err.contains("unknown config key `train.lrr`"), "{err}");
     let err = format!("{:#}", c.with_overrides(&["train.max_steps=abc".into()]).unwrap_err());
     assert!(err.contains("train.max_steps") && err.contains("expected a integer"), "{err}");
+    let err = format!("{:#}", c.with_overrides(&["train.precision=\"fp8\"".into()]).unwrap_err());
+    assert!(err.contains("train.precision") && err.contains("fp8"), "{err}");
+    assert_eq!(c.with_overrides(&["train.precision=\"bf16\"".into()]).unwrap().train.precision, "bf16");
     let err = format!("{:#}", c.with_overrides(&["train.lr".into()]).unwrap_err());
     assert!(err.contains("KEY=VALUE"), "{err}");
 }

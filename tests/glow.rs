@@ -5,6 +5,13 @@ use flowzoo::flows::Ctx;
 use flowzoo::models;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
+/// libtorch's generator is global to the process: tests that seed it take turns.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn tiny(levels: i64, perm: PermutationChoice, conditional: bool) -> Config {
     let mut c = Config::default();
     c.data.image_size = 4;
@@ -19,6 +26,7 @@ fn tiny(levels: i64, perm: PermutationChoice, conditional: bool) -> Config {
 
 #[test]
 fn glow_inverts_and_logdet_matches_brute_force() {
+    let _serial = serial();
     for (levels, perm) in [(2, PermutationChoice::InvconvLu), (1, PermutationChoice::Invconv), (2, PermutationChoice::Shuffle), (2, PermutationChoice::Reverse)] {
         tch::manual_seed(1);
         let mut vs = VarStore::new(Device::Cpu);
@@ -34,6 +42,7 @@ fn glow_inverts_and_logdet_matches_brute_force() {
 
 #[test]
 fn conditional_glow_and_sampling_is_seeded() {
+    let _serial = serial();
     tch::manual_seed(2);
     let mut vs = VarStore::new(Device::Cpu);
     let m = models::build(&tiny(2, PermutationChoice::InvconvLu, true), vs.root(), 3).unwrap();
@@ -60,6 +69,7 @@ fn conditional_glow_and_sampling_is_seeded() {
 
 #[test]
 fn temperature_scales_every_prior() {
+    let _serial = serial();
     // With T -> 0 every latent sits at its prior mean: samples at T=0 are deterministic.
     tch::manual_seed(4);
     let mut vs = VarStore::new(Device::Cpu);
@@ -75,6 +85,7 @@ fn temperature_scales_every_prior() {
 
 #[test]
 fn log_prob_matches_change_of_variables() {
+    let _serial = serial();
     // log p(x) = log N(z) + logdet, and the input shape is checked.
     let vs = VarStore::new(Device::Cpu);
     let m = models::build(&tiny(2, PermutationChoice::InvconvLu, false), vs.root(), 1).unwrap();
@@ -89,6 +100,7 @@ fn log_prob_matches_change_of_variables() {
 
 #[test]
 fn parameter_names_are_dotted_and_unique() {
+    let _serial = serial();
     let vs = VarStore::new(Device::Cpu);
     let _m = models::build(&tiny(2, PermutationChoice::InvconvLu, false), vs.root(), 1).unwrap();
     let names: Vec<String> = vs.variables().into_keys().collect();

@@ -363,6 +363,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
     if t_cfg.threads > 0 {
         tch::set_num_threads(t_cfg.threads as i32);
     }
+    t_cfg.precision.parse::<crate::bench::Precision>()?.apply();
     let (mut data, columns, stats) = load_train_data(cfg, opts.verbose)?;
     if opts.device.is_cuda() {
         // The decoded training set lives on the GPU (uint8 images are small), so a step never
