@@ -52,6 +52,26 @@ pub trait DensityModel {
     }
 }
 
+/// A composition of the zoo over a fixed event shape: everything a model without behaviour of
+/// its own needs (RealNVP and NICE are built as this).
+pub struct FlowModel {
+    pub event_shape: Vec<i64>,
+    pub flow: crate::flows::Sequential,
+    pub desc: String,
+}
+
+impl DensityModel for FlowModel {
+    fn flow(&self) -> &dyn Flow {
+        &self.flow
+    }
+    fn event_shape(&self) -> Vec<i64> {
+        self.event_shape.clone()
+    }
+    fn describe(&self) -> String {
+        self.desc.clone()
+    }
+}
+
 /// `Σ log N(z; 0, 1)` over all but the batch dimension.
 pub fn standard_normal_log_prob(z: &Tensor) -> Result<Tensor> {
     let b = z.size()[0];
@@ -83,9 +103,9 @@ pub fn build_for(cfg: &crate::config::Config, root: tch::nn::Path, info: &DataIn
     let spec = || realnvp::VectorSpec { dim: info.columns.len() as i64, standardize: cfg.data.standardize };
     match (cfg.model.kind.as_str(), cfg.data.kind) {
         ("glow", DataKind::Images) => Ok(Box::new(Glow::new(root, &glow::GlowConfig::from_config(cfg, n_classes)?)?)),
-        ("realnvp", DataKind::Images) => Ok(Box::new(RealNvpImage::new(root, cfg)?)),
-        ("realnvp", DataKind::Tabular) => Ok(Box::new(RealNvp::new(root, cfg, &spec())?)),
-        ("nice", DataKind::Tabular) => Ok(Box::new(Nice::new(root, cfg, &spec())?)),
+        ("realnvp", DataKind::Images) => Ok(Box::new(RealNvpImage::build(root, cfg)?)),
+        ("realnvp", DataKind::Tabular) => Ok(Box::new(RealNvp::build(root, cfg, &spec())?)),
+        ("nice", DataKind::Tabular) => Ok(Box::new(Nice::build(root, cfg, &spec())?)),
         (kind, data) => anyhow::bail!("model.kind {kind:?} cannot model data.kind {data:?}"),
     }
 }

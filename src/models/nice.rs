@@ -2,20 +2,16 @@
 //! halves, then a learned diagonal scaling. Volume-preserving except for the scaling.
 //! Parameter names: `standardize.{mean,std}`, `blocks.{b}.coupling.net.*`, `scaling.log_scale`.
 use super::realnvp::{mlp_coupling, push_standardize, vector_mask, VectorSpec};
-use super::DensityModel;
+use super::FlowModel;
 use crate::config::Config;
-use crate::flows::{CouplingKind, ElementwiseAffine, Flow, Sequential};
+use crate::flows::{CouplingKind, ElementwiseAffine, Sequential};
 use anyhow::{bail, Result};
 use tch::nn;
 
-pub struct Nice {
-    pub dim: i64,
-    flow: Sequential,
-    desc: String,
-}
+pub struct Nice;
 
 impl Nice {
-    pub fn new(root: nn::Path, cfg: &Config, spec: &VectorSpec) -> Result<Self> {
+    pub fn build(root: nn::Path, cfg: &Config, spec: &VectorSpec) -> Result<FlowModel> {
         let m = &cfg.model;
         let d = spec.dim;
         if d < 2 {
@@ -32,18 +28,6 @@ impl Nice {
             "NICE: {d} dims, {} additive blocks, MLP width {} depth {} ({:?}), {:?} masks, standardize {}",
             m.blocks, m.width, m.depth, m.activation, m.mask, spec.standardize
         );
-        Ok(Nice { dim: d, flow, desc })
-    }
-}
-
-impl DensityModel for Nice {
-    fn flow(&self) -> &dyn Flow {
-        &self.flow
-    }
-    fn event_shape(&self) -> Vec<i64> {
-        vec![self.dim]
-    }
-    fn describe(&self) -> String {
-        self.desc.clone()
+        Ok(FlowModel { event_shape: vec![d], flow, desc })
     }
 }

@@ -6,10 +6,10 @@
 //!   `base.{loc,log_std}`.
 //! - [`RealNvpImage`]: per level `3 × checkerboard coupling → squeeze → 3 × channel coupling →
 //!   split`, and `4 × checkerboard coupling` at the last level, with Glow's conv conditioner.
-use super::DensityModel;
+use super::FlowModel;
 use crate::config::{BaseChoice, Config, MaskChoice, NormChoice, PermutationChoice};
 use crate::flows::{
-    ActNorm, ActNormParam, BatchNormFlow, ConvNet, Coupling, CouplingKind, ElementwiseAffine, Flatten, Flow,
+    ActNorm, ActNormParam, BatchNormFlow, ConvNet, Coupling, CouplingKind, ElementwiseAffine, Flatten,
     InvConv1x1Lu, LearnedPrior, Mask, MlpNet, ParamLayout, Permutation, ScaleFn, Sequential, SplitPrior, Squeeze,
 };
 use anyhow::{bail, Result};
@@ -54,14 +54,11 @@ pub fn push_standardize(flow: &mut Sequential, root: &nn::Path, spec: &VectorSpe
     }
 }
 
-pub struct RealNvp {
-    pub dim: i64,
-    flow: Sequential,
-    desc: String,
-}
+/// RealNVP on vectors.
+pub struct RealNvp;
 
 impl RealNvp {
-    pub fn new(root: nn::Path, cfg: &Config, spec: &VectorSpec) -> Result<Self> {
+    pub fn build(root: nn::Path, cfg: &Config, spec: &VectorSpec) -> Result<FlowModel> {
         let m = &cfg.model;
         let d = spec.dim;
         if d < 2 {
@@ -94,30 +91,15 @@ impl RealNvp {
             "RealNVP: {d} dims, {} blocks, MLP width {} depth {} ({:?}), {:?} masks, norm {:?}, base {:?}, standardize {}",
             m.blocks, m.width, m.depth, m.activation, m.mask, m.norm, m.base, spec.standardize
         );
-        Ok(RealNvp { dim: d, flow, desc })
+        Ok(FlowModel { event_shape: vec![d], flow, desc })
     }
 }
 
-impl DensityModel for RealNvp {
-    fn flow(&self) -> &dyn Flow {
-        &self.flow
-    }
-    fn event_shape(&self) -> Vec<i64> {
-        vec![self.dim]
-    }
-    fn describe(&self) -> String {
-        self.desc.clone()
-    }
-}
-
-pub struct RealNvpImage {
-    pub shape: [i64; 3],
-    flow: Sequential,
-    desc: String,
-}
+/// RealNVP on images (multi-scale, checkerboard and channel couplings).
+pub struct RealNvpImage;
 
 impl RealNvpImage {
-    pub fn new(root: nn::Path, cfg: &Config) -> Result<Self> {
+    pub fn build(root: nn::Path, cfg: &Config) -> Result<FlowModel> {
         let m = &cfg.model;
         let s = cfg.data.image_size;
         let shape = [cfg.data.channels, s, s];
@@ -174,21 +156,6 @@ impl RealNvpImage {
             inner = level;
         }
         let desc = format!("RealNVP (images): image {shape:?}, {} levels, width {}, norm {:?}, base {:?}", m.levels, m.width, m.norm, m.base);
-        Ok(RealNvpImage { shape, flow: inner, desc })
+        Ok(FlowModel { event_shape: shape.to_vec(), flow: inner, desc })
     }
 }
-
-impl DensityModel for RealNvpImage {
-    fn flow(&self) -> &dyn Flow {
-        &self.flow
-    }
-    fn event_shape(&self) -> Vec<i64> {
-        self.shape.to_vec()
-    }
-    fn describe(&self) -> String {
-        self.desc.clone()
-    }
-}
-
-
-
