@@ -6,7 +6,7 @@ use flowzoo::config::{Config, PermutationChoice};
 use flowzoo::export::{self, ExportOptions, ScriptBuilder};
 use flowzoo::flows::testing::perturb;
 use flowzoo::flows::{
-    Activation, ActNorm, ActNormParam, BatchNormFlow, ConvNet, Coupling, CouplingKind, Ctx, ElementwiseAffine, Flatten, Flow,
+    Activation, ActNorm, ActNormParam, BatchNormFlow, Coupling, CouplingKind, Ctx, ElementwiseAffine, Flatten, Flow,
     InvConv1x1, InvConv1x1Lu, LearnedPrior, Mask, MlpNet, ParamLayout, Permutation, ScaleFn, Sequential, SplitPrior, Squeeze,
 };
 use flowzoo::models::DataInfo;
@@ -91,11 +91,6 @@ fn every_layer_matches_its_torchscript() {
     let _rng = rng_lock();
     tch::manual_seed(0);
     let x = Tensor::randn([3, 4, 4, 4], F64) * 0.5;
-    let channel_net = |p: nn::Path, c_in: i64, c_out: i64, hidden_actnorm: bool, pad: f64| {
-        let mut net = ConvNet::new(p, c_in, 8, c_out, hidden_actnorm);
-        net.out.pad_value = pad;
-        net
-    };
     type Build = Box<dyn Fn(&nn::Path) -> Box<dyn Flow>>;
     let mut cases: Vec<(&str, Build)> = vec![
         ("actnorm log", Box::new(|p| Box::new(ActNorm::new(p / "an", 4, 4, ActNormParam::Log)))),
@@ -113,11 +108,7 @@ fn every_layer_matches_its_torchscript() {
                 cases.push((
                     name,
                     Box::new(move |p| {
-                        let mut c = Coupling::with_conv_net(p / "coupling", kind, mask, 4, 8);
-                        let (c_in, c_out) = Coupling::net_channels(kind, mask, 4);
-                        c.net = Box::new(channel_net(p / "coupling" / "net2", c_in, c_out, hidden_actnorm, pad));
-                        c.layout = layout;
-                        Box::new(c)
+                        Box::new(Coupling::with_conv_net_opts(p / "coupling", kind, mask, 4, 8, hidden_actnorm, layout, pad))
                     }),
                 ));
             }
@@ -191,10 +182,7 @@ fn every_vector_layer_matches_its_torchscript() {
                 Box::new(move |p| {
                     let (c_in, c_out) = Coupling::net_channels(kind, mask, 6);
                     let net = MlpNet::new(p / "coupling" / "net", c_in, 8, 2, c_out, act).unwrap();
-                    let mut c = Coupling::with_conv_net(p / "unused", kind, mask, 6, 4);
-                    c.net = Box::new(net);
-                    c.scale_fn = scale_fn;
-                    Box::new(c)
+                    Box::new(Coupling { scale_fn, ..Coupling::new(kind, mask, 6, Box::new(net)) })
                 }),
             ));
         }

@@ -218,11 +218,16 @@ impl Coupling {
         }
     }
 
+    /// A coupling around any conditioner (sized by [`net_channels`](Self::net_channels)), with
+    /// Glow's defaults: `sigmoid(raw + 2)` scale and interleaved (shift, scale) outputs.
+    pub fn new(kind: CouplingKind, mask: Mask, channels: i64, net: Box<dyn Conditioner>) -> Self {
+        Coupling { kind, scale_fn: ScaleFn::Sigmoid2, mask, layout: ParamLayout::Interleaved, channels, net }
+    }
+
     /// A coupling with Glow's conv conditioner, under `p / "net"`.
     pub fn with_conv_net(p: nn::Path, kind: CouplingKind, mask: Mask, channels: i64, hidden: i64) -> Self {
         let (c_in, c_out) = Self::net_channels(kind, mask, channels);
-        let net = ConvNet::new(&p / "net", c_in, hidden, c_out, true);
-        Coupling { kind, scale_fn: ScaleFn::Sigmoid2, mask, layout: ParamLayout::Interleaved, channels, net: Box::new(net) }
+        Self::new(kind, mask, channels, Box::new(ConvNet::new(&p / "net", c_in, hidden, c_out, true)))
     }
 
     /// [`with_conv_net`](Self::with_conv_net) with the conventions switchable (imported
@@ -242,7 +247,7 @@ impl Coupling {
         let (c_in, c_out) = Self::net_channels(kind, mask, channels);
         let mut net = ConvNet::new(&p / "net", c_in, hidden, c_out, hidden_actnorm);
         net.out.pad_value = zero_pad;
-        Coupling { kind, scale_fn: ScaleFn::Sigmoid2, mask, layout, channels, net: Box::new(net) }
+        Coupling { layout, ..Self::new(kind, mask, channels, Box::new(net)) }
     }
 
     /// `(shift, log_scale)` from the network output; `log_scale` is `None` for additive.

@@ -10,7 +10,7 @@ use super::FlowModel;
 use crate::config::{BaseChoice, Config, MaskChoice, NormChoice, PermutationChoice};
 use crate::flows::{
     ActNorm, ActNormParam, BatchNormFlow, ConvNet, Coupling, CouplingKind, ElementwiseAffine, Flatten,
-    InvConv1x1Lu, LearnedPrior, Mask, MlpNet, ParamLayout, Permutation, ScaleFn, Sequential, SplitPrior, Squeeze,
+    InvConv1x1Lu, LearnedPrior, Mask, MlpNet, Permutation, ScaleFn, Sequential, SplitPrior, Squeeze,
 };
 use anyhow::{bail, Result};
 use tch::nn;
@@ -26,7 +26,7 @@ pub struct VectorSpec {
 pub fn mlp_coupling(p: nn::Path, kind: CouplingKind, mask: Mask, dim: i64, cfg: &crate::config::ModelConfig) -> Result<Coupling> {
     let (c_in, c_out) = Coupling::net_channels(kind, mask, dim);
     let net = MlpNet::new(&p / "net", c_in, cfg.width, cfg.depth, c_out, cfg.activation)?;
-    Ok(Coupling { kind, scale_fn: ScaleFn::ExpTanh, mask, layout: ParamLayout::Interleaved, channels: dim, net: Box::new(net) })
+    Ok(Coupling { scale_fn: ScaleFn::ExpTanh, ..Coupling::new(kind, mask, dim, Box::new(net)) })
 }
 
 /// The mask of block `block`. Consecutive blocks must transform different features, so the mask
@@ -110,7 +110,7 @@ impl RealNvpImage {
         let coupling = |p: nn::Path, mask: Mask, c: i64| {
             let (c_in, c_out) = Coupling::net_channels(CouplingKind::Affine, mask, c);
             let net = ConvNet::new(&p / "net", c_in, m.width, c_out, true);
-            Coupling { kind: CouplingKind::Affine, scale_fn: ScaleFn::ExpTanh, mask, layout: ParamLayout::Interleaved, channels: c, net: Box::new(net) }
+            Coupling { scale_fn: ScaleFn::ExpTanh, ..Coupling::new(CouplingKind::Affine, mask, c, Box::new(net)) }
         };
         let norm = |seq: &mut Sequential, p: nn::Path, c: i64| match m.norm {
             NormChoice::Batchnorm => seq.push(BatchNormFlow::new(p, c, 4)),
