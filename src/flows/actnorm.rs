@@ -110,7 +110,7 @@ impl Flow for ActNorm {
         Ok((x, self.logdet(y)?.f_neg()?))
     }
 
-    fn to_torchscript(&self, ts: &mut crate::export::ScriptBuilder) -> Result<crate::export::ScriptFlow> {
+    fn to_torchscript(&self, ts: &mut crate::script::ScriptBuilder) -> Result<crate::script::ScriptFlow> {
         self.script(ts)
     }
 }
@@ -118,8 +118,8 @@ impl Flow for ActNorm {
 impl ActNorm {
     /// TorchScript of [`Flow::forward`] / [`Flow::inverse`] (eval mode: no data initialisation;
     /// an exported model is trained, so its ActNorms are initialised).
-    pub(crate) fn script(&self, ts: &mut crate::export::ScriptBuilder) -> Result<crate::export::ScriptFlow> {
-        use crate::export::ts_spatial_size;
+    pub(crate) fn script(&self, ts: &mut crate::script::ScriptBuilder) -> Result<crate::script::ScriptFlow> {
+        use crate::script::ts_spatial_size;
         let (shift, scale) = (ts.tensor(&self.shift)?, ts.tensor(&self.scale)?);
         let stem = ts.stem("actnorm", &[&self.shift, &self.scale]);
         // log|scale| summed in float64, then cast, as `logdet` does.

@@ -40,8 +40,8 @@ impl BatchNormFlow {
 impl Flow for BatchNormFlow {
     /// TorchScript of the eval-mode map (running statistics, which stay fixed in the exported
     /// module: fine-tuning there trains `log_gamma` and `beta` only).
-    fn to_torchscript(&self, ts: &mut crate::export::ScriptBuilder) -> Result<crate::export::ScriptFlow> {
-        use crate::export::{ts_float, ts_spatial_size};
+    fn to_torchscript(&self, ts: &mut crate::script::ScriptBuilder) -> Result<crate::script::ScriptFlow> {
+        use crate::script::{ts_float, ts_spatial_size};
         let (lg, beta) = (ts.tensor(&self.log_gamma)?, ts.tensor(&self.beta)?);
         let (rm, rv) = (ts.tensor(&self.running_mean)?, ts.tensor(&self.running_var)?);
         let stem = ts.stem("batchnorm", &[&self.log_gamma, &self.beta, &self.running_mean, &self.running_var]);

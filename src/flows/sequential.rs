@@ -48,8 +48,8 @@ impl Flow for Sequential {
 
     /// Calls the layers' methods in order (reversed for the inverse), summing the log-dets
     /// from zero in the same order as above.
-    fn to_torchscript(&self, ts: &mut crate::export::ScriptBuilder) -> Result<crate::export::ScriptFlow> {
-        use crate::export::ts_zero_logdet;
+    fn to_torchscript(&self, ts: &mut crate::script::ScriptBuilder) -> Result<crate::script::ScriptFlow> {
+        use crate::script::ts_zero_logdet;
         use anyhow::Context;
         let mut children = vec![];
         for (i, layer) in self.layers.iter().enumerate() {
@@ -96,8 +96,8 @@ impl Flow for Flatten {
         Ok((y.f_reshape(&shape)?, zero_logdet(y)?))
     }
 
-    fn to_torchscript(&self, ts: &mut crate::export::ScriptBuilder) -> Result<crate::export::ScriptFlow> {
-        use crate::export::ts_zero_logdet;
+    fn to_torchscript(&self, ts: &mut crate::script::ScriptBuilder) -> Result<crate::script::ScriptFlow> {
+        use crate::script::ts_zero_logdet;
         let dims: Vec<String> = self.shape.iter().map(|d| d.to_string()).collect();
         let d: i64 = self.shape.iter().product();
         let f = format!("return x.reshape([x.size(0), -1]), {}", ts_zero_logdet("x"));

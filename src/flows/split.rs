@@ -50,8 +50,8 @@ impl SplitPrior {
 }
 
 impl Flow for SplitPrior {
-    fn to_torchscript(&self, ts: &mut crate::export::ScriptBuilder) -> Result<crate::export::ScriptFlow> {
-        use crate::export::ts_sum_per_sample;
+    fn to_torchscript(&self, ts: &mut crate::script::ScriptBuilder) -> Result<crate::script::ScriptFlow> {
+        use crate::script::ts_sum_per_sample;
         let stem = ts.stem("split", &[&self.prior.weight, &self.prior.bias, &self.prior.logs]);
         let conv = self.prior.to_torchscript(ts)?;
         let mean_logs = match self.layout {

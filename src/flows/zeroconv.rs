@@ -43,9 +43,9 @@ impl ZeroConv2d {
 
 impl ZeroConv2d {
     /// Defines `forward` as a TorchScript method `(self, x: Tensor) -> Tensor` of the module being
-    /// exported (see [`crate::export`]) and returns its name.
-    pub fn to_torchscript(&self, ts: &mut crate::export::ScriptBuilder) -> Result<String> {
-        use crate::export::ts_float;
+    /// exported (see [`crate::script`]) and returns its name.
+    pub fn to_torchscript(&self, ts: &mut crate::script::ScriptBuilder) -> Result<String> {
+        use crate::script::ts_float;
         let (w, b, logs) = (ts.tensor(&self.weight)?, ts.tensor(&self.bias)?, ts.tensor(&self.logs)?);
         let stem = ts.stem("zeroconv", &[&self.weight, &self.bias, &self.logs]);
         let factor = ts_float(self.logscale_factor)?;
