@@ -6,8 +6,8 @@
 //!   of the model's flow (for Glow: level 0's factored-out half, level 1's, ..., then the top
 //!   latent, each `(C, H, W)` row-major, see [`crate::models::glow`]), `logabsdet` is `[B]`;
 //! * `inverse(z, labels=None) -> x`;
-//! * `log_prob(x, labels=None) -> [B]`, nats, `log N(z; 0, I) + logabsdet`, every learned prior
-//!   included (the priors are bijections of the flow, see [`crate::flows`]);
+//! * `log_prob(x, labels=None) -> [B]`, nats, `log N(z; 0, I) + logabsdet`, the base included
+//!   (every base is a bijection onto standard-normal noise, see [`crate::flows::base`]);
 //! * `sample(n: int, temperature: float = 1.0, labels=None) -> x`, `inverse(temperature * randn)`,
 //!   drawn from PyTorch's generator exactly as flowzoo draws it (same seed, same samples);
 //! * for image models `bits_per_dim(x, labels=None) -> [B]`
@@ -24,36 +24,30 @@
 //! models take `labels` (int64 class indices `[B]`); unconditional ones refuse them.
 //!
 //! # How a model is written
-//! There is no tracing. [`ScriptBuilder`] wraps the root [`ScriptModule`] (`src/ffi`): it first
-//! registers every variable of the model's `VarStore` under its dotted name, then asks the
-//! model's flow to write itself: [`Flow::to_torchscript`] defines a layer's forward and inverse
-//! as TorchScript methods and returns their names ([`ScriptFlow`]). A layer reaches its tensors
-//! through [`ScriptBuilder::tensor`] (which finds the registered name of a tensor it holds);
-//! composites (`Sequential`, `SplitPrior`) call their children's methods. Every method takes
-//! `(x, cond)` where `cond` is the conditioning tensor (`Optional[Tensor]`, one-hot labels for a
-//! class-conditional prior), like [`crate::flows::Ctx`]. All methods live on the root module
-//! (names starting with `_`), so a composite can call any layer wherever its tensors live.
-//! The model-level methods above are written once here, for every [`DensityModel`].
-//!
-//! A new layer (RealNVP's, MAF's, ...) only implements `to_torchscript`; a layer that does not
-//! keeps the trait's default, and exporting a model that contains it fails with
-//! "layer X cannot be exported to TorchScript yet". A layer's TorchScript must mirror its Rust
-//! ops one for one: the Python tests compare the two to 1e-10 in float64.
+//! The layers write their own TorchScript through [`crate::script`] (each layer's
+//! `to_torchscript`); this module registers the model's variables, asks the transform and the
+//! base to write themselves, composes them into one flow onto noise, and adds the model-level
+//! methods above (written once, for every [`DensityModel`]), then checks the result against the
+//! Rust model and writes the file atomically.
 //!
 //! # Reference outputs (for tests)
 //! `flowzoo export --model RUN --reference-in IN.safetensors --reference-out OUT.safetensors`
 //! (hidden from `--help`) runs the Rust model on the inputs in `IN` and writes its outputs, so
 //! tests can compare the exported module with the model it came from; see [`write_reference`].
 use crate::io::tensors::named_variables;
-use crate::io::{read_safetensors, write_safetensors, Checkpoint, RunDir};
+use crate::io::{write_safetensors, Checkpoint, RunDir};
 use crate::models::DensityModel;
 use crate::train::Session;
 use crate::ffi::ScriptModule;
 use crate::script::{ts_float, ScriptBuilder, ScriptFlow};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use tch::{Device, IValue, Kind, Tensor};
+use tch::{Device, IValue, Tensor};
+
+mod reference;
+
+pub use reference::write_reference;
 
 /// What the model-level methods need besides the flow.
 #[derive(Clone, Debug)]
@@ -313,82 +307,4 @@ fn self_check(sess: &Session, module: &ScriptModule) -> Result<f64> {
         bail!("the exported module's log_prob differs from the model's by {diff:e} (internal error)");
     }
     Ok(diff)
-}
-
-fn scalar_input(inputs: &BTreeMap<String, Tensor>, key: &str) -> Result<Option<f64>> {
-    match inputs.get(key) {
-        None => Ok(None),
-        Some(t) if t.numel() == 1 => Ok(Some(t.f_to_kind(Kind::Double)?.f_reshape([1])?.f_double_value(&[0])?)),
-        Some(t) => bail!("{key}: expected one number, got shape {:?}", t.size()),
-    }
-}
-
-/// Test hook behind `flowzoo export --reference-in IN --reference-out OUT`: runs the Rust model
-/// on the tensors of `IN` (a safetensors file) and writes its outputs to `OUT`.
-///
-/// Inputs: `x` `[B, *event_shape]`, float32 or float64 (the model runs in that dtype; float64
-/// converts its weights); optional `labels` (int64 `[B]`, class-conditional models), `eps`
-/// (`[N, D]`, latents to invert), and `sample_n`, `sample_temperature`, `sample_seed` (one number
-/// each; optional `sample_labels` `[sample_n]`).
-///
-/// Outputs: `z`, `logabsdet` (the flow's forward), `log_prob`, `bits_per_dim` (image models),
-/// `x_rec` (inverse of `z`), `inverse_eps` and `inverse_eps_logabsdet` (the flow's inverse of
-/// `eps`), `sample` (after seeding libtorch's generator with `sample_seed`, as
-/// `torch.manual_seed(seed); m.sample(n, temperature)` does).
-pub fn write_reference(sess: &mut Session, input: &Path, output: &Path) -> Result<()> {
-    use crate::flows::Ctx;
-    let (inputs, _) = read_safetensors(input)?;
-    let x = inputs
-        .get("x")
-        .ok_or_else(|| anyhow!("{}: no tensor \"x\"", input.display()))?
-        .shallow_clone();
-    let kind = x.kind();
-    match kind {
-        Kind::Float => {}
-        Kind::Double => sess.vs.double(),
-        k => bail!("{}: x must be float32 or float64, got {k:?}", input.display()),
-    }
-    sess.model.check_input(&x).context("reference input x")?;
-    let _g = tch::no_grad_guard();
-    let cond_of = |key: &str| -> Result<Option<Tensor>> {
-        match (inputs.get(key), sess.model.n_classes()) {
-            (Some(l), Some(_)) => Ok(sess.one_hot(l)?),
-            (None, Some(_)) => bail!("{}: the model is class-conditional: {key} is needed", input.display()),
-            (Some(_), None) => bail!("{}: {key} given but the model is not class-conditional", input.display()),
-            (None, None) => Ok(None),
-        }
-    };
-    let cond = cond_of("labels")?;
-    let ctx = Ctx::eval().with_cond(cond.as_ref());
-    let model = sess.model.as_ref();
-    let mut out: Vec<(String, Tensor)> = vec![];
-    let (z, logdet) = model.to_noise(&x, &ctx)?;
-    let lp = sess.model.log_prob(&x, &ctx)?;
-    if sess.model.event_shape().len() == 3 {
-        let bpd = crate::data::bits_per_dim(&lp, sess.model.dim(), sess.cfg.data.n_bits)?;
-        out.push(("bits_per_dim".into(), bpd));
-    }
-    let (x_rec, _) = model.from_noise(&z, &ctx)?;
-    out.push(("z".into(), z));
-    out.push(("logabsdet".into(), logdet));
-    out.push(("log_prob".into(), lp));
-    out.push(("x_rec".into(), x_rec));
-    if let Some(eps) = inputs.get("eps") {
-        let eps = eps.f_to_kind(kind)?;
-        let cond = cond_of("eps_labels")?;
-        let (xe, lde) = model.from_noise(&eps, &Ctx::eval().with_cond(cond.as_ref()))?;
-        out.push(("inverse_eps".into(), xe));
-        out.push(("inverse_eps_logabsdet".into(), lde));
-    }
-    if let Some(n) = scalar_input(&inputs, "sample_n")? {
-        let t = scalar_input(&inputs, "sample_temperature")?.unwrap_or(1.0);
-        let seed = scalar_input(&inputs, "sample_seed")?.unwrap_or(0.0);
-        let cond = cond_of("sample_labels")?;
-        tch::manual_seed(seed as i64);
-        let s = sess.model.sample(n as i64, t, &Ctx::eval().with_cond(cond.as_ref()), (kind, sess.device()))?;
-        out.push(("sample".into(), s));
-    }
-    let mut meta = BTreeMap::new();
-    meta.insert("format".to_string(), "flowzoo-reference".to_string());
-    write_safetensors(output, &out, &meta)
 }
