@@ -6,7 +6,7 @@
 //! temperature sampling (`from_noise(T·ε)`) from one description, and lets the TorchScript
 //! export call a base like any layer.
 use super::{sum_per_sample, Ctx};
-use crate::script::{ts_sum_per_sample, ts_zero_logdet, ScriptBuilder, ScriptFlow};
+use crate::script::{ts_sum_per_sample, ts_zero_logdet, Layer, ScriptBuilder, ScriptFlow};
 use anyhow::{bail, Result};
 use tch::{nn, Kind, Tensor};
 
@@ -55,7 +55,8 @@ impl Base for StandardNormal {
         Ok((eps.shallow_clone(), super::zero_logdet(eps)?))
     }
     fn to_torchscript(&self, ts: &mut ScriptBuilder) -> Result<ScriptFlow> {
-        ts.define_flow("standard_normal", &format!("return x, {}", ts_zero_logdet("x")), &format!("return y, {}", ts_zero_logdet("y")))
+        let layer = Layer::new("StandardNormal").flow_methods(&format!("return x, {}", ts_zero_logdet("x")), &format!("return y, {}", ts_zero_logdet("y")));
+        ts.add(layer)
     }
 }
 
@@ -94,21 +95,19 @@ impl Base for DiagGaussian {
         Ok((z, ld))
     }
     fn to_torchscript(&self, ts: &mut ScriptBuilder) -> Result<ScriptFlow> {
-        let (loc, ls) = (ts.tensor(&self.loc)?, ts.tensor(&self.log_std)?);
-        let d = self.loc.size()[0];
-        let stem = ts.stem("base", &[&self.loc, &self.log_std]);
-        let check = |t: &str| format!("assert {t}.dim() == 2 and {t}.size(1) == {d}, \"DiagGaussian base: expected latents [B, {d}], got \" + str({t}.size())\n");
+        let check = |t: &str| format!("assert {t}.dim() == 2 and {t}.size(1) == $dim, \"DiagGaussian base: expected latents [B, \" + str($dim) + \"], got \" + str({t}.size())\n");
         let f = format!(
-            "{}eps = (x - {loc}) * torch.exp(-{ls})\nreturn eps, -{}",
+            "{}eps = (x - $loc) * torch.exp(-$log_std)\nreturn eps, -{}",
             check("x"),
-            ts_sum_per_sample(&format!("{ls}.unsqueeze(0).expand_as(x)"))
+            ts_sum_per_sample("$log_std.unsqueeze(0).expand_as(x)")
         );
         let i = format!(
-            "{}z = y * torch.exp({ls}) + {loc}\nreturn z, {}",
+            "{}z = y * torch.exp($log_std) + $loc\nreturn z, {}",
             check("y"),
-            ts_sum_per_sample(&format!("{ls}.unsqueeze(0).expand_as(y)"))
+            ts_sum_per_sample("$log_std.unsqueeze(0).expand_as(y)")
         );
-        ts.define_flow(&stem, &f, &i)
+        let layer = Layer::new("DiagGaussian").tensor(ts, "loc", &self.loc)?.tensor(ts, "log_std", &self.log_std)?.int("dim", self.loc.size()[0]);
+        ts.add(layer.flow_methods(&f, &i))
     }
 }
 

@@ -46,23 +46,18 @@ impl ElementwiseAffine {
 
 impl Flow for ElementwiseAffine {
     fn to_torchscript(&self, ts: &mut crate::script::ScriptBuilder) -> Result<crate::script::ScriptFlow> {
-        use crate::script::ts_sum_per_sample;
+        use crate::script::{ts_check_channels, ts_sum_per_sample, Layer};
         // `affine()`: (shift, log_scale), op for op.
-        let (tensors, affine) = match self {
-            ElementwiseAffine::Standardize { mean, std } => {
-                let (m, s) = (ts.tensor(mean)?, ts.tensor(std)?);
-                (vec![mean, std], format!("shift = -({m} / {s})\nls = -torch.log({s})\n"))
-            }
+        let (layer, affine) = match self {
+            ElementwiseAffine::Standardize { mean, std } => (
+                Layer::new("Standardize").tensor(ts, "mean", mean)?.tensor(ts, "std", std)?,
+                "shift = -($mean / $std)\nls = -torch.log($std)\n",
+            ),
             ElementwiseAffine::Scaling { log_scale } => {
-                let l = ts.tensor(log_scale)?;
-                (vec![log_scale], format!("ls = {l}\nshift = torch.zeros_like(ls)\n"))
+                (Layer::new("Scaling").tensor(ts, "log_scale", log_scale)?, "ls = $log_scale\nshift = torch.zeros_like(ls)\n")
             }
         };
-        let stem = ts.stem("elementwise", &tensors);
-        let d = self.dims();
-        let check = |t: &str| {
-            format!("assert {t}.dim() >= 2 and {t}.size(1) == {d}, \"ElementwiseAffine: expected input with {d} channels (dim 1), got \" + str({t}.size())\n")
-        };
+        let check = |t: &str| ts_check_channels("ElementwiseAffine", t);
         let f = format!(
             "{}{affine}out = x * torch.exp(ls) + shift\nreturn out, {}",
             check("x"),
@@ -73,7 +68,7 @@ impl Flow for ElementwiseAffine {
             check("y"),
             ts_sum_per_sample("ls.unsqueeze(0).expand_as(y)")
         );
-        ts.define_flow(&stem, &f, &i)
+        ts.add(layer.int("channels", self.dims()).flow_methods(&f, &i))
     }
 
     fn forward(&self, x: &Tensor, _ctx: &Ctx) -> Result<(Tensor, Tensor)> {
