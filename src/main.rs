@@ -135,6 +135,9 @@ enum Cmd {
         /// Also write the exported weights as safetensors (same names as the module's state_dict).
         #[arg(long)]
         safetensors: Option<PathBuf>,
+        /// Write the model as plain PyTorch source into this folder (<kind>.py, weights.safetensors).
+        #[arg(long, value_name = "DIR")]
+        python: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "best")]
         checkpoint: Which,
         /// Test hook (see flowzoo::export::write_reference): inputs for the Rust model ...
@@ -348,8 +351,8 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Import { from } => flowzoo::io::import::run_cli(from),
-        Cmd::Export { model, torchscript, safetensors, checkpoint, reference_in, reference_out } => {
-            let opts = flowzoo::export::ExportOptions { checkpoint: checkpoint.into(), torchscript, safetensors, reference_in, reference_out };
+        Cmd::Export { model, torchscript, safetensors, python, checkpoint, reference_in, reference_out } => {
+            let opts = flowzoo::export::ExportOptions { checkpoint: checkpoint.into(), torchscript, safetensors, python, reference_in, reference_out };
             for line in flowzoo::export::export_run(&model, &opts)? {
                 println!("{line}");
             }

@@ -45,6 +45,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, IValue, Tensor};
 
+mod pysource;
 mod reference;
 
 pub use reference::write_reference;
@@ -210,16 +211,20 @@ pub fn class_name(kind: &str) -> String {
     }
 }
 
-/// The model of a session as a TorchScript module (variables aliased, not copied).
-pub fn session_module(sess: &Session) -> Result<ScriptModule> {
+/// What the model-level methods of a session's model need.
+pub fn session_spec(sess: &Session) -> ModelSpec {
     let image = sess.model.event_shape().len() == 3;
-    let spec = ModelSpec {
+    ModelSpec {
         class: class_name(&sess.cfg.model.kind),
         event_shape: sess.model.event_shape(),
         n_classes: sess.model.n_classes(),
         n_bits: image.then_some(sess.cfg.data.n_bits),
-    };
-    build_module(sess.model.as_ref(), &named_variables(&sess.vs), &spec)
+    }
+}
+
+/// The model of a session as a TorchScript module (variables aliased, not copied).
+pub fn session_module(sess: &Session) -> Result<ScriptModule> {
+    build_module(sess.model.as_ref(), &named_variables(&sess.vs), &session_spec(sess))
 }
 
 /// What `flowzoo export` was asked to write.
@@ -230,6 +235,8 @@ pub struct ExportOptions {
     pub torchscript: Option<PathBuf>,
     /// The exported weights as safetensors (the same names as the module's `state_dict()`).
     pub safetensors: Option<PathBuf>,
+    /// A folder for the plain PyTorch export (`<kind>.py` and `weights.safetensors`).
+    pub python: Option<PathBuf>,
     /// Test hook: inputs for [`write_reference`] ...
     pub reference_in: Option<PathBuf>,
     /// ... and where its outputs go.
@@ -238,8 +245,8 @@ pub struct ExportOptions {
 
 /// `flowzoo export`: opens the run, writes what `opts` asks for; returns lines to print.
 pub fn export_run(run_dir: &Path, opts: &ExportOptions) -> Result<Vec<String>> {
-    if opts.torchscript.is_none() && opts.safetensors.is_none() && opts.reference_out.is_none() {
-        bail!("nothing to export: pass --torchscript FILE.pt (and/or --safetensors FILE.safetensors)");
+    if opts.torchscript.is_none() && opts.safetensors.is_none() && opts.python.is_none() && opts.reference_out.is_none() {
+        bail!("nothing to export: pass --torchscript FILE.pt and/or --python DIR (and/or --safetensors FILE.safetensors)");
     }
     if opts.reference_in.is_some() != opts.reference_out.is_some() {
         bail!("--reference-in and --reference-out go together");
@@ -266,6 +273,9 @@ pub fn export_run(run_dir: &Path, opts: &ExportOptions) -> Result<Vec<String>> {
             vars.len() - n_params,
             check
         ));
+    }
+    if let Some(dir) = &opts.python {
+        lines.push(pysource::write_python_export(&sess, dir, &weights)?);
     }
     if let Some(path) = &opts.safetensors {
         let mut meta = BTreeMap::new();
