@@ -18,6 +18,7 @@ pub mod ffi;
 pub mod flows;
 pub mod io;
 pub mod models;
+pub mod rng;
 pub mod train;
 
 pub use anyhow::{Error, Result};

@@ -188,27 +188,9 @@ pub fn load_split(root: &Path, cfg: &DataConfig, seed: u64) -> Result<(ImageSet,
     if n - n_test < 1 {
         bail!("{}: {n} images leave none for training with test_fraction = {}", root.display(), cfg.test_fraction);
     }
-    let perm = seeded_permutation(n as usize, seed);
+    let perm = crate::rng::seeded_permutation(n as usize, seed);
     let perm = Tensor::from_slice(&perm);
     let test = all.select(&perm.narrow(0, 0, n_test));
     let train = all.select(&perm.narrow(0, n_test, n - n_test));
     Ok((train, test, report))
-}
-
-/// A permutation from a seed, independent of libtorch's generator (splitmix64 + Fisher–Yates).
-pub fn seeded_permutation(n: usize, seed: u64) -> Vec<i64> {
-    let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
-    let mut next = || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
-    let mut p: Vec<i64> = (0..n as i64).collect();
-    for i in (1..n).rev() {
-        let j = (next() % (i as u64 + 1)) as usize;
-        p.swap(i, j);
-    }
-    p
 }

@@ -160,7 +160,7 @@ pub fn split_table(t: &Table, cfg: &DataConfig, seed: u64) -> Result<TabularSpli
     if n - n_test - n_val < 2 {
         bail!("{} rows leave fewer than 2 for training (test_fraction {}, val_fraction {})", n, cfg.test_fraction, cfg.val_fraction);
     }
-    let perm = Tensor::f_from_slice(&super::images::seeded_permutation(n as usize, seed))?;
+    let perm = Tensor::f_from_slice(&crate::rng::seeded_permutation(n as usize, seed))?;
     let take = |start: i64, len: i64| t.rows.f_index_select(0, &perm.narrow(0, start, len));
     Ok(TabularSplit {
         test: take(0, n_test)?,

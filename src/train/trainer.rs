@@ -4,8 +4,9 @@
 use super::{Adam, Session};
 use crate::config::{Config, DataKind};
 use crate::data::tabular::{load_table, split_table, standardization};
-use crate::data::{dequantize, images::seeded_permutation, load_split, to_model_space, ImageSet};
+use crate::data::{dequantize, load_split, to_model_space, ImageSet};
 use crate::models::DataInfo;
+use crate::rng::{derive_seed as mix, seeded_permutation};
 use crate::flows::Ctx;
 use crate::io::png::save_grid;
 use crate::io::tensors::named_variables;
@@ -34,12 +35,6 @@ pub struct Trainer {
     pub state: RunState,
     /// Consecutive non-finite steps so far.
     pub nonfinite_run: i64,
-}
-
-fn mix(seed: u64, a: u64, b: i64) -> i64 {
-    let mut z = seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (b as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 31)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    (z >> 1) as i64
 }
 
 impl Trainer {
