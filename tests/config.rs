@@ -46,7 +46,7 @@ fn set_overrides() {
     assert!(err.contains("train.max_steps") && err.contains("expected a integer"), "{err}");
     let err = format!("{:#}", c.with_overrides(&["train.precision=\"fp8\"".into()]).unwrap_err());
     assert!(err.contains("train.precision") && err.contains("fp8"), "{err}");
-    assert_eq!(c.with_overrides(&["train.precision=\"bf16\"".into()]).unwrap().train.precision, "bf16");
+    assert_eq!(c.with_overrides(&["train.precision=\"bf16\"".into()]).unwrap().train.precision, flowzoo::config::Precision::Bf16);
     let err = format!("{:#}", c.with_overrides(&["train.lr".into()]).unwrap_err());
     assert!(err.contains("KEY=VALUE"), "{err}");
 }

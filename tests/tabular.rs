@@ -146,7 +146,7 @@ fn standardization_round_trip_and_units() {
 fn tab_config(kind: &str) -> Config {
     let mut c = Config::default();
     c.data.kind = DataKind::Tabular;
-    c.model.kind = kind.into();
+    c.model.kind = kind.parse().unwrap();
     c.model.blocks = 3;
     c.model.width = 8;
     c.model.depth = 1;
@@ -181,7 +181,7 @@ fn realnvp_and_nice_models_invert_with_exact_logdet() {
 #[test]
 fn realnvp_images_invert_with_exact_logdet() {
     let mut c = Config::default();
-    c.model.kind = "realnvp".into();
+    c.model.kind = flowzoo::config::ModelKind::Realnvp;
     c.model.levels = 2;
     c.model.width = 8;
     c.model.norm = flowzoo::config::NormChoice::Actnorm;

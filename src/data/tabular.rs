@@ -1,6 +1,6 @@
 //! Tabular data: CSV (header optional, a chosen subset of columns), `.npy` and `.npz`; a seeded
 //! train / validation / test split; standardisation statistics from the training split.
-use crate::config::{BadRows, DataConfig};
+use crate::config::{BadRows, DataConfig, Header};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use tch::{Kind, Tensor};
@@ -78,10 +78,10 @@ fn read_csv(path: &Path, cfg: &DataConfig) -> Result<Table> {
     let Some(first) = records.next() else { bail!("{} is empty", path.display()) };
     let first = first.with_context(|| format!("{}: line 1", path.display()))?;
     let numeric = first.iter().all(|f| f.parse::<f64>().is_ok());
-    let has_header = match cfg.header.as_str() {
-        "true" => true,
-        "false" => false,
-        _ => !numeric,
+    let has_header = match cfg.header {
+        Header::Present => true,
+        Header::Absent => false,
+        Header::Auto => !numeric,
     };
     let columns: Vec<String> =
         if has_header { first.iter().map(str::to_string).collect() } else { (0..first.len()).map(|i| i.to_string()).collect() };

@@ -47,7 +47,7 @@
 use crate::io::tensors::named_variables;
 use crate::io::{read_safetensors, write_safetensors, Checkpoint, RunDir};
 use crate::models::DensityModel;
-use crate::train::Session;
+use crate::session::Session;
 use crate::ffi::{torchscript_path, AttrKind, ScriptModule};
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::{BTreeMap, HashMap};
@@ -428,7 +428,7 @@ pub fn class_name(kind: &str) -> String {
 pub fn session_module(sess: &Session) -> Result<ScriptModule> {
     let image = sess.model.event_shape().len() == 3;
     let spec = ModelSpec {
-        class: class_name(&sess.cfg.model.kind),
+        class: class_name(sess.cfg.model.kind.as_str()),
         event_shape: sess.model.event_shape(),
         n_classes: sess.model.n_classes(),
         n_bits: image.then_some(sess.cfg.data.n_bits),

@@ -54,7 +54,7 @@ pub fn plot_curves(path: &Path, title: &str, eval_label: &str, train: &[(f64, f6
 
 /// A 2-D model: a scatter of `n` samples (left) beside a heat map of the learned density
 /// (right), over the same square window.
-pub fn plot_2d_model(sess: &super::Session, path: &Path, n: i64, temperature: f64, seed: i64) -> Result<()> {
+pub fn plot_2d_model(sess: &crate::session::Session, path: &Path, n: i64, temperature: f64, seed: i64) -> Result<()> {
     use tch::{Kind, Tensor};
     let samples = sess.sample_rows(n, temperature, seed)?;
     let pts = Vec::<f64>::try_from(&samples.f_reshape([-1])?)?;

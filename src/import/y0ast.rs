@@ -15,9 +15,9 @@
 //!
 //! ActNorm's `inited` flag is not in y0ast's state_dict (their `set_actnorm_init()` after
 //! loading); flowzoo stores it, and an imported ActNorm is initialised (`initialized = 1`).
-use super::{convert, indices, model_variables, parse_level, write_run, Fixed, Imported, KeyMap, LevelPart, Source};
+use super::{convert, indices, model_variables, parse_level, write_run_on, Fixed, Imported, KeyMap, LevelPart, Source};
 use crate::config::{Config, CouplingChoice, GlowStyle, PermutationChoice};
-use crate::train::Session;
+use crate::session::Session;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -227,6 +227,8 @@ pub struct Args<'a> {
     pub image_size: Option<i64>,
     pub channels: Option<i64>,
     pub out: &'a Path,
+    /// Where the finished run is reopened and checked.
+    pub device: Device,
 }
 
 /// `flowzoo import y0ast`.
@@ -256,6 +258,6 @@ pub fn import(a: &Args) -> Result<(Imported, String)> {
     let origin = format!("{} ({})", a.weights.display(), file.what);
     let weights = convert(&vars, &map, &file.tensors, &origin, hint(&hp, image_size, channels, &seen))?;
     drop(sess);
-    let imp = write_run(a.out, &cfg, super::unlabelled(), &weights, &format!("y0ast:{}", a.weights.display()))?;
+    let imp = write_run_on(a.out, &cfg, super::unlabelled(), &weights, &format!("y0ast:{}", a.weights.display()), a.device)?;
     Ok((imp, file.what))
 }

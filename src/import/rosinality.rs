@@ -15,9 +15,9 @@
 //! | `.coupling.net.4.{conv.*, scale [1,C,1,1]}`       | `.coupling.net.4.{conv.*, logs [C,1,1]}`  |
 //! | `blocks.{i}.prior.*` (i < n_block-1)              | `levels.{i}.split.*`                      |
 //! | `blocks.{n_block-1}.prior.*`                      | `prior.learn_top.*`                       |
-use super::{convert, indices, model_variables, parse_level, write_run, Fixed, Imported, KeyMap, LevelPart, Source};
+use super::{convert, indices, model_variables, parse_level, write_run_on, Fixed, Imported, KeyMap, LevelPart, Source};
 use crate::config::{Config, CouplingChoice, GlowStyle, PermutationChoice};
-use crate::train::Session;
+use crate::session::Session;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -32,6 +32,8 @@ pub struct Args<'a> {
     pub image_size: i64,
     pub n_bits: i64,
     pub out: &'a Path,
+    /// Where the finished run is reopened and checked.
+    pub device: Device,
 }
 
 /// What the checkpoint's keys and shapes say.
@@ -192,6 +194,6 @@ pub fn import(a: &Args) -> Result<(Imported, String)> {
     let origin = format!("{} ({})", a.weights.display(), file.what);
     let weights = convert(&vars, &map, &file.tensors, &origin, hint(a, &seen))?;
     drop(sess);
-    let imp = write_run(a.out, &cfg, super::unlabelled(), &weights, &format!("rosinality:{}", a.weights.display()))?;
+    let imp = write_run_on(a.out, &cfg, super::unlabelled(), &weights, &format!("rosinality:{}", a.weights.display()), a.device)?;
     Ok((imp, file.what))
 }
