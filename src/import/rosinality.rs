@@ -58,9 +58,10 @@ fn inspect(t: &BTreeMap<String, Tensor>) -> Seen {
     let f = "blocks.0.flows.0.";
     let c = t.get(&format!("{f}actnorm.loc")).map(|x| x.size()).filter(|s| s.len() == 4).map(|s| s[1]);
     s.channels = c.map(|c| c / 4);
-    s.width = t.get(&format!("{f}coupling.net.0.weight")).map(|w| w.size()[0]);
+    // `first()`: a checkpoint may hold a scalar where a weight should be (then convert() names it).
+    s.width = t.get(&format!("{f}coupling.net.0.weight")).and_then(|w| w.size().first().copied());
     if let (Some(c), Some(w)) = (c, t.get(&format!("{f}coupling.net.4.conv.weight"))) {
-        s.affine = Some(w.size()[0] == c);
+        s.affine = w.size().first().map(|&o| o == c);
     }
     if s.n_block.unwrap_or(0) > 1 {
         s.lu = Some(t.contains_key(&format!("{f}invconv.w_l")));

@@ -117,9 +117,10 @@ fn inspect(t: &BTreeMap<String, Tensor>) -> Seen {
     let j = steps[0];
     let c = t.get(&format!("flow.layers.{j}.actnorm.bias")).map(|b| b.size()).filter(|s| s.len() == 4).map(|s| s[1]);
     s.channels = c.map(|c| c / 4);
-    s.hidden = t.get(&format!("flow.layers.{j}.block.0.conv.weight")).map(|w| w.size()[0]);
+    // `first()`: a checkpoint may hold a scalar where a weight should be (then convert() names it).
+    s.hidden = t.get(&format!("flow.layers.{j}.block.0.conv.weight")).and_then(|w| w.size().first().copied());
     if let (Some(c), Some(w)) = (c, t.get(&format!("flow.layers.{j}.block.4.conv.weight"))) {
-        s.affine = Some(w.size()[0] == c);
+        s.affine = w.size().first().map(|&o| o == c);
     }
     s.lu = Some(t.contains_key(&format!("flow.layers.{j}.invconv.lower")));
     if let (Some(p), Some(l)) = (t.get("prior_h").map(|p| p.size()), s.l) {
