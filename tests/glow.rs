@@ -76,17 +76,20 @@ fn temperature_scales_every_prior() {
     tch::manual_seed(4);
     let mut vs = VarStore::new(Device::Cpu);
     let m = models::build(&tiny(2, PermutationChoice::InvconvLu, false), vs.root(), 1).unwrap();
-    perturb(&vs, 0.2);
+    // Small weights: the inverse direction divides by the coupling scales, and a strongly
+    // perturbed model maps some noise to Inf (then nothing is compared).
+    perturb(&vs, 0.05);
     vs.double();
     let like = (Kind::Double, Device::Cpu);
     let d = m.dim();
     // The split level's factored-out half comes first in the flat latent: 8 of its 16 values.
     let split_part = 8;
-    for t in [0.0, 0.3, 0.6] {
+    for t in [0.0, 0.5, 1.0] {
         tch::manual_seed(7);
         let eps = Tensor::randn([3, d], like);
         tch::manual_seed(7);
         let x = m.sample(3, t, &Ctx::eval(), like).unwrap();
+        assert!(bool::try_from(x.isfinite().all()).unwrap(), "T={t}: non-finite sample");
         let (z, _) = m.flow().forward(&x, &Ctx::eval()).unwrap();
         let err = z.f_sub(&(&eps * t)).unwrap().abs().max().double_value(&[]);
         assert!(err < 1e-9, "T={t}: latent differs from T·eps by {err}");
