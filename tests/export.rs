@@ -14,7 +14,7 @@ use flowzoo::script::ScriptBuilder;
 use flowzoo::models::DataInfo;
 use flowzoo::io::tensors::named_variables;
 use flowzoo::io::{read_safetensors, Checkpoint, RunDir, RunState};
-use flowzoo::train::Session;
+use flowzoo::session::Session;
 use std::path::Path;
 use std::process::Command;
 use tch::{nn, nn::VarStore, Device, IValue, Kind, Tensor};

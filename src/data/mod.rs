@@ -7,3 +7,4 @@ pub use dequant::{bits_per_dim, dequantize, nats_to_bpd, to_model_space, to_pixe
 pub use images::{load_image_folder, load_split, ImageSet, LoadReport};
 pub mod tabular;
 pub mod toys;
+pub mod walk;

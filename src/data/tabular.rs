@@ -1,6 +1,6 @@
 //! Tabular data: CSV (header optional, a chosen subset of columns), `.npy` and `.npz`; a seeded
 //! train / validation / test split; standardisation statistics from the training split.
-use crate::config::{BadRows, DataConfig};
+use crate::config::{BadRows, DataConfig, Header};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use tch::{Kind, Tensor};
@@ -78,10 +78,10 @@ fn read_csv(path: &Path, cfg: &DataConfig) -> Result<Table> {
     let Some(first) = records.next() else { bail!("{} is empty", path.display()) };
     let first = first.with_context(|| format!("{}: line 1", path.display()))?;
     let numeric = first.iter().all(|f| f.parse::<f64>().is_ok());
-    let has_header = match cfg.header.as_str() {
-        "true" => true,
-        "false" => false,
-        _ => !numeric,
+    let has_header = match cfg.header {
+        Header::Present => true,
+        Header::Absent => false,
+        Header::Auto => !numeric,
     };
     let columns: Vec<String> =
         if has_header { first.iter().map(str::to_string).collect() } else { (0..first.len()).map(|i| i.to_string()).collect() };
@@ -160,7 +160,7 @@ pub fn split_table(t: &Table, cfg: &DataConfig, seed: u64) -> Result<TabularSpli
     if n - n_test - n_val < 2 {
         bail!("{} rows leave fewer than 2 for training (test_fraction {}, val_fraction {})", n, cfg.test_fraction, cfg.val_fraction);
     }
-    let perm = Tensor::f_from_slice(&super::images::seeded_permutation(n as usize, seed))?;
+    let perm = Tensor::f_from_slice(&crate::rng::seeded_permutation(n as usize, seed))?;
     let take = |start: i64, len: i64| t.rows.f_index_select(0, &perm.narrow(0, start, len));
     Ok(TabularSplit {
         test: take(0, n_test)?,

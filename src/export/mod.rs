@@ -37,7 +37,7 @@
 use crate::io::tensors::named_variables;
 use crate::io::{write_safetensors, Checkpoint, RunDir};
 use crate::models::DensityModel;
-use crate::train::Session;
+use crate::session::Session;
 use crate::ffi::ScriptModule;
 use crate::script::{ts_float, Layer, ScriptBuilder, ScriptFlow};
 use anyhow::{bail, Context, Result};
@@ -215,7 +215,7 @@ pub fn class_name(kind: &str) -> String {
 pub fn session_spec(sess: &Session) -> ModelSpec {
     let image = sess.model.event_shape().len() == 3;
     ModelSpec {
-        class: class_name(&sess.cfg.model.kind),
+        class: class_name(sess.cfg.model.kind.as_str()),
         event_shape: sess.model.event_shape(),
         n_classes: sess.model.n_classes(),
         n_bits: image.then_some(sess.cfg.data.n_bits),

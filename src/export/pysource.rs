@@ -4,7 +4,7 @@
 use super::{build_script, python_source, session_spec};
 use crate::io::tensors::named_variables;
 use crate::io::write_safetensors;
-use crate::train::Session;
+use crate::session::Session;
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -18,7 +18,7 @@ pub fn write_python_export(sess: &Session, dir: &Path, weights: &Path) -> Result
     let vars = named_variables(&sess.vs);
     let ts = build_script(sess.model.as_ref(), &vars, &session_spec(sess))?;
     let src = python_source(&ts, &sess.model.describe())?;
-    let file = dir.join(format!("{}.py", module_name(&sess.cfg.model.kind)));
+    let file = dir.join(format!("{}.py", module_name(sess.cfg.model.kind.as_str())));
     crate::io::atomic::atomic_write_bytes(&file, src.as_bytes()).with_context(|| format!("writing {}", file.display()))?;
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), "flowzoo".to_string());
@@ -32,8 +32,8 @@ pub fn write_python_export(sess: &Session, dir: &Path, weights: &Path) -> Result
         src.matches("\nclass ").count(),
         w.display(),
         vars.len(),
-        module_name(&sess.cfg.model.kind),
-        module_name(&sess.cfg.model.kind),
+        module_name(sess.cfg.model.kind.as_str()),
+        module_name(sess.cfg.model.kind.as_str()),
         dir.display()
     ))
 }
