@@ -6,6 +6,8 @@
 //! - [`train`]: the loop, our own Adam (its state is saved), checkpoints, metrics, plots.
 //! - [`io`]: run directories, atomic writes, safetensors.
 //! - [`bench`]: `flowzoo bench`, timing against the PyTorch reference; CUDA precision switches.
+//! - [`dist`]: data-parallel training on c10d (Gloo, NCCL) under torchrun: process groups,
+//!   bucketed gradient all-reduce, DistributedSampler sharding, config consistency.
 //! - [`export`]: a trained model as a TorchScript module for PyTorch (`torch.jit.load`).
 // In-place tensor ops (`f_add_`, `f_copy_`...) return the tensor they changed; we ignore it.
 #![allow(unused_must_use)]
@@ -13,6 +15,7 @@
 pub mod bench;
 pub mod config;
 pub mod data;
+pub mod dist;
 pub mod export;
 pub mod ffi;
 pub mod flows;

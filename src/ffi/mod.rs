@@ -59,6 +59,10 @@
 use anyhow::{anyhow, bail, Context, Result};
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 
+/// c10d (distributed training), built only when build.rs found Gloo's headers.
+#[cfg(flowzoo_dist)]
+pub mod dist;
+
 mod sys {
     use std::ffi::{c_char, c_int, c_void};
     extern "C" {
