@@ -346,3 +346,37 @@ fn config_mismatch_is_detected_and_named() {
     }
     assert_all_ok(&run_ranks("config_mismatch_is_detected_and_named", 2, 2, &[]));
 }
+
+#[test]
+fn backend_choice_and_nccl_without_a_gpu() {
+    use flowzoo::dist::{BackendChoice, BackendKind};
+    assert_eq!("auto".parse::<BackendChoice>().unwrap(), BackendChoice::Auto);
+    assert_eq!("nccl".parse::<BackendChoice>().unwrap(), BackendChoice::Nccl);
+    let err = "mpi".parse::<BackendChoice>().unwrap_err().to_string();
+    assert!(err.contains("\"mpi\"") && err.contains("auto, gloo or nccl"), "{err}");
+    assert_eq!(BackendChoice::Auto.resolve(Device::Cpu).unwrap(), BackendKind::Gloo);
+    assert_eq!(BackendChoice::Gloo.resolve(Device::Cuda(0)).unwrap(), BackendKind::Gloo);
+    let err = BackendChoice::Nccl.resolve(Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("CUDA tensors only"), "{err}");
+    if tch::Cuda::is_available() {
+        return; // the rest is about a machine without a GPU
+    }
+    let env = DistEnv::from_lookup(|k| {
+        Some(match k {
+            "MASTER_ADDR" => "127.0.0.1".into(),
+            "MASTER_PORT" => free_port().to_string(),
+            "RANK" => "0".into(),
+            "WORLD_SIZE" => "1".into(),
+            _ => return None,
+        })
+    })
+    .unwrap()
+    .unwrap();
+    let opts = DistOptions { backend: BackendChoice::Auto, device: Device::Cuda(0), ..DistOptions::default() };
+    let err = format!("{:#}", ProcessGroup::connect(&env, &opts).err().expect("no GPU here"));
+    if dist::NCCL_AVAILABLE {
+        assert!(err.contains("LOCAL_RANK=0 but this machine shows 0 CUDA device(s)"), "{err}");
+    } else {
+        assert_eq!(err, dist::no_nccl_message());
+    }
+}

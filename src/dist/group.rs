@@ -130,7 +130,17 @@ impl ProcessGroup {
         let kind = opts.backend.resolve(opts.device)?;
         let device = match kind {
             BackendKind::Gloo => opts.device,
-            BackendKind::Nccl => Device::Cuda(env.local_rank),
+            BackendKind::Nccl => {
+                // Before any rendezvous, so a misconfigured rank fails at once.
+                let visible = tch::Cuda::device_count().max(0) as usize;
+                if env.local_rank >= visible {
+                    bail!(
+                        "LOCAL_RANK={} but this machine shows {visible} CUDA device(s): the NCCL backend needs one GPU per process on each machine (torchrun --nproc-per-node at most the GPU count)",
+                        env.local_rank
+                    );
+                }
+                Device::Cuda(env.local_rank)
+            }
         };
         let at = format!(
             "rendezvous at {}:{} as rank {} of {} ({kind:?}, timeout {} s)",
@@ -352,10 +362,6 @@ pub(super) fn tensor_bytes(t: &Tensor) -> u64 {
 
 #[cfg(flowzoo_nccl)]
 fn nccl_backend(store: &Store, env: &DistEnv, timeout: Duration) -> Result<Backend> {
-    let visible = tch::Cuda::device_count() as usize;
-    if env.local_rank >= visible {
-        bail!("LOCAL_RANK={} but this machine shows {visible} CUDA device(s): NCCL needs one GPU per local rank", env.local_rank);
-    }
     Backend::nccl(store, env.rank, env.world_size, timeout)
 }
 
