@@ -3,7 +3,8 @@
 //! libtorch carries c10d's implementation (TCPStore, ProcessGroupGloo, ProcessGroupNCCL) and
 //! the wheel ships c10d's headers, but `ProcessGroupGloo.hpp` includes Gloo's own headers,
 //! which the wheel lacks (Debian/Ubuntu: `libgloo-dev`). So:
-//!  * Gloo headers found -> compile dist_shim.cpp and set `cfg(flowzoo_dist)`;
+//!  * Gloo headers found -> compile dist_shim.cpp (store, Gloo, collectives) and
+//!    dist_reducer.cpp (DDP's c10d::Reducer) and set `cfg(flowzoo_dist)`;
 //!    not found -> no cfg, and `flowzoo::dist` reports how to get distributed support.
 //!  * Additionally, libtorch_cuda present and complete CUDA headers (the runtime's, `crt/` and
 //!    `nv/target`) plus `nccl.h` found -> compile dist_nccl.cpp and set `cfg(flowzoo_nccl)`.
@@ -20,7 +21,7 @@ pub fn compile_dist_shims(lib_dir: &Path) {
     for var in ["FLOWZOO_DIST", "GLOO_INCLUDE_DIR", "CUDA_HOME", "CUDA_PATH"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
-    for src in ["src/ffi/dist_shim.cpp", "src/ffi/dist_nccl.cpp", "src/ffi/dist_common.h"] {
+    for src in ["src/ffi/dist_shim.cpp", "src/ffi/dist_reducer.cpp", "src/ffi/dist_nccl.cpp", "src/ffi/dist_common.h"] {
         println!("cargo:rerun-if-changed={src}");
     }
     if std::env::var("FLOWZOO_DIST").is_ok_and(|v| v == "0") {
@@ -55,12 +56,16 @@ pub fn compile_dist_shims(lib_dir: &Path) {
         b
     };
     let mut gloo_build = base();
-    gloo_build.file("src/ffi/dist_shim.cpp").include(&gloo).define("USE_C10D_GLOO", None);
+    gloo_build
+        .file("src/ffi/dist_shim.cpp")
+        .file("src/ffi/dist_reducer.cpp")
+        .include(&gloo)
+        .define("USE_C10D_GLOO", None);
     if let Err(e) = gloo_build.try_compile("flowzoo_dist_shim") {
         // The headers are there, so this is a real incompatibility (or a bug in the shim):
         // say so rather than silently building a flowzoo that cannot train distributed.
         panic!(
-            "flowzoo build: src/ffi/dist_shim.cpp failed to compile against Gloo's headers in {} and c10d's in {}: {e}\n\
+            "flowzoo build: src/ffi/dist_shim.cpp or dist_reducer.cpp failed to compile against Gloo's headers in {} and c10d's in {}: {e}\n\
              Build without distributed support with FLOWZOO_DIST=0.",
             gloo.display(),
             c10d.display()

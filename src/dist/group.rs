@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use tch::{Device, Tensor};
 
 #[cfg(flowzoo_dist)]
-pub(super) use crate::ffi::dist::{Backend, GlooDevice, Store, Work};
+pub(super) use crate::ffi::dist::{Backend, GlooDevice, Reducer, ReducerLayout, Store, Work};
 #[cfg(not(flowzoo_dist))]
-pub(super) use super::off::{Backend, GlooDevice, Store, Work};
+pub(super) use super::off::{Backend, GlooDevice, Reducer, ReducerLayout, Store, Work};
 
 /// `train.backend`: which c10d backend carries the collectives.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -111,7 +111,7 @@ pub struct CommStats {
 pub struct ProcessGroup {
     // Field order is drop order: the backend goes before the store it uses.
     backend: Backend,
-    _store: Store,
+    store: Store,
     rank: usize,
     world_size: usize,
     local_rank: usize,
@@ -169,7 +169,7 @@ impl ProcessGroup {
         .with_context(|| at.clone())?;
         Ok(ProcessGroup {
             backend,
-            _store: store,
+            store,
             rank: env.rank,
             world_size: env.world_size,
             local_rank: env.local_rank,
@@ -240,7 +240,7 @@ impl ProcessGroup {
         self.all_reduce_sum(tensors)?;
         let _g = tch::no_grad_guard();
         for t in tensors {
-            t.shallow_clone().f_div_scalar_(self.world_size as f64)?;
+            let _ = t.shallow_clone().f_div_scalar_(self.world_size as f64)?;
         }
         Ok(())
     }
@@ -316,6 +316,10 @@ impl ProcessGroup {
 
     pub(super) fn raw(&self) -> &Backend {
         &self.backend
+    }
+
+    pub(super) fn raw_store(&self) -> &Store {
+        &self.store
     }
 
     /// Error context: which collective, where, and what usually causes its failure.

@@ -7,8 +7,10 @@
 //! - [`ProcessGroup`]: one rank's membership of the group (a c10d TCPStore plus a
 //!   ProcessGroupGloo or ProcessGroupNCCL): all-reduce (sum, mean), broadcast, barrier,
 //!   all-gather, and the wall time spent in them ([`CommStats`]).
-//! - [`GradBuckets`]: DDP's gradient averaging: gradients packed into a few flat buckets
-//!   (25 MiB by default) and each bucket's all-reduce started as soon as it is packed.
+//! - [`GradBuckets`]: gradient averaging after backward: gradients packed into a few flat
+//!   buckets (25 MiB by default), each bucket's all-reduce started as soon as it is packed.
+//! - [`DdpReducer`]: PyTorch DDP's own reducer (c10d::Reducer): the same averaging started
+//!   from autograd hooks during backward, so communication overlaps backward.
 //! - [`DistributedSampler`] / [`shard_order`]: torch's DistributedSampler semantics.
 //! - [`ProcessGroup::check_consistent`]: every rank describes its config; a mismatch is named.
 //!
@@ -23,8 +25,13 @@
 //! off, everything else builds, [`AVAILABLE`] is false and [`ProcessGroup::connect`] returns
 //! [`no_support_message`]. The NCCL backend additionally needs CUDA's headers
 //! ([`NCCL_AVAILABLE`]).
+// Every in-place op's returned tensor is discarded explicitly (ready for the crate-wide
+// allow(unused_must_use) to go).
+#![warn(unused_must_use)]
+
 mod buckets;
 mod consistency;
+mod ddp;
 mod env;
 mod group;
 #[cfg(not(flowzoo_dist))]
@@ -32,6 +39,7 @@ mod off;
 mod sampler;
 
 pub use buckets::{BucketOptions, GradBuckets};
+pub use ddp::{DdpOptions, DdpReducer};
 pub use env::DistEnv;
 pub use group::{BackendChoice, BackendKind, CommStats, DistOptions, ProcessGroup};
 pub use sampler::{shard_order, DistributedSampler};

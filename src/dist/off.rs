@@ -17,6 +17,23 @@ pub enum GlooDevice {
 pub struct Store(Infallible);
 pub struct Backend(Infallible);
 pub struct Work(Infallible);
+pub struct Reducer(Infallible);
+
+#[derive(Clone, Copy, Debug)]
+pub struct ReducerLayout {
+    pub bucket_bytes: usize,
+    pub first_bucket_bytes: usize,
+    pub gradient_as_bucket_view: bool,
+}
+
+impl Reducer {
+    pub fn new(store: &Store, _b: &Backend, _r: usize, _s: usize, _nccl: bool, _p: &[Tensor], _l: ReducerLayout) -> Result<(Reducer, usize)> {
+        match store.0 {}
+    }
+    pub fn prepare_for_backward(&self, _loss: &Tensor) -> Result<()> {
+        match self.0 {}
+    }
+}
 
 impl Store {
     pub fn tcp(_host: &str, _port: u16, _world_size: usize, _is_server: bool, _timeout: Duration) -> Result<Store> {

@@ -75,6 +75,22 @@ mod sys {
             n: usize,
             work: *mut *mut c_void,
         ) -> *mut c_char;
+        pub fn fzdist_reducer_new(
+            store: *mut c_void,
+            backend: *mut c_void,
+            rank: c_int,
+            size: c_int,
+            is_nccl: c_int,
+            params: *const *mut c_void,
+            n: usize,
+            bucket_bytes: i64,
+            first_bucket_bytes: i64,
+            as_bucket_view: c_int,
+            out: *mut *mut c_void,
+            n_buckets: *mut usize,
+        ) -> *mut c_char;
+        pub fn fzdist_reducer_prepare(r: *mut c_void, loss: *mut c_void) -> *mut c_char;
+        pub fn fzdist_reducer_free(r: *mut c_void);
         pub fn fzdist_work_wait(w: *mut c_void) -> *mut c_char;
         pub fn fzdist_work_free(w: *mut c_void);
     }
@@ -262,5 +278,59 @@ impl Work {
 impl Drop for Work {
     fn drop(&mut self) {
         unsafe { sys::fzdist_work_free(self.0) }
+    }
+}
+
+/// PyTorch DDP's gradient reducer (c10d::Reducer, src/ffi/dist_reducer.cpp) over a backend.
+pub struct Reducer(*mut c_void);
+
+// SAFETY: the reducer's state is guarded by its own mutex (autograd hooks may run on the
+// autograd engine's device threads); the handle itself is a plain owning pointer.
+unsafe impl Send for Reducer {}
+
+/// How [`Reducer::new`] lays out its buckets.
+#[derive(Clone, Copy, Debug)]
+pub struct ReducerLayout {
+    pub bucket_bytes: usize,
+    pub first_bucket_bytes: usize,
+    pub gradient_as_bucket_view: bool,
+}
+
+impl Reducer {
+    /// A reducer for `params` (trainable, in parameter order) over `backend`, with `store`
+    /// for the c10d::ProcessGroup around it. Returns it with its bucket count.
+    pub fn new(store: &Store, backend: &Backend, rank: usize, size: usize, nccl: bool, params: &[Tensor], layout: ReducerLayout) -> Result<(Reducer, usize)> {
+        let ptrs: Vec<*mut c_void> = params.iter().map(tensor_ptr).collect();
+        let bytes = |v: usize, what: &str| i64::try_from(v).map_err(|_| anyhow!("{what} {v} is too large"));
+        let mut out = std::ptr::null_mut();
+        let mut n_buckets = 0usize;
+        check(unsafe {
+            sys::fzdist_reducer_new(
+                store.0,
+                backend.0,
+                int(rank, "rank")?,
+                int(size, "world size")?,
+                c_int::from(nccl),
+                ptrs.as_ptr(),
+                ptrs.len(),
+                bytes(layout.bucket_bytes, "bucket size")?,
+                bytes(layout.first_bucket_bytes, "first bucket size")?,
+                c_int::from(layout.gradient_as_bucket_view),
+                &mut out,
+                &mut n_buckets,
+            )
+        })?;
+        Ok((Reducer(out), n_buckets))
+    }
+
+    /// Arms the gradient hooks for the backward that will start from `loss`.
+    pub fn prepare_for_backward(&self, loss: &Tensor) -> Result<()> {
+        check(unsafe { sys::fzdist_reducer_prepare(self.0, tensor_ptr(loss)) })
+    }
+}
+
+impl Drop for Reducer {
+    fn drop(&mut self) {
+        unsafe { sys::fzdist_reducer_free(self.0) }
     }
 }

@@ -1,0 +1,166 @@
+//! Times the gradient all-reduce of real flowzoo models between processes (Gloo): one call
+//! per parameter, all parameters started at once, c10d's coalesced all-reduce, and
+//! GradBuckets (with and without starting buckets as soon as they are packed).
+//!
+//!   cargo run --release --example dist_allreduce -- [--world 2] [--reps 20] [--bucket-mib 25,4,1]
+//!       [CONFIG[:KEY=VALUE,...]]...
+//!
+//! Without torchrun's variables it starts `--world` copies of itself on loopback (one libtorch
+//! thread each) and prints rank 0's table; under torchrun each rank measures and rank 0
+//! prints. Gradients are random tensors shaped like the model's parameters.
+use anyhow::{bail, Context, Result};
+use flowzoo::config::Config;
+use flowzoo::dist::{BucketOptions, DistEnv, DistOptions, GlooDevice, GradBuckets, ProcessGroup};
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+use tch::{nn, Device, Kind, Tensor};
+
+struct Args {
+    world: usize,
+    reps: usize,
+    bucket_mib: Vec<f64>,
+    models: Vec<String>,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args { world: 2, reps: 20, bucket_mib: vec![25.0, 4.0, 1.0], models: Vec::new() };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--world" => args.world = it.next().context("--world needs a value")?.parse()?,
+            "--reps" => args.reps = it.next().context("--reps needs a value")?.parse()?,
+            "--bucket-mib" => {
+                let list = it.next().context("--bucket-mib needs a comma-separated list")?;
+                args.bucket_mib = list.split(',').map(|v| v.parse()).collect::<Result<_, _>>()?;
+            }
+            _ if a.starts_with("--") => bail!("unknown flag {a}"),
+            _ => args.models.push(a),
+        }
+    }
+    if args.models.is_empty() {
+        args.models = vec![
+            "configs/glow_digits.toml".into(),
+            "configs/glow_cifar10.toml:model.steps=8,model.width=256".into(),
+            "configs/glow_cifar10.toml".into(),
+        ];
+    }
+    Ok(args)
+}
+
+/// The parameter shapes of the model a `CONFIG[:overrides]` spec names.
+fn param_shapes(spec: &str) -> Result<Vec<Vec<i64>>> {
+    let (path, overrides) = match spec.split_once(':') {
+        Some((p, o)) => (p, o.split(',').map(str::to_string).collect::<Vec<_>>()),
+        None => (spec, Vec::new()),
+    };
+    let cfg = Config::load(Path::new(path))?.with_overrides(&overrides)?;
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _model = flowzoo::models::build(&cfg, vs.root(), 10)?;
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(named.iter().map(|(_, t)| t.size()).collect())
+}
+
+/// Median seconds per call of `f` over `reps` calls (after two warm-up calls).
+fn time(pg: &ProcessGroup, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..2 {
+        f()?;
+    }
+    let mut secs = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        pg.barrier()?;
+        let t0 = Instant::now();
+        f()?;
+        secs.push(t0.elapsed().as_secs_f64());
+    }
+    secs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    Ok(secs[secs.len() / 2])
+}
+
+fn measure(pg: &ProcessGroup, args: &Args) -> Result<()> {
+    let rank = pg.rank();
+    for spec in &args.models {
+        let shapes = param_shapes(spec)?;
+        let numel: i64 = shapes.iter().map(|s| s.iter().product::<i64>()).sum();
+        pg.check_consistent(&[("model", spec.clone()), ("numel", numel.to_string())])?;
+        let grads: Vec<Tensor> = shapes.iter().map(|s| Tensor::randn(s.as_slice(), (Kind::Float, Device::Cpu))).collect();
+        let flat = Tensor::randn([numel], (Kind::Float, Device::Cpu));
+        let mut rows: Vec<(String, f64)> = Vec::new();
+        rows.push(("one flat tensor (lower bound)".into(), time(pg, args.reps, || pg.all_reduce_mean(std::slice::from_ref(&flat)))?));
+        rows.push((
+            "per tensor, one at a time".into(),
+            time(pg, args.reps, || {
+                for g in &grads {
+                    pg.all_reduce_mean(std::slice::from_ref(g))?;
+                }
+                Ok(())
+            })?,
+        ));
+        rows.push(("per tensor, all started at once".into(), time(pg, args.reps, || pg.all_reduce_mean(&grads))?));
+        rows.push((
+            "c10d allreduce_coalesced".into(),
+            time(pg, args.reps, || {
+                pg.all_reduce_coalesced_sum(&grads)?;
+                for g in &grads {
+                    let _ = g.shallow_clone().f_div_scalar_(pg.world_size() as f64)?;
+                }
+                Ok(())
+            })?,
+        ));
+        let first = args.bucket_mib[0];
+        let variants = std::iter::once((first, false)).chain(args.bucket_mib.iter().map(|&m| (m, true)));
+        for (mib, overlap) in variants {
+            let bucket_bytes = (mib * 1048576.0) as usize;
+            let mut b = GradBuckets::new(&grads, BucketOptions { bucket_bytes, overlap })?;
+            let n = b.bucket_count();
+            let t = time(pg, args.reps, || b.all_reduce_mean(pg, &grads))?;
+            let mode = if overlap { "each started when packed" } else { "started after packing all" };
+            rows.push((format!("GradBuckets {mib} MiB ({n} buckets), {mode}"), t));
+        }
+        if rank == 0 {
+            println!("\n{spec}: {} tensors, {numel} float32 ({:.2} MB), {} processes", shapes.len(), numel as f64 * 4e-6, pg.world_size());
+            for (what, t) in rows {
+                println!("  {what:<55} {:>9.3} ms/call  {:>7.1} MB/s", t * 1e3, numel as f64 * 4e-6 / t);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    match DistEnv::from_env()? {
+        Some(env) => {
+            tch::set_num_threads(1);
+            // Loopback runs bind Gloo to loopback; otherwise c10d's default (this host's name).
+            let local = ["127.0.0.1", "localhost"].contains(&env.master_addr.as_str());
+            let gloo_device = local.then(|| GlooDevice::Hostname("127.0.0.1".into()));
+            let opts = DistOptions { gloo_device, ..DistOptions::default() };
+            let pg = ProcessGroup::connect(&env, &opts)?;
+            measure(&pg, &args)
+        }
+        None => {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port().to_string();
+            let exe = std::env::current_exe()?;
+            let children: Vec<_> = (0..args.world)
+                .map(|rank| {
+                    Command::new(&exe)
+                        .args(std::env::args().skip(1))
+                        .env("MASTER_ADDR", "127.0.0.1")
+                        .env("MASTER_PORT", &port)
+                        .env("RANK", rank.to_string())
+                        .env("WORLD_SIZE", args.world.to_string())
+                        .spawn()
+                })
+                .collect::<Result<_, _>>()?;
+            for (rank, mut c) in children.into_iter().enumerate() {
+                let status = c.wait()?;
+                if !status.success() {
+                    bail!("rank {rank} failed: {status}");
+                }
+            }
+            Ok(())
+        }
+    }
+}
