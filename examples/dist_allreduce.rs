@@ -3,7 +3,11 @@
 //! GradBuckets (with and without starting buckets as soon as they are packed).
 //!
 //!   cargo run --release --example dist_allreduce -- [--world 2] [--reps 20] [--bucket-mib 25,4,1]
-//!       [CONFIG[:KEY=VALUE,...]]...
+//!       [--step-batch 64] [CONFIG[:KEY=VALUE,...]]...
+//!
+//! Then, for the first model, whole training steps (forward, backward, gradient mean) with
+//! `--step-batch` random images per rank: backward alone, backward then GradBuckets, and
+//! DdpReducer (all-reduce from autograd hooks, overlapped with backward).
 //!
 //! Without torchrun's variables it starts `--world` copies of itself on loopback (one libtorch
 //! thread each) and prints rank 0's table; under torchrun each rank measures and rank 0
@@ -20,16 +24,19 @@ struct Args {
     world: usize,
     reps: usize,
     bucket_mib: Vec<f64>,
+    /// Batch per rank of the training-step timing (0: skip it).
+    step_batch: i64,
     models: Vec<String>,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut args = Args { world: 2, reps: 20, bucket_mib: vec![25.0, 4.0, 1.0], models: Vec::new() };
+    let mut args = Args { world: 2, reps: 20, bucket_mib: vec![25.0, 4.0, 1.0], step_batch: 64, models: Vec::new() };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--world" => args.world = it.next().context("--world needs a value")?.parse()?,
             "--reps" => args.reps = it.next().context("--reps needs a value")?.parse()?,
+            "--step-batch" => args.step_batch = it.next().context("--step-batch needs a value")?.parse()?,
             "--bucket-mib" => {
                 let list = it.next().context("--bucket-mib needs a comma-separated list")?;
                 args.bucket_mib = list.split(',').map(|v| v.parse()).collect::<Result<_, _>>()?;
@@ -48,18 +55,75 @@ fn parse_args() -> Result<Args> {
     Ok(args)
 }
 
-/// The parameter shapes of the model a `CONFIG[:overrides]` spec names.
-fn param_shapes(spec: &str) -> Result<Vec<Vec<i64>>> {
+fn load_config(spec: &str) -> Result<Config> {
     let (path, overrides) = match spec.split_once(':') {
         Some((p, o)) => (p, o.split(',').map(str::to_string).collect::<Vec<_>>()),
         None => (spec, Vec::new()),
     };
-    let cfg = Config::load(Path::new(path))?.with_overrides(&overrides)?;
-    let vs = nn::VarStore::new(Device::Cpu);
-    let _model = flowzoo::models::build(&cfg, vs.root(), 10)?;
+    Config::load(Path::new(path))?.with_overrides(&overrides)
+}
+
+/// The trainable parameters of `vs`, in name order (the same on every rank).
+fn trainable(vs: &nn::VarStore) -> Vec<Tensor> {
     let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(named.iter().map(|(_, t)| t.size()).collect())
+    named.into_iter().map(|(_, t)| t).collect()
+}
+
+/// The parameter shapes of the model a `CONFIG[:overrides]` spec names.
+fn param_shapes(spec: &str) -> Result<Vec<Vec<i64>>> {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _model = flowzoo::models::build(&load_config(spec)?, vs.root(), 10)?;
+    Ok(trainable(&vs).iter().map(|t| t.size()).collect())
+}
+
+fn zero_grads(params: &[Tensor]) {
+    for p in params {
+        let mut g = p.grad();
+        if g.defined() {
+            let _ = g.zero_();
+        }
+    }
+}
+
+/// Whole training steps of the model `spec` names on random images, three ways.
+fn measure_steps(pg: &ProcessGroup, spec: &str, batch: i64, reps: usize) -> Result<()> {
+    use flowzoo::flows::Ctx;
+    let cfg = load_config(spec)?;
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = flowzoo::models::build(&cfg, vs.root(), 10)?;
+    let params = trainable(&vs);
+    pg.broadcast(&params.iter().map(|p| p.detach()).collect::<Vec<_>>(), 0)?;
+    let shape: Vec<i64> = std::iter::once(batch).chain(model.event_shape()).collect();
+    tch::manual_seed(1 + pg.rank() as i64);
+    let x = Tensor::rand(shape.as_slice(), (Kind::Float, Device::Cpu)) - 0.5;
+    tch::no_grad(|| model.log_prob(&x, &Ctx { data_init: true, train: true, cond: None })).map(|_| ())?;
+    let loss = || -> Result<Tensor> { Ok(model.log_prob(&x, &Ctx::train())?.f_mean(Kind::Float)?.f_neg()?) };
+    let local = time(pg, reps, || {
+        zero_grads(&params);
+        Ok(loss()?.f_backward()?)
+    })?;
+    let grads: Vec<Tensor> = params.iter().map(|p| p.grad()).collect();
+    let mut buckets = GradBuckets::new(&grads, BucketOptions::default())?;
+    let bucketed = time(pg, reps, || {
+        zero_grads(&params);
+        loss()?.f_backward()?;
+        buckets.all_reduce_mean(pg, &grads)
+    })?;
+    let reducer = flowzoo::dist::DdpReducer::new(pg, &params, flowzoo::dist::DdpOptions::default())?;
+    let ddp = time(pg, reps, || {
+        zero_grads(&params);
+        reducer.backward(&loss()?)
+    })?;
+    if pg.rank() == 0 {
+        println!("\n{spec}: training step (forward + backward + gradient mean), batch {batch} per rank, {} processes", pg.world_size());
+        println!("  {:<55} {:>9.1} ms/step", "backward only (no communication)", local * 1e3);
+        println!("  {:<55} {:>9.1} ms/step  (+{:.1} ms)", "backward, then GradBuckets (25 MiB)", bucketed * 1e3, (bucketed - local) * 1e3);
+        let label = format!("DdpReducer ({} buckets, overlapped with backward)", reducer.bucket_count());
+        println!("  {label:<55} {:>9.1} ms/step  (+{:.1} ms)", ddp * 1e3, (ddp - local) * 1e3);
+    }
+    Ok(())
 }
 
 /// Median seconds per call of `f` over `reps` calls (after two warm-up calls).
@@ -80,6 +144,9 @@ fn time(pg: &ProcessGroup, reps: usize, mut f: impl FnMut() -> Result<()>) -> Re
 
 fn measure(pg: &ProcessGroup, args: &Args) -> Result<()> {
     let rank = pg.rank();
+    if args.step_batch > 0 {
+        measure_steps(pg, &args.models[0], args.step_batch, args.reps)?;
+    }
     for spec in &args.models {
         let shapes = param_shapes(spec)?;
         let numel: i64 = shapes.iter().map(|s| s.iter().product::<i64>()).sum();

@@ -374,7 +374,9 @@ fn backend_choice_and_nccl_without_a_gpu() {
     .unwrap();
     let opts = DistOptions { backend: BackendChoice::Auto, device: Device::Cuda(0), ..DistOptions::default() };
     let err = format!("{:#}", ProcessGroup::connect(&env, &opts).err().expect("no GPU here"));
-    if dist::NCCL_AVAILABLE {
+    if !dist::AVAILABLE {
+        assert_eq!(err, dist::no_support_message());
+    } else if dist::NCCL_AVAILABLE {
         assert!(err.contains("LOCAL_RANK=0 but this machine shows 0 CUDA device(s)"), "{err}");
     } else {
         assert_eq!(err, dist::no_nccl_message());

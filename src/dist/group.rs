@@ -127,6 +127,9 @@ impl ProcessGroup {
     /// backend's own connection between every pair of ranks. Fails after `opts.timeout` when a
     /// rank never arrives; fails at once without distributed support in this build.
     pub fn connect(env: &DistEnv, opts: &DistOptions) -> Result<ProcessGroup> {
+        if !super::AVAILABLE {
+            bail!("{}", super::no_support_message());
+        }
         let kind = opts.backend.resolve(opts.device)?;
         let device = match kind {
             BackendKind::Gloo => opts.device,

@@ -19,6 +19,8 @@ pub struct Backend(Infallible);
 pub struct Work(Infallible);
 pub struct Reducer(Infallible);
 
+// Mirrors ffi::dist::ReducerLayout; built by crate::dist, read only by the real c10d.
+#[allow(dead_code)]
 #[derive(Clone, Copy, Debug)]
 pub struct ReducerLayout {
     pub bucket_bytes: usize,
