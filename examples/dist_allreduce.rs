@@ -6,8 +6,9 @@
 //!       [--step-batch 64] [CONFIG[:KEY=VALUE,...]]...
 //!
 //! Then, for the first model, whole training steps (forward, backward, gradient mean) with
-//! `--step-batch` random images per rank: backward alone, backward then GradBuckets, and
-//! DdpReducer (all-reduce from autograd hooks, overlapped with backward).
+//! `--step-batch` random images per rank: backward alone, backward then a barrier (the cost
+//! of waiting for the slower rank, no data), backward then GradBuckets, and DdpReducer
+//! (all-reduce from autograd hooks, overlapped with backward), taking turns.
 //!
 //! Without torchrun's variables it starts `--world` copies of itself on loopback (one libtorch
 //! thread each) and prints rank 0's table; under torchrun each rank measures and rank 0
@@ -100,25 +101,45 @@ fn measure_steps(pg: &ProcessGroup, spec: &str, batch: i64, reps: usize) -> Resu
     let x = Tensor::rand(shape.as_slice(), (Kind::Float, Device::Cpu)) - 0.5;
     tch::no_grad(|| model.log_prob(&x, &Ctx { data_init: true, train: true, cond: None })).map(|_| ())?;
     let loss = || -> Result<Tensor> { Ok(model.log_prob(&x, &Ctx::train())?.f_mean(Kind::Float)?.f_neg()?) };
-    let local = time(pg, reps, || {
-        zero_grads(&params);
-        Ok(loss()?.f_backward()?)
-    })?;
+    zero_grads(&params);
+    loss()?.f_backward()?;
     let grads: Vec<Tensor> = params.iter().map(|p| p.grad()).collect();
     let mut buckets = GradBuckets::new(&grads, BucketOptions::default())?;
-    let bucketed = time(pg, reps, || {
-        zero_grads(&params);
-        loss()?.f_backward()?;
-        buckets.all_reduce_mean(pg, &grads)
-    })?;
     let reducer = flowzoo::dist::DdpReducer::new(pg, &params, flowzoo::dist::DdpOptions::default())?;
-    let ddp = time(pg, reps, || {
-        zero_grads(&params);
-        reducer.backward(&loss()?)
-    })?;
+    // The three variants take turns, so the machine's load drifts over all of them alike.
+    let mut secs: [Vec<f64>; 4] = Default::default();
+    for rep in 0..reps + 2 {
+        for (v, times) in secs.iter_mut().enumerate() {
+            pg.barrier()?;
+            let t0 = Instant::now();
+            zero_grads(&params);
+            match v {
+                0 => loss()?.f_backward()?,
+                1 => {
+                    loss()?.f_backward()?;
+                    let grads: Vec<Tensor> = params.iter().map(|p| p.grad()).collect();
+                    buckets.all_reduce_mean(pg, &grads)?
+                }
+                2 => reducer.backward(&loss()?)?,
+                _ => {
+                    // No data moved: what waiting for the slower rank costs by itself.
+                    loss()?.f_backward()?;
+                    pg.barrier()?
+                }
+            }
+            if rep >= 2 {
+                times.push(t0.elapsed().as_secs_f64());
+            }
+        }
+    }
+    let [local, bucketed, ddp, synced] = secs.map(|mut t| {
+        t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        t[t.len() / 2]
+    });
     if pg.rank() == 0 {
         println!("\n{spec}: training step (forward + backward + gradient mean), batch {batch} per rank, {} processes", pg.world_size());
         println!("  {:<55} {:>9.1} ms/step", "backward only (no communication)", local * 1e3);
+        println!("  {:<55} {:>9.1} ms/step  (+{:.1} ms)", "backward, then a barrier (waiting for the slower rank)", synced * 1e3, (synced - local) * 1e3);
         println!("  {:<55} {:>9.1} ms/step  (+{:.1} ms)", "backward, then GradBuckets (25 MiB)", bucketed * 1e3, (bucketed - local) * 1e3);
         let label = format!("DdpReducer ({} buckets, overlapped with backward)", reducer.bucket_count());
         println!("  {label:<55} {:>9.1} ms/step  (+{:.1} ms)", ddp * 1e3, (ddp - local) * 1e3);
