@@ -57,11 +57,13 @@ fn main() {
 }
 
 /// Compiles src/ffi/jit_shim.cpp (flowzoo's extern "C" shim over torch::jit::Module, see
-/// src/ffi/mod.rs) against the headers of the same libtorch we link, as a static library
+/// src/ffi/mod.rs) and src/ffi/switches.cpp (libtorch's global switches) against the headers of the same libtorch we link, as a static library
 /// that the cc crate tells cargo to link into the flowzoo lib.
 fn compile_jit_shim(lib_dir: &std::path::Path) {
-    let src = "src/ffi/jit_shim.cpp";
-    println!("cargo:rerun-if-changed={src}");
+    let sources = ["src/ffi/jit_shim.cpp", "src/ffi/switches.cpp"];
+    for src in sources {
+        println!("cargo:rerun-if-changed={src}");
+    }
     let include = lib_dir.join("..").join("include");
     if !include.join("torch").join("script.h").exists() {
         panic!(
@@ -73,7 +75,7 @@ fn compile_jit_shim(lib_dir: &std::path::Path) {
     let api_include = include.join("torch/csrc/api/include");
     cc::Build::new()
         .cpp(true)
-        .file(src)
+        .files(sources)
         .include(&include)
         .include(&api_include)
         .flag("-std=c++17")

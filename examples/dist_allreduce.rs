@@ -99,7 +99,7 @@ fn measure_steps(pg: &ProcessGroup, spec: &str, batch: i64, reps: usize) -> Resu
     let shape: Vec<i64> = std::iter::once(batch).chain(model.event_shape()).collect();
     tch::manual_seed(1 + pg.rank() as i64);
     let x = Tensor::rand(shape.as_slice(), (Kind::Float, Device::Cpu)) - 0.5;
-    tch::no_grad(|| model.log_prob(&x, &Ctx { data_init: true, train: true, cond: None })).map(|_| ())?;
+    tch::no_grad(|| model.log_prob(&x, &Ctx { data_init: true, train: true, ..Ctx::default() })).map(|_| ())?;
     let loss = || -> Result<Tensor> { Ok(model.log_prob(&x, &Ctx::train())?.f_mean(Kind::Float)?.f_neg()?) };
     zero_grads(&params);
     loss()?.f_backward()?;

@@ -60,47 +60,23 @@ impl Precision {
         }
     }
 
-    /// Sets libtorch's process-wide TF32 switches and flowzoo's conditioner dtype (this
-    /// thread) for this precision.
-    pub fn apply(self) {
-        set_allow_tf32(self == Precision::Tf32);
-        crate::flows::coupling::set_conditioner_kind(match self {
+    /// Sets libtorch's process-wide TF32 switches for this precision (through the C++ shim).
+    pub fn apply(self) -> Result<()> {
+        crate::ffi::switches::set_allow_tf32(self == Precision::Tf32)
+    }
+
+    /// The dtype conditioner networks compute in at this precision (`Ctx::compute_kind`).
+    pub fn compute_kind(self) -> Option<Kind> {
+        match self {
             Precision::Bf16 => Some(Kind::BFloat16),
             _ => None,
-        });
-    }
-}
-
-// tch 0.24 does not expose libtorch's TF32 switches; they are plain exported member functions of
-// `at::Context` (Itanium ABI: `this` is the first argument), present in libtorch_cpu since 1.7.
-#[allow(improper_ctypes)]
-extern "C" {
-    #[link_name = "_ZN2at13globalContextEv"]
-    fn at_global_context() -> *mut std::ffi::c_void;
-    #[link_name = "_ZN2at7Context17setAllowTF32CuDNNEb"]
-    fn at_set_allow_tf32_cudnn(ctx: *mut std::ffi::c_void, b: bool);
-    #[link_name = "_ZN2at7Context18setAllowTF32CuBLASEb"]
-    fn at_set_allow_tf32_cublas(ctx: *mut std::ffi::c_void, b: bool);
-    #[link_name = "_ZNK2at7Context15allowTF32CuBLASEv"]
-    fn at_allow_tf32_cublas(ctx: *const std::ffi::c_void) -> bool;
-}
-
-/// Allows (or forbids) TF32 tensor-core math in cuDNN convolutions and cuBLAS matmuls, like
-/// `torch.backends.cudnn.allow_tf32` and `torch.backends.cuda.matmul.allow_tf32` together.
-pub fn set_allow_tf32(allow: bool) {
-    // SAFETY: `at::globalContext()` returns the process-wide context, valid for the whole run;
-    // the setters only store a flag (they are what the Python flags call).
-    unsafe {
-        let ctx = at_global_context();
-        at_set_allow_tf32_cudnn(ctx, allow);
-        at_set_allow_tf32_cublas(ctx, allow);
+        }
     }
 }
 
 /// libtorch's cuBLAS TF32 switch (a read-back, for the record).
 pub fn allow_tf32_cublas() -> bool {
-    // SAFETY: see `set_allow_tf32`.
-    unsafe { at_allow_tf32_cublas(at_global_context()) }
+    crate::ffi::switches::allow_tf32_cublas()
 }
 
 /// The version of the libtorch this process runs on, read from the `torch/version.py` next to
@@ -268,14 +244,15 @@ pub fn run(cfg: &Config, opts: &BenchOptions) -> Result<Value> {
     }
     // ActNorm's data-dependent init in float32 whatever the precision timed, so every
     // precision times (and checks) the same model.
-    Precision::Fp32.apply();
+    Precision::Fp32.apply()?;
     let device = opts.device;
     let (c, s, b, n_bits) = (cfg.data.channels, cfg.data.image_size, cfg.train.batch_size, cfg.data.n_bits);
     tch::manual_seed(opts.seed);
     let images = Tensor::f_randint(256, [b, c, s, s], (Kind::Uint8, Device::Cpu))?;
     let mut tr = initialised_trainer(cfg, device, &images)?;
     tr.reset_ema();
-    opts.precision.apply();
+    opts.precision.apply()?;
+    tr.sess.compute_kind = opts.precision.compute_kind();
     let n_params = tr.sess.parameter_count();
     let x = to_model_space(&images.f_to_device(device)?, n_bits, Kind::Float)?;
     log(&format!(
@@ -317,7 +294,7 @@ pub fn run(cfg: &Config, opts: &BenchOptions) -> Result<Value> {
         let mut v = vec![];
         for r in 0..opts.repeats {
             let (dt, cpu) = timed(device, opts.warmup, opts.steps, || {
-                model.log_prob(&x_deq, &Ctx::eval())?;
+                model.log_prob(&x_deq, &tr.sess.ctx_eval(None))?;
                 Ok(())
             })?;
             v.push((opts.steps as i64 * b) as f64 / dt);
@@ -333,7 +310,7 @@ pub fn run(cfg: &Config, opts: &BenchOptions) -> Result<Value> {
         let mut last = None;
         for r in 0..opts.repeats {
             let (dt, cpu) = timed(device, opts.warmup, opts.steps, || {
-                last = Some(model.sample(b, opts.temperature, &Ctx::eval(), (Kind::Float, device))?);
+                last = Some(model.sample(b, opts.temperature, &tr.sess.ctx_eval(None), (Kind::Float, device))?);
                 Ok(())
             })?;
             v.push((opts.steps as i64 * b) as f64 / dt);
@@ -371,7 +348,7 @@ pub fn run(cfg: &Config, opts: &BenchOptions) -> Result<Value> {
     }
     if opts.check {
         out.insert("check".into(), check_against_cpu_f64(&tr.sess, &images, opts)?);
-        opts.precision.apply();
+        opts.precision.apply()?;
     }
     out.insert(
         "cpu_ms_per_call".into(),
@@ -414,7 +391,7 @@ fn profile_phases(tr: &mut Trainer, x: &Tensor, opts: &BenchOptions) -> Result<V
             let mut loss = None;
             let xd = xd.expect("set");
             clock(2, &mut t, &mut || {
-                let lp = tr.sess.model.log_prob(&xd, &Ctx::train())?;
+                let lp = tr.sess.model.log_prob(&xd, &tr.sess.ctx_train(None))?;
                 loss = Some(lp.f_mean(Kind::Float)?.f_neg()?.f_div_scalar(dims * std::f64::consts::LN_2)?.f_add_scalar(n_bits as f64)?);
                 Ok(())
             })?;
@@ -428,7 +405,7 @@ fn profile_phases(tr: &mut Trainer, x: &Tensor, opts: &BenchOptions) -> Result<V
             clock(5, &mut t, &mut || Ok(tr.opt.step(1e-4, 1.0)?))?;
             clock(6, &mut t, &mut || {
                 let _g = tch::no_grad_guard();
-                tr.sess.model.sample(b, opts.temperature, &Ctx::eval(), (Kind::Float, device))?;
+                tr.sess.model.sample(b, opts.temperature, &tr.sess.ctx_eval(None), (Kind::Float, device))?;
                 Ok(())
             })?;
         }
@@ -482,14 +459,14 @@ fn check_against_cpu_f64(sess: &Session, images: &Tensor, opts: &BenchOptions) -
     let _g = tch::no_grad_guard();
     tch::manual_seed(opts.seed + 23);
     let x64 = dequantize(&to_model_space(&images, n_bits, Kind::Double)?, n_bits)?;
-    opts.precision.apply();
+    opts.precision.apply()?;
     let lp_dev = sess
         .model
-        .log_prob(&x64.f_to_kind(Kind::Float)?.f_to_device(sess.device())?, &Ctx::eval())?
+        .log_prob(&x64.f_to_kind(Kind::Float)?.f_to_device(sess.device())?, &sess.ctx_eval(None))?
         .f_to_kind(Kind::Double)?
         .f_to_device(Device::Cpu)?;
-    Precision::Fp32.apply();
-    let lp_ref = reference.model.log_prob(&x64, &Ctx::eval())?;
+    Precision::Fp32.apply()?;
+    let lp_ref = reference.model.log_prob(&x64, &Ctx::eval())?; // float64, no low-precision conditioners
     let diff = lp_dev.f_sub(&lp_ref)?;
     let rel_norm = diff.f_norm()?.double_value(&[]) / lp_ref.f_norm()?.double_value(&[]);
     let rel_max = diff.f_abs()?.f_div(&lp_ref.f_abs()?)?.f_max()?.double_value(&[]);

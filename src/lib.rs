@@ -21,6 +21,7 @@ pub mod ffi;
 pub mod flows;
 pub mod io;
 pub mod models;
+pub mod script;
 pub mod train;
 
 pub use anyhow::{Error, Result};

@@ -266,9 +266,11 @@ fn run(cli: Cli) -> Result<()> {
             if draws < 1 || batch < 1 {
                 bail!("--draws and --batch must be >= 1");
             }
-            precision.parse::<flowzoo::bench::Precision>()?.apply();
+            let precision = precision.parse::<flowzoo::bench::Precision>()?;
+            precision.apply()?;
             let run = RunDir::open(&model)?;
-            let sess = Session::open(&run, checkpoint.into(), resolve_device(&device)?)?;
+            let mut sess = Session::open(&run, checkpoint.into(), resolve_device(&device)?)?;
+            sess.compute_kind = precision.compute_kind();
             if sess.is_tabular() {
                 return eval_tabular(&sess, data.as_deref(), tensors.as_deref(), csv.as_deref(), draws, seed, batch, json);
             }

@@ -175,12 +175,13 @@ fn precisions_parse_and_set_libtorch_switches() {
     assert!("fp16".parse::<Precision>().is_err());
     assert!(Metric::parse_list("train,nope").is_err());
     assert_eq!(Metric::parse_list("").unwrap(), vec![]);
-    Precision::Tf32.apply();
+    Precision::Tf32.apply().unwrap();
     assert!(bench::allow_tf32_cublas());
-    assert_eq!(flowzoo::flows::coupling::conditioner_kind(), None);
-    Precision::Bf16.apply();
+    assert_eq!(Precision::Tf32.compute_kind(), None);
+    Precision::Bf16.apply().unwrap();
     assert!(!bench::allow_tf32_cublas());
-    assert_eq!(flowzoo::flows::coupling::conditioner_kind(), Some(Kind::BFloat16));
-    Precision::Fp32.apply();
-    assert_eq!(flowzoo::flows::coupling::conditioner_kind(), None);
+    assert_eq!(Precision::Bf16.compute_kind(), Some(Kind::BFloat16));
+    Precision::Fp32.apply().unwrap();
+    assert!(!bench::allow_tf32_cublas());
+    assert_eq!(Precision::Fp32.compute_kind(), None);
 }

@@ -3,12 +3,14 @@
 //! run directories. The Python side (tests/python/test_export.py) loads trained, exported
 //! models in plain PyTorch.
 use flowzoo::config::{Config, PermutationChoice};
-use flowzoo::export::{self, ExportOptions, ScriptBuilder};
-use flowzoo::flows::testing::perturb;
+use flowzoo::export::{self, ExportOptions};
+use flowzoo::flows::testing::{perturb, BaseFlow};
 use flowzoo::flows::{
-    Activation, ActNorm, ActNormParam, BatchNormFlow, Coupling, CouplingKind, Ctx, ElementwiseAffine, Flatten, Flow,
-    InvConv1x1, InvConv1x1Lu, LearnedPrior, Mask, MlpNet, ParamLayout, Permutation, ScaleFn, Sequential, SplitPrior, Squeeze,
+    Activation, ActNorm, ActNormParam, Additive, Affine, Alternating, BatchNormFlow, ChannelHalves, Checkerboard, ConvNet, Coupling,
+    Ctx, DiagGaussian, ElementwiseAffine, ElementwiseBijection, Flatten, Flow, InvConv1x1, InvConv1x1Lu, Inverse, LearnedPrior,
+    MlpNet, ParamLayout, Partition, Permutation, ScaleFn, Sequential, SplitPrior, Squeeze,
 };
+use flowzoo::script::ScriptBuilder;
 use flowzoo::models::DataInfo;
 use flowzoo::io::tensors::named_variables;
 use flowzoo::io::{read_safetensors, Checkpoint, RunDir, RunState};
@@ -101,28 +103,43 @@ fn every_layer_matches_its_torchscript() {
         ("shuffle", Box::new(|p| Box::new(Permutation::shuffle(p / "perm", 4)))),
         ("squeeze", Box::new(|_| Box::new(Squeeze))),
     ];
-    for kind in [CouplingKind::Affine, CouplingKind::Additive] {
-        for mask in [Mask::Channel { flip: false }, Mask::Channel { flip: true }, Mask::Checkerboard { parity: 0 }, Mask::Checkerboard { parity: 1 }] {
-            for (layout, hidden_actnorm, pad) in [(ParamLayout::Interleaved, true, 0.0), (ParamLayout::Contiguous, false, 1.0)] {
-                let name: &'static str = Box::leak(format!("coupling {kind:?} {mask:?} {layout:?} actnorm={hidden_actnorm} pad={pad}").into_boxed_str());
+    for additive in [false, true] {
+        for m in 0..4 {
+            for (layout, hidden_actnorm, pad, context) in [(ParamLayout::Interleaved, true, 0.0, 0), (ParamLayout::Contiguous, false, 1.0, 0), (ParamLayout::Interleaved, true, 0.0, 3)] {
+                let name: &'static str = Box::leak(format!("coupling additive={additive} mask {m} {layout:?} actnorm={hidden_actnorm} pad={pad} context={context}").into_boxed_str());
                 cases.push((
                     name,
                     Box::new(move |p| {
-                        Box::new(Coupling::with_conv_net_opts(p / "coupling", kind, mask, 4, 8, hidden_actnorm, layout, pad))
+                        let partition: Box<dyn Partition> = match m {
+                            0 => Box::new(ChannelHalves::new(false)),
+                            1 => Box::new(ChannelHalves::new(true)),
+                            k => Box::new(Checkerboard::new(k - 2)),
+                        };
+                        let transform: Box<dyn ElementwiseBijection> =
+                            if additive { Box::new(Additive) } else { Box::new(Affine::new(ScaleFn::Sigmoid2, layout)) };
+                        let (c_in, c_out) = Coupling::net_features(partition.as_ref(), transform.as_ref(), 4);
+                        let mut net = ConvNet::with_context(p / "coupling" / "net", c_in, context, 8, c_out, hidden_actnorm);
+                        net.out.pad_value = pad;
+                        Box::new(Coupling::new(4, partition, transform, Box::new(net)).unwrap())
                     }),
                 ));
             }
         }
     }
+    // An inverted layer exports with its two methods swapped.
+    cases.push(("inverse of invconv lu", Box::new(|p| Box::new(Inverse(InvConv1x1Lu::new(p / "w", 4))))));
+    let context = Tensor::randn([3, 3], F64);
     for (name, build) in &cases {
         let mut vs = VarStore::new(Device::Cpu);
         let flow = build(&vs.root());
         perturb(&vs, 0.3);
         vs.double();
-        check_flow_script(name, &vs, flow.as_ref(), &x, None);
+        let cond = name.ends_with("context=3").then_some(&context);
+        check_flow_script(name, &vs, flow.as_ref(), &x, cond);
     }
 
-    // Priors: a split whose inner flow ends in a (class-conditional) learned prior and a flatten.
+    // Priors: a split whose inner flow ends in a flatten, and a (class-conditional) learned
+    // prior over the flat latent it produces.
     for (layout, pad, learn_top, classes) in
         [(ParamLayout::Interleaved, 0.0, true, None), (ParamLayout::Contiguous, 1.0, true, Some(3)), (ParamLayout::Interleaved, 0.0, false, Some(3))]
     {
@@ -130,19 +147,21 @@ fn every_layer_matches_its_torchscript() {
         let root = vs.root();
         let mut inner = Sequential::new();
         inner.push(ActNorm::new(&root / "inner_an", 2, 4, ActNormParam::Log));
-        let mut prior = LearnedPrior::new(&root / "prior", [2, 4, 4], learn_top, classes);
-        if let Some(conv) = &mut prior.conv {
-            conv.pad_value = pad;
-        }
-        inner.push(prior);
         inner.push(Flatten { shape: vec![2, 4, 4] });
         let mut split = SplitPrior::new(&root / "split", [4, 4, 4], Box::new(inner));
         split.layout = layout;
         split.prior.pad_value = pad;
+        let mut prior = LearnedPrior::new(&root / "prior", [2, 4, 4], 32, learn_top, classes);
+        if let Some(conv) = &mut prior.conv {
+            conv.pad_value = pad;
+        }
+        let mut model = Sequential::new();
+        model.push(split);
+        model.push(BaseFlow(prior));
         perturb(&vs, 0.3);
         vs.double();
         let cond = classes.map(|k| Tensor::from_slice(&[0i64, 2, 1]).one_hot(k).to_kind(Kind::Double));
-        check_flow_script(&format!("split {layout:?} pad={pad} learn_top={learn_top} classes={classes:?}"), &vs, &split, &x, cond.as_ref());
+        check_flow_script(&format!("split {layout:?} pad={pad} learn_top={learn_top} classes={classes:?}"), &vs, &model, &x, cond.as_ref());
     }
 }
 
@@ -163,36 +182,41 @@ fn every_vector_layer_matches_its_torchscript() {
             Box::new(ElementwiseAffine::standardize(p / "std", &mean, &std))
         })),
         ("scaling".into(), Box::new(|p| Box::new(ElementwiseAffine::scaling(p / "scaling", 6)))),
-        ("diag gaussian".into(), Box::new(|p| Box::new(ElementwiseAffine::diag_gaussian(p / "base", 6)))),
+        ("diag gaussian".into(), Box::new(|p| Box::new(BaseFlow(DiagGaussian::new(p / "base", 6))))),
     ];
     let activations = [Activation::Relu, Activation::Tanh, Activation::Elu, Activation::LeakyRelu, Activation::Gelu, Activation::Silu];
     for (i, act) in activations.into_iter().enumerate() {
-        for kind in [CouplingKind::Affine, CouplingKind::Additive] {
-            let mask = [
-                Mask::Channel { flip: false },
-                Mask::Channel { flip: true },
-                Mask::Checkerboard { parity: 0 },
-                Mask::Checkerboard { parity: 1 },
-                Mask::Alternating { parity: 0 },
-                Mask::Alternating { parity: 1 },
-            ][i % 6];
+        for additive in [false, true] {
             let scale_fn = if i % 2 == 0 { ScaleFn::ExpTanh } else { ScaleFn::Sigmoid2 };
+            let context = if i % 3 == 0 { 2 } else { 0 };
             cases.push((
-                format!("mlp coupling {act:?} {kind:?} {mask:?} {scale_fn:?}"),
+                format!("mlp coupling {act:?} additive={additive} mask {} {scale_fn:?} context={context}", i % 6),
                 Box::new(move |p| {
-                    let (c_in, c_out) = Coupling::net_channels(kind, mask, 6);
-                    let net = MlpNet::new(p / "coupling" / "net", c_in, 8, 2, c_out, act).unwrap();
-                    Box::new(Coupling { scale_fn, ..Coupling::new(kind, mask, 6, Box::new(net)) })
+                    let partition: Box<dyn Partition> = match i % 6 {
+                        0 => Box::new(ChannelHalves::new(false)),
+                        1 => Box::new(ChannelHalves::new(true)),
+                        2 => Box::new(Checkerboard::new(0)),
+                        3 => Box::new(Checkerboard::new(1)),
+                        4 => Box::new(Alternating::new(0)),
+                        _ => Box::new(Alternating::new(1)),
+                    };
+                    let transform: Box<dyn ElementwiseBijection> =
+                        if additive { Box::new(Additive) } else { Box::new(Affine::new(scale_fn, ParamLayout::Interleaved)) };
+                    let (c_in, c_out) = Coupling::net_features(partition.as_ref(), transform.as_ref(), 6);
+                    let net = MlpNet::with_context(p / "coupling" / "net", c_in, context, 8, 2, c_out, act).unwrap();
+                    Box::new(Coupling::new(6, partition, transform, Box::new(net)).unwrap())
                 }),
             ));
         }
     }
+    let context = Tensor::randn([3, 2], F64);
     for (name, build) in &cases {
         let mut vs = VarStore::new(Device::Cpu);
         let flow = build(&vs.root());
         perturb(&vs, 0.3);
         vs.double();
-        check_flow_script(name, &vs, flow.as_ref(), &x, None);
+        let cond = name.ends_with("context=2").then_some(&context);
+        check_flow_script(name, &vs, flow.as_ref(), &x, cond);
     }
     // Batch norm with running statistics away from (0, 1), on images too.
     for (shape, ndim) in [(vec![3i64, 6], 2usize), (vec![3, 6, 2, 2], 4)] {
@@ -272,14 +296,14 @@ fn glow_module_matches_the_model() {
             let cond = labels.as_ref().map(|l| sess.one_hot(l).unwrap().unwrap());
             let ctx = Ctx::eval().with_cond(cond.as_ref());
             let args = |t: &Tensor| vec![IValue::Tensor(t.shallow_clone()), opt(labels.as_ref())];
-            let (z, ld) = sess.model.flow().forward(&x, &ctx).unwrap();
+            let (z, ld) = sess.model.to_noise(&x, &ctx).unwrap();
             let (zs, lds) = pair(m.forward_is(&args(&x)).unwrap());
             let lp = sess.model.log_prob(&x, &ctx).unwrap();
             let lps = tensor(m.method_is("log_prob", &args(&x)).unwrap());
             let bpd = flowzoo::data::bits_per_dim(&lp, 64, 4).unwrap();
             let bpds = tensor(m.method_is("bits_per_dim", &args(&x)).unwrap());
             let xs = tensor(m.method_is("inverse", &args(&z)).unwrap());
-            let (xr, _) = sess.model.flow().inverse(&z, &ctx).unwrap();
+            let (xr, _) = sess.model.from_noise(&z, &ctx).unwrap();
             tch::manual_seed(9);
             let s = sess.model.sample(b, 0.7, &ctx, F64).unwrap();
             tch::manual_seed(9);
@@ -329,11 +353,11 @@ fn other_families_match_the_model() {
         shape.extend(sess.model.event_shape());
         let x = Tensor::rand(&shape[..], F64) - 0.5;
         let ctx = Ctx::eval();
-        let (z, ld) = sess.model.flow().forward(&x, &ctx).unwrap();
+        let (z, ld) = sess.model.to_noise(&x, &ctx).unwrap();
         let (zs, lds) = pair(m.forward_is(&[IValue::Tensor(x.shallow_clone())]).unwrap());
         let lp = sess.model.log_prob(&x, &ctx).unwrap();
         let lps = tensor(m.method_is("log_prob", &[IValue::Tensor(x.shallow_clone())]).unwrap());
-        let (xr, _) = sess.model.flow().inverse(&z, &ctx).unwrap();
+        let (xr, _) = sess.model.from_noise(&z, &ctx).unwrap();
         let xs = tensor(m.method_is("inverse", &[IValue::Tensor(z.shallow_clone())]).unwrap());
         tch::manual_seed(4);
         let s = sess.model.sample(3, 0.5, &ctx, F64).unwrap();

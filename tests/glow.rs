@@ -86,12 +86,12 @@ fn temperature_scales_every_prior() {
 #[test]
 fn log_prob_matches_change_of_variables() {
     let _serial = serial();
-    // log p(x) = log N(z) + logdet, and the input shape is checked.
+    // log p(x) = log p_base(f(x)) + log|det f'(x)|, and the input shape is checked.
     let vs = VarStore::new(Device::Cpu);
     let m = models::build(&tiny(2, PermutationChoice::InvconvLu, false), vs.root(), 1).unwrap();
     let x = Tensor::randn([3, 1, 4, 4], (Kind::Float, Device::Cpu));
     let (z, ld) = m.flow().forward(&x, &Ctx::eval()).unwrap();
-    let manual = models::standard_normal_log_prob(&z).unwrap() + ld;
+    let manual = m.base().log_prob(&z, &Ctx::eval()).unwrap() + ld;
     let lp = m.log_prob(&x, &Ctx::eval()).unwrap();
     assert!(lp.f_sub(&manual).unwrap().abs().max().double_value(&[]) < 1e-5);
     let err = m.log_prob(&Tensor::zeros([3, 3, 4, 4], (Kind::Float, Device::Cpu)), &Ctx::eval()).unwrap_err().to_string();

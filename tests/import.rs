@@ -143,7 +143,7 @@ fn rosinality_style_glow_inverts_and_its_logdet_is_exact() {
 #[test]
 fn rosinality_top_prior_is_not_spatially_constant() {
     let vs = VarStore::new(Device::Cpu);
-    let p = flowzoo::flows::LearnedPrior::with_conv_input(vs.root() / "prior", [4, 4, 4], true, None, 4, 1.0);
+    let p = flowzoo::flows::LearnedPrior::with_conv_input(vs.root() / "prior", [4, 4, 4], 0, true, None, 4, 1.0);
     tch::no_grad(|| {
         let _ = p.conv.as_ref().unwrap().weight.shallow_clone().fill_(0.1);
     });

@@ -1,6 +1,6 @@
 //! Every layer: inverse(forward(x)) == x in float64 to 1e-10, and its log-det equal to the
 //! brute-force log|det J| from autograd to 1e-6, with every parameter moved off its init.
-use flowzoo::flows::testing::{check_flow, perturb};
+use flowzoo::flows::testing::{check_flow, perturb, BaseFlow};
 use flowzoo::flows::*;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
@@ -102,30 +102,39 @@ fn squeeze_is_channel_major() {
     assert!(Squeeze.forward(&Tensor::zeros([1, 1, 3, 4], (Kind::Float, Device::Cpu)), &Ctx::eval()).is_err());
 }
 
+fn partitions() -> Vec<Box<dyn Fn() -> Box<dyn Partition>>> {
+    vec![
+        Box::new(|| Box::new(ChannelHalves::new(false))),
+        Box::new(|| Box::new(ChannelHalves::new(true))),
+        Box::new(|| Box::new(Checkerboard::new(0))),
+        Box::new(|| Box::new(Checkerboard::new(1))),
+    ]
+}
+
 #[test]
 fn couplings_all_masks_and_layouts() {
-    for kind in [CouplingKind::Affine, CouplingKind::Additive] {
-        for mask in [Mask::Channel { flip: false }, Mask::Channel { flip: true }, Mask::Checkerboard { parity: 0 }, Mask::Checkerboard { parity: 1 }] {
-            for layout in [ParamLayout::Interleaved, ParamLayout::Contiguous] {
-                let name = format!("Coupling {kind:?} {mask:?} {layout:?}");
-                check_layer(&name, &[2, 4, 4, 4], |vs| {
-                    let mut c = Coupling::with_conv_net(vs.root() / "coupling", kind, mask, 4, 8);
-                    c.layout = layout;
-                    c
-                });
-            }
+    let transforms: Vec<Box<dyn Fn() -> Box<dyn ElementwiseBijection>>> = vec![
+        Box::new(|| Box::new(Affine::new(ScaleFn::Sigmoid2, ParamLayout::Interleaved))),
+        Box::new(|| Box::new(Affine::new(ScaleFn::Sigmoid2, ParamLayout::Contiguous))),
+        Box::new(|| Box::new(Affine::new(ScaleFn::ExpTanh, ParamLayout::Interleaved))),
+        Box::new(|| Box::new(Additive)),
+    ];
+    for transform in &transforms {
+        for partition in partitions() {
+            let name = format!("Coupling {} {}", transform().name(), partition().name());
+            check_layer(&name, &[2, 4, 4, 4], |vs| Coupling::with_conv_net(vs.root() / "coupling", partition(), transform(), 4, 8, 0).unwrap());
         }
     }
     // Odd channel counts split unevenly but still invert.
     check_layer("Coupling odd channels", &[2, 5, 2, 2], |vs| {
-        Coupling::with_conv_net(vs.root() / "c", CouplingKind::Affine, Mask::Channel { flip: false }, 5, 8)
+        Coupling::with_conv_net(vs.root() / "c", Box::new(ChannelHalves::new(false)), Box::new(Affine::glow()), 5, 8, 0).unwrap()
     });
 }
 
 #[test]
 fn coupling_starts_as_identity() {
     let vs = VarStore::new(Device::Cpu);
-    let c = Coupling::with_conv_net(vs.root() / "c", CouplingKind::Additive, Mask::Channel { flip: false }, 4, 8);
+    let c = Coupling::with_conv_net(vs.root() / "c", Box::new(ChannelHalves::new(false)), Box::new(Additive), 4, 8, 0).unwrap();
     let x = Tensor::randn([2, 4, 4, 4], (Kind::Float, Device::Cpu));
     let (y, ld) = c.forward(&x, &Ctx::eval()).unwrap();
     assert_eq!(y.f_sub(&x).unwrap().abs().max().double_value(&[]), 0.0);
@@ -159,17 +168,18 @@ fn split_prior_and_learned_prior() {
         s.layout = ParamLayout::Contiguous;
         s
     });
-    check_layer("LearnedPrior", &[2, 3, 2, 2], |vs| LearnedPrior::new(vs.root() / "prior", [3, 2, 2], true, None));
+    check_layer("LearnedPrior", &[2, 12], |vs| BaseFlow(LearnedPrior::new(vs.root() / "prior", [3, 2, 2], 0, true, None)));
+    check_layer("LearnedPrior after 5 split entries", &[2, 17], |vs| BaseFlow(LearnedPrior::new(vs.root() / "prior", [3, 2, 2], 5, true, None)));
 }
 
 #[test]
 fn class_conditional_prior() {
     tch::manual_seed(3);
     let mut vs = VarStore::new(Device::Cpu);
-    let p = LearnedPrior::new(vs.root() / "prior", [3, 2, 2], true, Some(4));
+    let p = BaseFlow(LearnedPrior::new(vs.root() / "prior", [3, 2, 2], 2, true, Some(4)));
     perturb(&vs, 0.3);
     vs.double();
-    let x = Tensor::randn([3, 3, 2, 2], (Kind::Double, Device::Cpu));
+    let x = Tensor::randn([3, 14], (Kind::Double, Device::Cpu));
     let y = Tensor::from_slice(&[0i64, 3, 1]).one_hot(4).to_kind(Kind::Double);
     assert_ok("LearnedPrior conditional", &p, &x, &Ctx::eval().with_cond(Some(&y)));
     let err = p.forward(&x, &Ctx::eval()).err().expect("labels are required").to_string();
@@ -182,7 +192,7 @@ fn sequential_composes() {
         let mut s = Sequential::new();
         s.push(ActNorm::new(vs.root() / "a", 4, 4, ActNormParam::Log));
         s.push(InvConv1x1Lu::new(vs.root() / "b", 4));
-        s.push(Coupling::with_conv_net(vs.root() / "c", CouplingKind::Affine, Mask::Channel { flip: false }, 4, 8));
+        s.push(Coupling::with_conv_net(vs.root() / "c", Box::new(ChannelHalves::new(false)), Box::new(Affine::glow()), 4, 8, 0).unwrap());
         s
     });
 }

@@ -50,17 +50,21 @@ fn model_cfg() -> flowzoo::config::ModelConfig {
 #[test]
 fn mlp_couplings_on_vectors() {
     let m = model_cfg();
-    for kind in [CouplingKind::Affine, CouplingKind::Additive] {
-        for mask in [
-            Mask::Alternating { parity: 0 },
-            Mask::Alternating { parity: 1 },
-            Mask::Checkerboard { parity: 0 },
-            Mask::Checkerboard { parity: 1 },
-            Mask::Channel { flip: false },
-            Mask::Channel { flip: true },
-        ] {
-            check_vector_layer(&format!("MLP coupling {kind:?} {mask:?}"), 5, |vs| {
-                models::realnvp::mlp_coupling(vs.root() / "c", kind, mask, 5, &m).unwrap()
+    for additive in [false, true] {
+        for mask in 0..6 {
+            let partition = || -> Box<dyn Partition> {
+                match mask {
+                    0 => Box::new(Alternating::new(0)),
+                    1 => Box::new(Alternating::new(1)),
+                    2 => Box::new(Checkerboard::new(0)),
+                    3 => Box::new(Checkerboard::new(1)),
+                    4 => Box::new(ChannelHalves::new(false)),
+                    _ => Box::new(ChannelHalves::new(true)),
+                }
+            };
+            let transform = || -> Box<dyn ElementwiseBijection> { if additive { Box::new(Additive) } else { Box::new(Affine::exp_tanh()) } };
+            check_vector_layer(&format!("MLP coupling {} {}", transform().name(), partition().name()), 5, |vs| {
+                models::realnvp::mlp_coupling(vs.root() / "c", transform(), partition(), 5, 0, &m).unwrap()
             });
         }
     }
@@ -69,7 +73,7 @@ fn mlp_couplings_on_vectors() {
 #[test]
 fn mlp_coupling_starts_as_identity() {
     let vs = VarStore::new(Device::Cpu);
-    let c = models::realnvp::mlp_coupling(vs.root() / "c", CouplingKind::Affine, Mask::Alternating { parity: 0 }, 5, &model_cfg()).unwrap();
+    let c = models::realnvp::mlp_coupling(vs.root() / "c", Box::new(Affine::exp_tanh()), Box::new(Alternating::new(0)), 5, 0, &model_cfg()).unwrap();
     let x = Tensor::randn([3, 5], (Kind::Float, Device::Cpu));
     let (y, ld) = c.forward(&x, &Ctx::eval()).unwrap();
     assert_eq!(y.f_sub(&x).unwrap().abs().max().double_value(&[]), 0.0);
@@ -117,7 +121,7 @@ fn check_layer_images() {
 #[test]
 fn elementwise_affines() {
     check_vector_layer("scaling", 4, |vs| ElementwiseAffine::scaling(vs.root() / "s", 4));
-    check_vector_layer("diag_gaussian", 4, |vs| ElementwiseAffine::diag_gaussian(vs.root() / "b", 4));
+    check_vector_layer("diag_gaussian", 4, |vs| flowzoo::flows::testing::BaseFlow(DiagGaussian::new(vs.root() / "b", 4)));
     let mean = Tensor::from_slice(&[1.0f64, -2.0, 3.0]);
     let std = Tensor::from_slice(&[0.5f64, 2.0, 4.0]);
     check_vector_layer("standardize", 3, |vs| ElementwiseAffine::standardize(vs.root() / "st", &mean, &std));

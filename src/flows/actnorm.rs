@@ -110,7 +110,7 @@ impl Flow for ActNorm {
         Ok((x, self.logdet(y)?.f_neg()?))
     }
 
-    fn to_torchscript(&self, ts: &mut crate::export::ScriptBuilder) -> Result<crate::export::ScriptFlow> {
+    fn to_torchscript(&self, ts: &mut crate::script::ScriptBuilder) -> Result<crate::script::ScriptFlow> {
         self.script(ts)
     }
 }
@@ -118,23 +118,20 @@ impl Flow for ActNorm {
 impl ActNorm {
     /// TorchScript of [`Flow::forward`] / [`Flow::inverse`] (eval mode: no data initialisation;
     /// an exported model is trained, so its ActNorms are initialised).
-    pub(crate) fn script(&self, ts: &mut crate::export::ScriptBuilder) -> Result<crate::export::ScriptFlow> {
-        use crate::export::ts_spatial_size;
-        let (shift, scale) = (ts.tensor(&self.shift)?, ts.tensor(&self.scale)?);
-        let stem = ts.stem("actnorm", &[&self.shift, &self.scale]);
+    pub(crate) fn script(&self, ts: &mut crate::script::ScriptBuilder) -> Result<crate::script::ScriptFlow> {
+        use crate::script::ts_spatial_size;
         // log|scale| summed in float64, then cast, as `logdet` does.
-        let (log_scale, mul, div) = match self.param {
-            ActNormParam::Log => ("scale".to_string(), "(t + shift) * torch.exp(scale)", "t * torch.exp(-scale) - shift"),
-            ActNormParam::Linear => ("torch.log(torch.abs(scale))".to_string(), "(t + shift) * scale", "t / scale - shift"),
+        let (kind, log_scale, mul, div) = match self.param {
+            ActNormParam::Log => ("ActNorm", "scale", "(t + shift) * torch.exp(scale)", "t * torch.exp(-scale) - shift"),
+            ActNormParam::Linear => ("ActNormLinear", "torch.log(torch.abs(scale))", "(t + shift) * scale", "t / scale - shift"),
         };
         let body = |input: &str, out: &str, neg: &str| {
             format!(
-                "t = {input}\nshift = {shift}\nscale = {scale}\nout = {out}\n{}\nld = torch.sum({log_scale}, dtype=7).to(t.dtype) * float(hw)\nreturn out, {neg}ld.expand([t.size(0)])",
+                "t = {input}\nshift = $shift\nscale = $scale\nout = {out}\n{}\nld = torch.sum({log_scale}, dtype=7).to(t.dtype) * float(hw)\nreturn out, {neg}ld.expand([t.size(0)])",
                 ts_spatial_size("hw", "t")
             )
         };
-        let f = body("x", mul, "");
-        let i = body("y", div, "-");
-        ts.define_flow(&stem, &f, &i)
+        let layer = crate::script::Layer::new(kind).tensor(ts, "shift", &self.shift)?.tensor(ts, "scale", &self.scale)?;
+        ts.add(layer.flow_methods(&body("x", mul, ""), &body("y", div, "-")))
     }
 }

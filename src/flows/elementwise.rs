@@ -1,9 +1,9 @@
 //! Elementwise affine maps `y = x · exp(log_scale) + shift`, per feature:
 //! - [`ElementwiseAffine::standardize`]: fixed (buffers) from training-set statistics, the first
 //!   layer of a tabular model, so every likelihood is in the data's own units;
-//! - [`ElementwiseAffine::scaling`]: NICE's learned diagonal scaling (log-scale only);
-//! - [`ElementwiseAffine::diag_gaussian`]: learned mean and std of the base distribution,
-//!   written as the last layer (the base itself stays N(0, I)).
+//! - [`ElementwiseAffine::scaling`]: NICE's learned diagonal scaling (log-scale only).
+//!
+//! (A learned diagonal Gaussian base is a [`super::DiagGaussian`], not a layer.)
 use super::{check_channels, sum_per_sample, Ctx, Flow};
 use anyhow::Result;
 use tch::{nn, Tensor};
@@ -13,7 +13,6 @@ use tch::{nn, Tensor};
 pub enum ElementwiseAffine {
     Standardize { mean: Tensor, std: Tensor },
     Scaling { log_scale: Tensor },
-    DiagGaussian { loc: Tensor, log_std: Tensor },
 }
 
 impl ElementwiseAffine {
@@ -29,19 +28,11 @@ impl ElementwiseAffine {
         ElementwiseAffine::Scaling { log_scale: p.zeros("log_scale", &[dim]) }
     }
 
-    /// Maps `z ~ N(loc, exp(log_std)²)` to standard normal: `y = (x - loc) · exp(-log_std)`.
-    pub fn diag_gaussian(p: nn::Path, dim: i64) -> Self {
-        ElementwiseAffine::DiagGaussian { loc: p.zeros("loc", &[dim]), log_std: p.zeros("log_std", &[dim]) }
-    }
-
     /// `(shift, log_scale)` of `y = x · exp(log_scale) + shift`.
     pub fn affine(&self) -> Result<(Tensor, Tensor)> {
         Ok(match self {
             ElementwiseAffine::Standardize { mean, std } => (mean.f_div(std)?.f_neg()?, std.f_log()?.f_neg()?),
             ElementwiseAffine::Scaling { log_scale } => (log_scale.f_zeros_like()?, log_scale.shallow_clone()),
-            ElementwiseAffine::DiagGaussian { loc, log_std } => {
-                (loc.f_mul(&log_std.f_neg()?.f_exp()?)?.f_neg()?, log_std.f_neg()?)
-            }
         })
     }
 
@@ -49,34 +40,24 @@ impl ElementwiseAffine {
         match self {
             ElementwiseAffine::Standardize { mean, .. } => mean.size()[0],
             ElementwiseAffine::Scaling { log_scale } => log_scale.size()[0],
-            ElementwiseAffine::DiagGaussian { loc, .. } => loc.size()[0],
         }
     }
 }
 
 impl Flow for ElementwiseAffine {
-    fn to_torchscript(&self, ts: &mut crate::export::ScriptBuilder) -> Result<crate::export::ScriptFlow> {
-        use crate::export::ts_sum_per_sample;
+    fn to_torchscript(&self, ts: &mut crate::script::ScriptBuilder) -> Result<crate::script::ScriptFlow> {
+        use crate::script::{ts_check_channels, ts_sum_per_sample, Layer};
         // `affine()`: (shift, log_scale), op for op.
-        let (tensors, affine) = match self {
-            ElementwiseAffine::Standardize { mean, std } => {
-                let (m, s) = (ts.tensor(mean)?, ts.tensor(std)?);
-                (vec![mean, std], format!("shift = -({m} / {s})\nls = -torch.log({s})\n"))
-            }
+        let (layer, affine) = match self {
+            ElementwiseAffine::Standardize { mean, std } => (
+                Layer::new("Standardize").tensor(ts, "mean", mean)?.tensor(ts, "std", std)?,
+                "shift = -($mean / $std)\nls = -torch.log($std)\n",
+            ),
             ElementwiseAffine::Scaling { log_scale } => {
-                let l = ts.tensor(log_scale)?;
-                (vec![log_scale], format!("ls = {l}\nshift = torch.zeros_like(ls)\n"))
-            }
-            ElementwiseAffine::DiagGaussian { loc, log_std } => {
-                let (m, s) = (ts.tensor(loc)?, ts.tensor(log_std)?);
-                (vec![loc, log_std], format!("shift = -({m} * torch.exp(-{s}))\nls = -{s}\n"))
+                (Layer::new("Scaling").tensor(ts, "log_scale", log_scale)?, "ls = $log_scale\nshift = torch.zeros_like(ls)\n")
             }
         };
-        let stem = ts.stem("elementwise", &tensors);
-        let d = self.dims();
-        let check = |t: &str| {
-            format!("assert {t}.dim() >= 2 and {t}.size(1) == {d}, \"ElementwiseAffine: expected input with {d} channels (dim 1), got \" + str({t}.size())\n")
-        };
+        let check = |t: &str| ts_check_channels("ElementwiseAffine", t);
         let f = format!(
             "{}{affine}out = x * torch.exp(ls) + shift\nreturn out, {}",
             check("x"),
@@ -87,7 +68,7 @@ impl Flow for ElementwiseAffine {
             check("y"),
             ts_sum_per_sample("ls.unsqueeze(0).expand_as(y)")
         );
-        ts.define_flow(&stem, &f, &i)
+        ts.add(layer.int("channels", self.dims()).flow_methods(&f, &i))
     }
 
     fn forward(&self, x: &Tensor, _ctx: &Ctx) -> Result<(Tensor, Tensor)> {

@@ -2,7 +2,7 @@
 //! channel vector, plain (log-det by slogdet) or LU-decomposed (log-det is `Σ log|s|`).
 use super::{check_channels, spatial_size, Ctx, Flow};
 use anyhow::Result;
-use std::cell::RefCell;
+use std::sync::Mutex;
 use tch::{nn, Kind, Tensor};
 
 /// `W·x` for every position: a 1×1 conv for images, a matmul for vectors.
@@ -58,20 +58,17 @@ impl Flow for InvConv1x1 {
         Ok((apply_matrix(y, &w_inv)?, self.logdet(y)?.f_neg()?))
     }
 
-    fn to_torchscript(&self, ts: &mut crate::export::ScriptBuilder) -> Result<crate::export::ScriptFlow> {
-        let w = ts.tensor(&self.weight)?;
-        let stem = ts.stem("invconv", &[&self.weight]);
+    fn to_torchscript(&self, ts: &mut crate::script::ScriptBuilder) -> Result<crate::script::ScriptFlow> {
         // log|det W| by slogdet, times H·W, then cast (as `logdet`).
         let body = |input: &str, matrix: &str, neg: &str| {
             format!(
-                "t = {input}\nw = {w}\n{}\nld = (torch.linalg_slogdet(w)[1] * float(hw)).to(t.dtype)\nreturn {}, {neg}ld.expand([t.size(0)])",
-                crate::export::ts_spatial_size("hw", "t"),
+                "t = {input}\nw = $weight\n{}\nld = (torch.linalg_slogdet(w)[1] * float(hw)).to(t.dtype)\nreturn {}, {neg}ld.expand([t.size(0)])",
+                crate::script::ts_spatial_size("hw", "t"),
                 ts_apply_matrix("t", matrix)
             )
         };
-        let f = body("x", "w", "");
-        let i = body("y", "torch.linalg_inv(w)", "-");
-        ts.define_flow(&stem, &f, &i)
+        let layer = crate::script::Layer::new("InvConv1x1").tensor(ts, "weight", &self.weight)?;
+        ts.add(layer.flow_methods(&body("x", "w", ""), &body("y", "torch.linalg_inv(w)", "-")))
     }
 }
 
@@ -87,9 +84,10 @@ fn ts_apply_matrix(x: &str, w: &str) -> String {
 /// weights instead of once per call and layer. It is reused only while every source tensor has
 /// the same storage, shape, dtype and version counter: any in-place change (an optimizer step,
 /// loading or copying weights) bumps the version and forces a recomputation. With gradients on
-/// (training) it is always recomputed, as part of the graph.
+/// (training) it is always recomputed, as part of the graph. Behind a `Mutex`, so the layer is
+/// `Send` (and a shared model may be read from several threads).
 #[derive(Default)]
-struct Derived(RefCell<Option<(Vec<SourceKey>, Tensor)>>);
+struct Derived(Mutex<Option<(Vec<SourceKey>, Tensor)>>);
 
 type SourceKey = (usize, i64, Vec<i64>, Kind, tch::Device);
 
@@ -103,13 +101,14 @@ impl Derived {
             .map(|t| t.f_internal_version().ok().map(|v| (t.data_ptr() as usize, v, t.size(), t.kind(), t.device())))
             .collect();
         let Some(key) = key else { return compute() };
-        if let Some((k, t)) = &*self.0.borrow() {
+        let mut cached = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((k, t)) = &*cached {
             if *k == key {
                 return Ok(t.shallow_clone());
             }
         }
         let t = compute()?;
-        *self.0.borrow_mut() = Some((key, t.shallow_clone()));
+        *cached = Some((key, t.shallow_clone()));
         Ok(t)
     }
 }
@@ -117,18 +116,7 @@ impl Derived {
 /// Whether an op on `sources` would be recorded for autograd now (grad mode on and a source
 /// requires grad).
 fn grad_tracked(sources: &[&Tensor]) -> bool {
-    grad_mode_enabled() && sources.iter().any(|t| t.requires_grad())
-}
-
-/// libtorch's thread-local grad mode (`torch.is_grad_enabled()`), which tch 0.24 does not
-/// expose: `c10::GradMode::is_enabled()`, an exported function of libc10.
-fn grad_mode_enabled() -> bool {
-    extern "C" {
-        #[link_name = "_ZN3c108GradMode10is_enabledEv"]
-        fn c10_grad_mode_is_enabled() -> bool;
-    }
-    // SAFETY: a static function without arguments that reads a thread-local flag.
-    unsafe { c10_grad_mode_is_enabled() }
+    crate::ffi::switches::grad_mode_enabled() && sources.iter().any(|t| t.requires_grad())
 }
 
 /// `W = P · (L ⊙ strictly_lower + I) · (U ⊙ strictly_upper + diag(sign_s · exp(log_s)))`.
@@ -200,34 +188,28 @@ impl Flow for InvConv1x1Lu {
         Ok((apply_matrix(y, &w_inv)?, self.logdet(y)?.f_neg()?))
     }
 
-    fn to_torchscript(&self, ts: &mut crate::export::ScriptBuilder) -> Result<crate::export::ScriptFlow> {
-        let (p, sign_s) = (ts.tensor(&self.p)?, ts.tensor(&self.sign_s)?);
-        let (lower, upper, log_s) = (ts.tensor(&self.lower)?, ts.tensor(&self.upper)?, ts.tensor(&self.log_s)?);
-        let stem = ts.stem("invconv", &[&self.p, &self.lower, &self.upper, &self.log_s]);
+    fn to_torchscript(&self, ts: &mut crate::script::ScriptBuilder) -> Result<crate::script::ScriptFlow> {
         // `weight()`: the masks are rebuilt in the parameters' dtype (exact 0/1 values).
-        let weight = ts.define_function(
-            &stem,
-            "weight",
-            "",
-            "Tensor",
-            &format!(
-                "lower = {lower}\nc = lower.size(0)\n\
-                 l_mask = torch.ones([c, c], dtype=lower.dtype, device=lower.device).tril(-1)\n\
-                 eye = torch.eye(c, dtype=lower.dtype, device=lower.device)\n\
-                 l = lower * l_mask + eye\n\
-                 u = {upper} * l_mask.t() + torch.diag_embed({sign_s} * torch.exp({log_s}), 0, -2, -1)\n\
-                 return torch.matmul(torch.matmul({p}, l), u)"
-            ),
-        )?;
+        let weight = "lower = $lower\nc = lower.size(0)\n\
+             l_mask = torch.ones([c, c], dtype=lower.dtype, device=lower.device).tril(-1)\n\
+             eye = torch.eye(c, dtype=lower.dtype, device=lower.device)\n\
+             l = lower * l_mask + eye\n\
+             u = $upper * l_mask.t() + torch.diag_embed($sign_s * torch.exp($log_s), 0, -2, -1)\n\
+             return torch.matmul(torch.matmul($p, l), u)";
         let body = |input: &str, matrix: &str, neg: &str| {
             format!(
-                "t = {input}\nw = self.{weight}()\n{}\nld = torch.sum({log_s}, dtype=t.dtype) * float(hw)\nreturn {}, {neg}ld.expand([t.size(0)])",
-                crate::export::ts_spatial_size("hw", "t"),
+                "t = {input}\nw = $self.weight()\n{}\nld = torch.sum($log_s, dtype=t.dtype) * float(hw)\nreturn {}, {neg}ld.expand([t.size(0)])",
+                crate::script::ts_spatial_size("hw", "t"),
                 ts_apply_matrix("t", matrix)
             )
         };
-        let f = body("x", "w", "");
-        let i = body("y", "torch.linalg_inv(w)", "-");
-        ts.define_flow(&stem, &f, &i)
+        let layer = crate::script::Layer::new("InvConv1x1Lu")
+            .tensor(ts, "p", &self.p)?
+            .tensor(ts, "sign_s", &self.sign_s)?
+            .tensor(ts, "lower", &self.lower)?
+            .tensor(ts, "upper", &self.upper)?
+            .tensor(ts, "log_s", &self.log_s)?
+            .method("weight", "", "Tensor", weight);
+        ts.add(layer.flow_methods(&body("x", "w", ""), &body("y", "torch.linalg_inv(w)", "-")))
     }
 }

@@ -1,23 +1,56 @@
 //! The layer zoo. Every bijection implements [`Flow`]: `forward(x) -> (y, logabsdet)` and
 //! `inverse(y) -> (x, logabsdet)`, log-dets per sample (`[B]`). A composite is a list
-//! ([`Sequential`]) and is itself a flow.
+//! ([`Sequential`]) and is itself a flow; [`Inverse`] swaps a flow's two directions (IAF is
+//! `Inverse` of a MAF layer). A model is a transform plus a [`Base`] distribution.
 //!
-//! The learned priors of a multi-scale model are bijections too: [`SplitPrior`] and
-//! [`LearnedPrior`] map their latents to standard-normal noise (`eps = (z - mean) / std`), so a
-//! model's log-density is always `log N(forward(x); 0, I) + logabsdet`, and sampling at a
-//! temperature `T` is `inverse(T * randn)`. That is the same number as "add the prior's
-//! log-density to the objective" (Glow), written as one contract.
-use crate::export::{ScriptBuilder, ScriptFlow};
+//! A layer that transforms part of its input given the rest ([`Coupling`]) is three
+//! independent, swappable parts:
+//! - a [`Partition`] (structure): which features condition which ([`ChannelHalves`],
+//!   [`Checkerboard`], [`Alternating`]);
+//! - an [`ElementwiseBijection`]: a monotone map of each transformed feature given its raw
+//!   parameters ([`Affine`], [`Additive`]);
+//! - a [`Conditioner`]: a network from the conditioning features and the context to those raw
+//!   parameters ([`ConvNet`], [`MlpNet`]).
+//!
+//! Whatever a layer needs beyond `(x, ctx)` comes from [`Ctx`]: the context tensor, the
+//! train / data-initialisation switches, the conditioners' compute dtype, and a [`Sink`]
+//! for regularisers and counters. Continuous flows use the last two: in training
+//! (`ctx.stochastic_logdet`) they may return an unbiased estimate of the log-det, and they
+//! report their kinetic energy (a penalty the trainer adds to the loss) and their function
+//! evaluations (a counter) through `ctx.sink`; see [`testing::NoisyScale`] for a layer that
+//! exercises this contract.
+//!
+//! # Adding a layer
+//! One file here: a struct holding its tensors (created under an `nn::Path`, so they get
+//! stable dotted names), an `impl Flow`, and `to_torchscript` mirroring the Rust ops through
+//! [`crate::script`]. Test it with [`testing::check_flow`] (inverse to 1e-10 in float64,
+//! log-det against the brute-force Jacobian). The zoo imports nothing but itself,
+//! `crate::script` and `crate::ffi`.
+//!
+//! # Example
+//! ```no_run
+//! use flowzoo::flows::{Affine, ChannelHalves, ConvNet, Coupling, Ctx, Flow};
+//! let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+//! let coupling = Coupling::with_conv_net(vs.root() / "coupling", Box::new(ChannelHalves::new(false)), Box::new(Affine::glow()), 4, 16, 0).unwrap();
+//! let x = tch::Tensor::randn([2, 4, 8, 8], (tch::Kind::Float, tch::Device::Cpu));
+//! let (y, logdet) = coupling.forward(&x, &Ctx::eval()).unwrap();
+//! let (x2, _) = coupling.inverse(&y, &Ctx::eval()).unwrap();
+//! ```
+use crate::script::{ScriptBuilder, ScriptFlow};
 use anyhow::Result;
 use tch::Tensor;
 
 pub mod actnorm;
+pub mod base;
 pub mod batchnorm;
+pub mod bijection;
+pub mod conditioner;
 pub mod coupling;
+pub mod ctx;
 pub mod elementwise;
 pub(crate) mod fastconv;
+pub mod inverse;
 pub mod invconv;
-pub mod mlp;
 pub mod permutation;
 pub mod prior;
 pub mod sequential;
@@ -27,11 +60,15 @@ pub mod testing;
 pub mod zeroconv;
 
 pub use actnorm::{ActNorm, ActNormParam};
+pub use base::{standard_normal_log_prob, Base, DiagGaussian, StandardNormal};
 pub use batchnorm::BatchNormFlow;
+pub use bijection::{Additive, Affine, ElementwiseBijection, ParamLayout, ScaleFn};
+pub use conditioner::{Activation, Conditioner, ConvNet, MlpNet};
+pub use coupling::{Alternating, ChannelHalves, Checkerboard, Coupling, Partition};
+pub use ctx::{Ctx, Sink};
 pub use elementwise::ElementwiseAffine;
-pub use mlp::{Activation, MlpNet};
-pub use coupling::{Conditioner, ConvNet, Coupling, CouplingKind, Mask, ParamLayout, ScaleFn};
 pub use invconv::{InvConv1x1, InvConv1x1Lu};
+pub use inverse::Inverse;
 pub use permutation::Permutation;
 pub use prior::LearnedPrior;
 pub use sequential::{Flatten, Sequential};
@@ -39,50 +76,40 @@ pub use split::SplitPrior;
 pub use squeeze::Squeeze;
 pub use zeroconv::ZeroConv2d;
 
-/// What travels with every call besides the tensor: the conditioning input and the shared
-/// train / data-initialisation switches. Layers that need nothing ignore it.
-#[derive(Clone, Copy, Default)]
-pub struct Ctx<'a> {
-    /// Conditioning input, e.g. one-hot class labels `[B, n_classes]`.
-    pub cond: Option<&'a Tensor>,
-    /// Training mode (batch statistics, dropout); eval otherwise.
-    pub train: bool,
-    /// Data-dependent initialisation pass: layers that have one (ActNorm) initialise
-    /// themselves from this batch if they have not been initialised yet.
-    pub data_init: bool,
-}
-
-impl<'a> Ctx<'a> {
-    pub fn eval() -> Self {
-        Ctx::default()
-    }
-    pub fn train() -> Self {
-        Ctx { train: true, ..Ctx::default() }
-    }
-    pub fn with_cond(self, cond: Option<&'a Tensor>) -> Self {
-        Ctx { cond, ..self }
-    }
-}
-
-/// One bijection with a tractable log|det J|.
-pub trait Flow {
+/// One bijection with a tractable log|det J|. `Send`, so models move between threads.
+pub trait Flow: Send {
     /// `x -> (y, log|det dy/dx|)`, the log-det per sample, shape `[B]`.
     fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<(Tensor, Tensor)>;
     /// `y -> (x, log|det dx/dy|)`; the log-det is the negative of the forward one.
     fn inverse(&self, y: &Tensor, ctx: &Ctx) -> Result<(Tensor, Tensor)>;
 
     /// Writes this layer's forward and inverse as TorchScript methods of the module being
-    /// exported and returns their names (see [`crate::export`]): the methods must compute what
+    /// exported and returns their names (see [`crate::script`]): the methods must compute what
     /// `forward`/`inverse` compute, op for op. Layers without TorchScript keep this default,
     /// and exporting a model that holds one fails with a message naming the layer.
     fn to_torchscript(&self, ts: &mut ScriptBuilder) -> Result<ScriptFlow> {
         let _ = ts;
-        Err(crate::export::not_exportable(&self.layer_name()))
+        Err(crate::script::not_exportable(&self.layer_name()))
     }
 
     /// The layer's name in messages: its type name unless overridden.
     fn layer_name(&self) -> String {
-        crate::export::short_type_name(std::any::type_name::<Self>())
+        crate::script::short_type_name(std::any::type_name::<Self>())
+    }
+}
+
+impl<F: Flow + ?Sized> Flow for Box<F> {
+    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<(Tensor, Tensor)> {
+        (**self).forward(x, ctx)
+    }
+    fn inverse(&self, y: &Tensor, ctx: &Ctx) -> Result<(Tensor, Tensor)> {
+        (**self).inverse(y, ctx)
+    }
+    fn to_torchscript(&self, ts: &mut ScriptBuilder) -> Result<ScriptFlow> {
+        (**self).to_torchscript(ts)
+    }
+    fn layer_name(&self) -> String {
+        (**self).layer_name()
     }
 }
 

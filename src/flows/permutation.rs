@@ -34,12 +34,10 @@ impl Flow for Permutation {
         Ok((y.f_index_select(1, &self.inverse_perm()?)?, zero_logdet(y)?))
     }
 
-    fn to_torchscript(&self, ts: &mut crate::export::ScriptBuilder) -> Result<crate::export::ScriptFlow> {
-        use crate::export::ts_zero_logdet;
-        let perm = ts.tensor(&self.perm)?;
-        let stem = ts.stem("permutation", &[&self.perm]);
-        let f = format!("return x.index_select(1, {perm}), {}", ts_zero_logdet("x"));
-        let i = format!("return y.index_select(1, torch.argsort({perm}, 0, False)), {}", ts_zero_logdet("y"));
-        ts.define_flow(&stem, &f, &i)
+    fn to_torchscript(&self, ts: &mut crate::script::ScriptBuilder) -> Result<crate::script::ScriptFlow> {
+        use crate::script::ts_zero_logdet;
+        let f = format!("return x.index_select(1, $perm), {}", ts_zero_logdet("x"));
+        let i = format!("return y.index_select(1, torch.argsort($perm, 0, False)), {}", ts_zero_logdet("y"));
+        ts.add(crate::script::Layer::new("Permutation").tensor(ts, "perm", &self.perm)?.flow_methods(&f, &i))
     }
 }

@@ -35,8 +35,8 @@ impl Flow for Squeeze {
         Ok((x, zero_logdet(y)?))
     }
 
-    fn to_torchscript(&self, ts: &mut crate::export::ScriptBuilder) -> Result<crate::export::ScriptFlow> {
-        use crate::export::ts_zero_logdet;
+    fn to_torchscript(&self, ts: &mut crate::script::ScriptBuilder) -> Result<crate::script::ScriptFlow> {
+        use crate::script::ts_zero_logdet;
         let f = format!(
             "assert x.dim() == 4 and x.size(2) % 2 == 0 and x.size(3) % 2 == 0, \"Squeeze: expected [B, C, H, W] with even H and W, got \" + str(x.size())\n\
              b, c, h, w = x.size(0), x.size(1), x.size(2), x.size(3)\n\
@@ -51,6 +51,6 @@ impl Flow for Squeeze {
              return out, {}",
             ts_zero_logdet("y")
         );
-        ts.define_flow("squeeze", &f, &i)
+        ts.add(crate::script::Layer::new("Squeeze").flow_methods(&f, &i))
     }
 }

@@ -56,3 +56,61 @@ pub fn perturb(vs: &tch::nn::VarStore, scale: f64) {
         }
     }
 }
+
+/// A test layer for the parts of the contract that continuous flows use: `y = x · exp(s)` per
+/// feature (`s = log_scale`, `[D]`). With `ctx.stochastic_logdet` it returns an unbiased
+/// one-feature estimate of its log-det (`D · s_j` for a uniformly drawn `j` per sample, as a
+/// Hutchinson trace is an unbiased estimate of a continuous flow's), and on every call it
+/// reports a penalty `"kinetic"` (`mean_b ‖y − x‖²`, like a kinetic-energy regulariser) and
+/// one `"nfe"` (a function evaluation) to `ctx.sink`.
+pub struct NoisyScale {
+    pub log_scale: Tensor,
+}
+
+impl NoisyScale {
+    pub fn new(p: tch::nn::Path, dim: i64) -> Self {
+        NoisyScale { log_scale: p.zeros("log_scale", &[dim]) }
+    }
+
+    fn logdet(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let (b, d) = (x.size()[0], self.log_scale.size()[0]);
+        if ctx.stochastic_logdet {
+            let j = Tensor::f_randint(d, [b], (Kind::Int64, x.device()))?;
+            return Ok(self.log_scale.f_index_select(0, &j)?.f_mul_scalar(d as f64)?.f_to_kind(x.kind())?);
+        }
+        Ok(self.log_scale.f_sum(x.kind())?.f_expand([b], false)?)
+    }
+}
+
+impl Flow for NoisyScale {
+    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<(Tensor, Tensor)> {
+        super::check_channels("NoisyScale", x, self.log_scale.size()[0])?;
+        let y = x.f_mul(&self.log_scale.f_exp()?)?;
+        ctx.add_penalty("kinetic", y.f_sub(x)?.f_square()?.f_sum_dim_intlist(Some(&[1i64][..]), false, None)?);
+        ctx.count("nfe", 1.0);
+        let ld = self.logdet(x, ctx)?;
+        Ok((y, ld))
+    }
+    fn inverse(&self, y: &Tensor, ctx: &Ctx) -> Result<(Tensor, Tensor)> {
+        super::check_channels("NoisyScale", y, self.log_scale.size()[0])?;
+        ctx.count("nfe", 1.0);
+        let x = y.f_mul(&self.log_scale.f_neg()?.f_exp()?)?;
+        Ok((x, self.logdet(y, ctx)?.f_neg()?))
+    }
+}
+
+/// A base distribution seen as the flow `z -> ε` onto its standard-normal noise, so the
+/// checks above (and the TorchScript comparisons) apply to bases too.
+pub struct BaseFlow<B: super::Base>(pub B);
+
+impl<B: super::Base> Flow for BaseFlow<B> {
+    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<(Tensor, Tensor)> {
+        self.0.to_noise(x, ctx)
+    }
+    fn inverse(&self, y: &Tensor, ctx: &Ctx) -> Result<(Tensor, Tensor)> {
+        self.0.from_noise(y, ctx)
+    }
+    fn to_torchscript(&self, ts: &mut crate::script::ScriptBuilder) -> Result<crate::script::ScriptFlow> {
+        self.0.to_torchscript(ts)
+    }
+}

@@ -3,12 +3,13 @@
 //! `levels.{i}.steps.{k}.{actnorm,invconv,coupling.net}.*`, `levels.{i}.split.*`, `prior.*`.
 //!
 //! Latent order (the flat `[B, D]` the flow produces): level 0's factored-out half
-//! (C, H, W row-major), level 1's, …, then the top latent.
+//! (C, H, W row-major), level 1's, …, then the top latent. The base is the learned top prior
+//! ([`LearnedPrior`], over the top latent's entries) or a standard normal.
 use super::DensityModel;
 use crate::config::{Config, CouplingChoice, GlowStyle, PermutationChoice};
 use crate::flows::{
-    ActNorm, ActNormParam, Coupling, CouplingKind, Flatten, Flow, InvConv1x1, InvConv1x1Lu, LearnedPrior, Mask, ParamLayout,
-    Permutation, Sequential, SplitPrior, Squeeze,
+    ActNorm, ActNormParam, Additive, Affine, Base, ChannelHalves, ConvNet, Coupling, ElementwiseBijection, Flatten, Flow,
+    InvConv1x1, InvConv1x1Lu, LearnedPrior, ParamLayout, Permutation, ScaleFn, Sequential, SplitPrior, Squeeze, StandardNormal,
 };
 use anyhow::{bail, Result};
 use tch::nn;
@@ -99,6 +100,7 @@ impl GlowConfig {
 pub struct Glow {
     pub cfg: GlowConfig,
     flow: Sequential,
+    base: Box<dyn Base>,
 }
 
 impl Glow {
@@ -123,15 +125,16 @@ impl Glow {
         // Build from the top down: each split wraps everything after it.
         let conv = GlowConventions::of(cfg.style);
         let top = *shapes.last().expect("levels >= 1");
+        let dim = c * h * w;
+        let top_dim: i64 = top.iter().product();
+        let base: Box<dyn Base> = if cfg.learn_top || cfg.n_classes.is_some() {
+            let c_in = if conv.top_conv_from_c { top[0] } else { 2 * top[0] };
+            let p = &root / "prior";
+            Box::new(LearnedPrior::with_conv_input(p, top, dim - top_dim, cfg.learn_top, cfg.n_classes, c_in, conv.zero_pad))
+        } else {
+            Box::new(StandardNormal)
+        };
         let mut inner = Sequential::new();
-        if cfg.learn_top || cfg.n_classes.is_some() {
-            if conv.top_conv_from_c || conv.zero_pad != 0.0 {
-                let c_in = if conv.top_conv_from_c { top[0] } else { 2 * top[0] };
-                inner.push(LearnedPrior::with_conv_input(&root / "prior", top, cfg.learn_top, cfg.n_classes, c_in, conv.zero_pad));
-            } else {
-                inner.push(LearnedPrior::new(&root / "prior", top, cfg.learn_top, cfg.n_classes));
-            }
-        }
         inner.push(Flatten { shape: top.to_vec() });
         for i in (0..cfg.levels as usize).rev() {
             let lp = &root / "levels" / i;
@@ -153,7 +156,7 @@ impl Glow {
             }
             inner = level;
         }
-        Ok(Glow { cfg: cfg.clone(), flow: inner })
+        Ok(Glow { cfg: cfg.clone(), flow: inner, base })
     }
 }
 
@@ -171,23 +174,24 @@ fn step(p: &nn::Path, cfg: &GlowConfig, conv: &GlowConventions, channels: i64, l
         PermutationChoice::Shuffle => s.push(Permutation::shuffle(p / "permutation", channels)),
         PermutationChoice::None => bail!("Glow needs a permutation (model.permutation = \"none\")"),
     }
-    let kind = match cfg.coupling {
-        CouplingChoice::Affine => CouplingKind::Affine,
-        CouplingChoice::Additive => CouplingKind::Additive,
+    let transform: Box<dyn ElementwiseBijection> = match cfg.coupling {
+        CouplingChoice::Affine => Box::new(Affine::new(ScaleFn::Sigmoid2, conv.coupling_layout)),
+        CouplingChoice::Additive => Box::new(Additive),
     };
-    let mask = Mask::Channel { flip: false };
-    if cfg.style == GlowStyle::Flowzoo {
-        s.push(Coupling::with_conv_net(p / "coupling", kind, mask, channels, cfg.width));
-    } else {
-        let (hidden_actnorm, layout, pad) = (conv.hidden_actnorm, conv.coupling_layout, conv.zero_pad);
-        s.push(Coupling::with_conv_net_opts(p / "coupling", kind, mask, channels, cfg.width, hidden_actnorm, layout, pad));
-    }
+    let partition = Box::new(ChannelHalves::new(false));
+    let (c_in, c_out) = Coupling::net_features(partition.as_ref(), transform.as_ref(), channels);
+    let mut net = ConvNet::new(p / "coupling" / "net", c_in, cfg.width, c_out, conv.hidden_actnorm);
+    net.out.pad_value = conv.zero_pad;
+    s.push(Coupling::new(channels, partition, transform, Box::new(net))?);
     Ok(s)
 }
 
 impl DensityModel for Glow {
     fn flow(&self) -> &dyn Flow {
         &self.flow
+    }
+    fn base(&self) -> &dyn Base {
+        self.base.as_ref()
     }
     fn event_shape(&self) -> Vec<i64> {
         self.cfg.image_shape.to_vec()

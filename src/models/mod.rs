@@ -1,7 +1,14 @@
 //! Models, each only a composition of the layer zoo, built from a config struct under a
-//! `VarStore` path. A model is a flow onto standard-normal noise: `log p(x) = log N(f(x); 0, I)
-//! + log|det f'(x)|`, and a sample at temperature `T` is `f⁻¹(T·ε)`.
-use crate::flows::{Ctx, Flow};
+//! `VarStore` path. A model is a transform `f` plus a [`Base`] distribution: `log p(x) =
+//! log p_base(f(x)) + log|det f'(x)|`. Every base is a bijection `b` onto standard-normal
+//! noise, so the whole model is one flow `b∘f` onto `N(0, I)` ([`DensityModel::to_noise`]) and
+//! a sample at temperature `T` is `f⁻¹(b⁻¹(T·ε))`.
+//!
+//! # Adding a model
+//! One file here with a config struct and a `build` that composes the zoo (no layer code of
+//! its own), returning a [`FlowModel`] or a struct implementing [`DensityModel`]; then one arm
+//! in [`build_for`] and a `model.kind` value in the config.
+use crate::flows::{Base, Ctx, Flow};
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
@@ -13,9 +20,11 @@ pub use glow::Glow;
 pub use nice::Nice;
 pub use realnvp::{RealNvp, RealNvpImage};
 
-pub trait DensityModel {
-    /// The whole bijection, data -> flat standard-normal latent `[B, D]`.
+pub trait DensityModel: Send {
+    /// The transform, data -> flat latent `[B, D]`.
     fn flow(&self) -> &dyn Flow;
+    /// The base distribution of the latent.
+    fn base(&self) -> &dyn Base;
     /// Shape of one data point, e.g. `[C, H, W]`.
     fn event_shape(&self) -> Vec<i64>;
     /// Number of classes for a class-conditional model.
@@ -29,17 +38,40 @@ pub trait DensityModel {
         self.event_shape().iter().product()
     }
 
+    /// Data -> standard-normal noise `[B, D]` through the transform and the base, with the
+    /// total log-det.
+    fn to_noise(&self, x: &Tensor, ctx: &Ctx) -> Result<(Tensor, Tensor)> {
+        let (z, ld) = self.flow().forward(x, ctx)?;
+        let (eps, ld_base) = self.base().to_noise(&z, ctx)?;
+        Ok((eps, ld.f_add(&ld_base)?))
+    }
+
+    /// Standard-normal noise `[N, D]` -> data, with the total log-det `log|det dx/dε|`.
+    fn from_noise(&self, eps: &Tensor, ctx: &Ctx) -> Result<(Tensor, Tensor)> {
+        let (z, ld_base) = self.base().from_noise(eps, ctx)?;
+        let (x, ld) = self.flow().inverse(&z, ctx)?;
+        Ok((x, ld.f_add(&ld_base)?))
+    }
+
     /// Per-sample log-density in nats `[B]` of points in model space.
     fn log_prob(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         self.check_input(x)?;
-        let (z, logdet) = self.flow().forward(x, ctx)?;
-        Ok(standard_normal_log_prob(&z)?.f_add(&logdet)?)
+        let (eps, logdet) = self.to_noise(x, ctx)?;
+        Ok(standard_normal_log_prob(&eps)?.f_add(&logdet)?)
     }
 
     /// `n` samples at `temperature` (scales every prior's std), drawn from libtorch's generator.
     fn sample(&self, n: i64, temperature: f64, ctx: &Ctx, like: (Kind, tch::Device)) -> Result<Tensor> {
         let eps = Tensor::f_randn([n, self.dim()], like)?.f_mul_scalar(temperature)?;
-        Ok(self.flow().inverse(&eps, ctx)?.0)
+        Ok(self.from_noise(&eps, ctx)?.0)
+    }
+
+    /// `n` reparameterised samples (gradients reach every parameter) with their log-density
+    /// `log q(x)`, at temperature 1: what a variational objective needs.
+    fn rsample_with_log_prob(&self, n: i64, ctx: &Ctx, like: (Kind, tch::Device)) -> Result<(Tensor, Tensor)> {
+        let eps = Tensor::f_randn([n, self.dim()], like)?;
+        let (x, ld) = self.from_noise(&eps, ctx)?;
+        Ok((x, standard_normal_log_prob(&eps)?.f_sub(&ld)?))
     }
 
     fn check_input(&self, x: &Tensor) -> Result<()> {
@@ -57,12 +89,20 @@ pub trait DensityModel {
 pub struct FlowModel {
     pub event_shape: Vec<i64>,
     pub flow: crate::flows::Sequential,
+    pub base: Box<dyn Base>,
+    pub n_classes: Option<i64>,
     pub desc: String,
 }
 
 impl DensityModel for FlowModel {
     fn flow(&self) -> &dyn Flow {
         &self.flow
+    }
+    fn base(&self) -> &dyn Base {
+        self.base.as_ref()
+    }
+    fn n_classes(&self) -> Option<i64> {
+        self.n_classes
     }
     fn event_shape(&self) -> Vec<i64> {
         self.event_shape.clone()
@@ -72,13 +112,7 @@ impl DensityModel for FlowModel {
     }
 }
 
-/// `Σ log N(z; 0, 1)` over all but the batch dimension.
-pub fn standard_normal_log_prob(z: &Tensor) -> Result<Tensor> {
-    let b = z.size()[0];
-    let d = (z.numel() as i64 / b.max(1)) as f64;
-    let sq = z.f_reshape([b, -1])?.f_square()?.f_sum_dim_intlist(Some(&[1i64][..]), false, None)?;
-    Ok(sq.f_mul_scalar(-0.5)?.f_sub_scalar(0.5 * d * (2.0 * std::f64::consts::PI).ln())?)
-}
+pub use crate::flows::standard_normal_log_prob;
 
 /// What a model needs to know about its data beyond the config.
 #[derive(Clone, Debug, Default)]

@@ -4,7 +4,7 @@
 use super::realnvp::{mlp_coupling, push_standardize, vector_mask, VectorSpec};
 use super::FlowModel;
 use crate::config::Config;
-use crate::flows::{CouplingKind, ElementwiseAffine, Sequential};
+use crate::flows::{Additive, ElementwiseAffine, Sequential, StandardNormal};
 use anyhow::{bail, Result};
 use tch::nn;
 
@@ -21,13 +21,14 @@ impl Nice {
         push_standardize(&mut flow, &root, spec);
         for b in 0..m.blocks {
             let p = &root / "blocks" / b;
-            flow.push(mlp_coupling(&p / "coupling", CouplingKind::Additive, vector_mask(m.mask, b, d, crate::config::PermutationChoice::None), d, m)?);
+            let mask = vector_mask(m.mask, b, d, crate::config::PermutationChoice::None);
+            flow.push(mlp_coupling(&p / "coupling", Box::new(Additive), mask, d, 0, m)?);
         }
         flow.push(ElementwiseAffine::scaling(&root / "scaling", d));
         let desc = format!(
             "NICE: {d} dims, {} additive blocks, MLP width {} depth {} ({:?}), {:?} masks, standardize {}",
             m.blocks, m.width, m.depth, m.activation, m.mask, spec.standardize
         );
-        Ok(FlowModel { event_shape: vec![d], flow, desc })
+        Ok(FlowModel { event_shape: vec![d], flow, base: Box::new(StandardNormal), n_classes: None, desc })
     }
 }

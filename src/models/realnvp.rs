@@ -9,8 +9,9 @@
 use super::FlowModel;
 use crate::config::{BaseChoice, Config, MaskChoice, NormChoice, PermutationChoice};
 use crate::flows::{
-    ActNorm, ActNormParam, BatchNormFlow, ConvNet, Coupling, CouplingKind, ElementwiseAffine, Flatten,
-    InvConv1x1Lu, LearnedPrior, Mask, MlpNet, Permutation, ScaleFn, Sequential, SplitPrior, Squeeze,
+    ActNorm, ActNormParam, Affine, Alternating, Base, BatchNormFlow, ChannelHalves, Checkerboard, Coupling, DiagGaussian,
+    ElementwiseAffine, ElementwiseBijection, Flatten, InvConv1x1Lu, LearnedPrior, MlpNet, Partition, Permutation, Sequential,
+    SplitPrior, Squeeze, StandardNormal,
 };
 use anyhow::{bail, Result};
 use tch::nn;
@@ -22,18 +23,25 @@ pub struct VectorSpec {
     pub standardize: bool,
 }
 
-/// A coupling on vectors with an MLP conditioner.
-pub fn mlp_coupling(p: nn::Path, kind: CouplingKind, mask: Mask, dim: i64, cfg: &crate::config::ModelConfig) -> Result<Coupling> {
-    let (c_in, c_out) = Coupling::net_channels(kind, mask, dim);
-    let net = MlpNet::new(&p / "net", c_in, cfg.width, cfg.depth, c_out, cfg.activation)?;
-    Ok(Coupling { scale_fn: ScaleFn::ExpTanh, ..Coupling::new(kind, mask, dim, Box::new(net)) })
+/// A coupling on vectors with an MLP conditioner reading a `context_dim` context.
+pub fn mlp_coupling(
+    p: nn::Path,
+    transform: Box<dyn ElementwiseBijection>,
+    partition: Box<dyn Partition>,
+    dim: i64,
+    context_dim: i64,
+    cfg: &crate::config::ModelConfig,
+) -> Result<Coupling> {
+    let (c_in, c_out) = Coupling::net_features(partition.as_ref(), transform.as_ref(), dim);
+    let net = MlpNet::with_context(&p / "net", c_in, context_dim, cfg.width, cfg.depth, c_out, cfg.activation)?;
+    Coupling::new(dim, partition, transform, Box::new(net))
 }
 
 /// The mask of block `block`. Consecutive blocks must transform different features, so the mask
 /// alternates, unless a reversal after each block already swaps the roles (always for halves,
 /// for an even number of features with alternating masks): alternating both would cancel out
 /// and leave half of the features untransformed.
-pub fn vector_mask(choice: MaskChoice, block: i64, dim: i64, permutation: PermutationChoice) -> Mask {
+pub fn vector_mask(choice: MaskChoice, block: i64, dim: i64, permutation: PermutationChoice) -> Box<dyn Partition> {
     let reversal_swaps = permutation == PermutationChoice::Reverse
         && match choice {
             MaskChoice::Alternating => dim % 2 == 0,
@@ -41,8 +49,8 @@ pub fn vector_mask(choice: MaskChoice, block: i64, dim: i64, permutation: Permut
         };
     let k = if reversal_swaps { 0 } else { block % 2 };
     match choice {
-        MaskChoice::Alternating => Mask::Alternating { parity: k },
-        MaskChoice::Halves => Mask::Channel { flip: k == 1 },
+        MaskChoice::Alternating => Box::new(Alternating::new(k)),
+        MaskChoice::Halves => Box::new(ChannelHalves::new(k == 1)),
     }
 }
 
@@ -68,7 +76,8 @@ impl RealNvp {
         push_standardize(&mut flow, &root, spec);
         for b in 0..m.blocks {
             let p = &root / "blocks" / b;
-            flow.push(mlp_coupling(&p / "coupling", CouplingKind::Affine, vector_mask(m.mask, b, d, m.permutation), d, m)?);
+            let mask = vector_mask(m.mask, b, d, m.permutation);
+            flow.push(mlp_coupling(&p / "coupling", Box::new(Affine::exp_tanh()), mask, d, 0, m)?);
             match m.norm {
                 NormChoice::Batchnorm => flow.push(BatchNormFlow::new(&p / "norm", d, 2)),
                 NormChoice::Actnorm => flow.push(ActNorm::new(&p / "norm", d, 2, ActNormParam::Log)),
@@ -84,14 +93,15 @@ impl RealNvp {
                 _ => {}
             }
         }
-        if m.base == BaseChoice::DiagGaussian {
-            flow.push(ElementwiseAffine::diag_gaussian(&root / "base", d));
-        }
+        let base: Box<dyn Base> = match m.base {
+            BaseChoice::DiagGaussian => Box::new(DiagGaussian::new(&root / "base", d)),
+            BaseChoice::Normal => Box::new(StandardNormal),
+        };
         let desc = format!(
             "RealNVP: {d} dims, {} blocks, MLP width {} depth {} ({:?}), {:?} masks, norm {:?}, base {:?}, standardize {}",
             m.blocks, m.width, m.depth, m.activation, m.mask, m.norm, m.base, spec.standardize
         );
-        Ok(FlowModel { event_shape: vec![d], flow, desc })
+        Ok(FlowModel { event_shape: vec![d], flow, base, n_classes: None, desc })
     }
 }
 
@@ -107,11 +117,7 @@ impl RealNvpImage {
         if s % div != 0 {
             bail!("RealNVP: image size {s} must be divisible by 2^(levels-1) = {div}");
         }
-        let coupling = |p: nn::Path, mask: Mask, c: i64| {
-            let (c_in, c_out) = Coupling::net_channels(CouplingKind::Affine, mask, c);
-            let net = ConvNet::new(&p / "net", c_in, m.width, c_out, true);
-            Coupling { scale_fn: ScaleFn::ExpTanh, ..Coupling::new(CouplingKind::Affine, mask, c, Box::new(net)) }
-        };
+        let coupling = |p: nn::Path, mask: Box<dyn Partition>, c: i64| Coupling::with_conv_net(p, mask, Box::new(Affine::exp_tanh()), c, m.width, 0);
         let norm = |seq: &mut Sequential, p: nn::Path, c: i64| match m.norm {
             NormChoice::Batchnorm => seq.push(BatchNormFlow::new(p, c, 4)),
             NormChoice::Actnorm => seq.push(ActNorm::new(p, c, 4, ActNormParam::Log)),
@@ -129,11 +135,8 @@ impl RealNvpImage {
             let lp = &root / "levels" / (m.levels - 1);
             for k in 0..4 {
                 let p = &lp / "steps" / k;
-                inner.push(coupling(&p / "coupling", Mask::Checkerboard { parity: k % 2 }, top[0]));
+                inner.push(coupling(&p / "coupling", Box::new(Checkerboard::new(k % 2)), top[0])?);
                 norm(&mut inner, &p / "norm", top[0]);
-            }
-            if m.base == BaseChoice::DiagGaussian {
-                inner.push(LearnedPrior::new(&root / "prior", top, true, None));
             }
             inner.push(Flatten { shape: top.to_vec() });
         }
@@ -143,19 +146,24 @@ impl RealNvpImage {
             let mut level = Sequential::new();
             for k in 0..3 {
                 let p = &lp / "steps" / k;
-                level.push(coupling(&p / "coupling", Mask::Checkerboard { parity: k % 2 }, c));
+                level.push(coupling(&p / "coupling", Box::new(Checkerboard::new(k % 2)), c)?);
                 norm(&mut level, &p / "norm", c);
             }
             level.push(Squeeze);
             for k in 3..6 {
                 let p = &lp / "steps" / k;
-                level.push(coupling(&p / "coupling", Mask::Channel { flip: k % 2 == 0 }, 4 * c));
+                level.push(coupling(&p / "coupling", Box::new(ChannelHalves::new(k % 2 == 0)), 4 * c)?);
                 norm(&mut level, &p / "norm", 4 * c);
             }
             level.push(SplitPrior::new(&lp / "split", [4 * c, h / 2, w / 2], Box::new(inner)));
             inner = level;
         }
+        let top_dim: i64 = top.iter().product();
+        let base: Box<dyn Base> = match m.base {
+            BaseChoice::DiagGaussian => Box::new(LearnedPrior::new(&root / "prior", top, shape.iter().product::<i64>() - top_dim, true, None)),
+            BaseChoice::Normal => Box::new(StandardNormal),
+        };
         let desc = format!("RealNVP (images): image {shape:?}, {} levels, width {}, norm {:?}, base {:?}", m.levels, m.width, m.norm, m.base);
-        Ok(FlowModel { event_shape: shape.to_vec(), flow: inner, desc })
+        Ok(FlowModel { event_shape: shape.to_vec(), flow: inner, base, n_classes: None, desc })
     }
 }

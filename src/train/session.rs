@@ -19,6 +19,9 @@ pub struct Session {
     pub classes: Vec<String>,
     /// Tabular column names (empty for images).
     pub columns: Vec<String>,
+    /// The dtype the conditioner networks compute in (`train.precision = "bf16"`), carried
+    /// into every call through [`Ctx::compute_kind`].
+    pub compute_kind: Option<Kind>,
 }
 
 /// Per-sample scores.
@@ -47,7 +50,18 @@ impl Session {
         if let Some(dup) = vs.variables().keys().find(|k| k.contains("__")) {
             bail!("internal error: duplicate parameter name {dup}");
         }
-        Ok(Session { cfg: cfg.clone(), vs, model, classes: info.classes, columns: info.columns })
+        let compute_kind = cfg.train.precision.parse::<crate::bench::Precision>()?.compute_kind();
+        Ok(Session { cfg: cfg.clone(), vs, model, classes: info.classes, columns: info.columns, compute_kind })
+    }
+
+    /// An evaluation context with this session's compute dtype.
+    pub fn ctx_eval<'a>(&self, cond: Option<&'a Tensor>) -> Ctx<'a> {
+        Ctx::eval().with_cond(cond).with_compute_kind(self.compute_kind)
+    }
+
+    /// A training context with this session's compute dtype.
+    pub fn ctx_train<'a>(&self, cond: Option<&'a Tensor>) -> Ctx<'a> {
+        Ctx::train().with_cond(cond).with_compute_kind(self.compute_kind)
     }
 
     pub fn is_tabular(&self) -> bool {
@@ -96,7 +110,7 @@ impl Session {
             while start < n {
                 let len = batch.min(n - start);
                 let (x, cond) = points(start, len)?;
-                let lp = self.model.log_prob(&x, &Ctx::eval().with_cond(cond.as_ref()))?;
+                let lp = self.model.log_prob(&x, &self.ctx_eval(cond.as_ref()))?;
                 parts.push(lp.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?);
                 start += len;
             }
@@ -225,7 +239,7 @@ impl Session {
             }
             None => None,
         };
-        Ok(self.model.flow().inverse(&eps.f_mul_scalar(temperature)?, &Ctx::eval().with_cond(cond.as_ref()))?.0)
+        Ok(self.model.from_noise(&eps.f_mul_scalar(temperature)?, &self.ctx_eval(cond.as_ref()))?.0)
     }
 
     /// Names of every variable that holds a NaN or Inf.

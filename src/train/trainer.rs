@@ -73,7 +73,7 @@ impl Trainer {
     /// ActNorm's data-dependent initialisation from `x` (model space).
     pub fn data_init(&self, x: &Tensor, cond: Option<&Tensor>) -> Result<()> {
         let _g = tch::no_grad_guard();
-        let ctx = Ctx { data_init: true, train: true, cond };
+        let ctx = Ctx { data_init: true, train: true, cond, ..Ctx::default() };
         self.sess.model.log_prob(x, &ctx)?;
         Ok(())
     }
@@ -84,7 +84,7 @@ impl Trainer {
         let step = self.state.step;
         let lr = self.lr_at(step);
         self.opt.zero_grad();
-        let lp = self.sess.model.log_prob(x, &Ctx::train().with_cond(cond))?;
+        let lp = self.sess.model.log_prob(x, &self.sess.ctx_train(cond))?;
         let loss = if self.sess.is_tabular() {
             // mean negative log-likelihood, nats
             lp.f_mean(Kind::Float)?.f_neg()?
@@ -363,7 +363,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
     if t_cfg.threads > 0 {
         tch::set_num_threads(t_cfg.threads as i32);
     }
-    t_cfg.precision.parse::<crate::bench::Precision>()?.apply();
+    t_cfg.precision.parse::<crate::bench::Precision>()?.apply()?;
     let (mut data, columns, stats) = load_train_data(cfg, opts.verbose)?;
     if opts.device.is_cuda() {
         // The decoded training set lives on the GPU (uint8 images are small), so a step never
