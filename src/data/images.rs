@@ -3,6 +3,7 @@
 //! Layout: any depth of folders; the first folder level below the root (or below `train/` and
 //! `test/`) names the class. Bad files (zero-byte, truncated, corrupt, not an image) are reported
 //! with their path and skipped with a count, or stop loading (`bad_images = "fail"`).
+//! A folder of IDX files (MNIST, Fashion-MNIST) is recognised first and read by [`super::idx`].
 use crate::config::{BadImages, DataConfig};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -77,6 +78,11 @@ pub fn decode_image(path: &Path, channels: i64, size: i64) -> Result<Vec<u8>> {
         bail!("not an image in a supported format (PNG, JPEG, BMP, GIF, TIFF)");
     }
     let img = reader.decode().map_err(|e| anyhow::anyhow!("cannot decode: {e}"))?;
+    fit_image(img, channels, size)
+}
+
+/// A decoded image to `C × size × size` bytes (resize the shorter side, centre crop), CHW.
+pub fn fit_image(img: image::DynamicImage, channels: i64, size: i64) -> Result<Vec<u8>> {
     let (w, h) = (img.width() as i64, img.height() as i64);
     if w == 0 || h == 0 {
         bail!("image has zero size");
@@ -107,7 +113,18 @@ pub fn decode_image(path: &Path, channels: i64, size: i64) -> Result<Vec<u8>> {
 }
 
 /// Loads every image below `root` (labels from class folders named in `classes`, or discovered).
+/// An IDX folder (see [`super::idx`]) gives all its images, training part first.
 pub fn load_image_folder(root: &Path, cfg: &DataConfig, classes: Option<&[String]>) -> Result<(ImageSet, LoadReport)> {
+    let (set, report, _) = load_image_files(root, cfg, classes)?;
+    Ok((set, report))
+}
+
+/// [`load_image_folder`], also saying where each loaded image came from, in the set's order:
+/// its file's path, or `FILE#INDEX` for an image of an IDX file.
+pub fn load_image_files(root: &Path, cfg: &DataConfig, classes: Option<&[String]>) -> Result<(ImageSet, LoadReport, Vec<String>)> {
+    if let Some(idx) = super::idx::IdxFolder::find(root) {
+        return idx.load_all(cfg, classes);
+    }
     if !root.exists() {
         bail!("data folder {} does not exist", root.display());
     }
@@ -141,6 +158,7 @@ pub fn load_image_folder(root: &Path, cfg: &DataConfig, classes: Option<&[String
     });
     let mut bytes = Vec::with_capacity(files.len() * per);
     let mut labels = vec![];
+    let mut sources = vec![];
     let mut report = LoadReport::default();
     for ((path, class), res) in files.iter().zip(decoded) {
         match res {
@@ -151,6 +169,7 @@ pub fn load_image_folder(root: &Path, cfg: &DataConfig, classes: Option<&[String
                 };
                 bytes.extend_from_slice(&px);
                 labels.push(label as i64);
+                sources.push(path.display().to_string());
                 report.loaded += 1;
             }
             Err(e) => {
@@ -168,12 +187,16 @@ pub fn load_image_folder(root: &Path, cfg: &DataConfig, classes: Option<&[String
     let n = report.loaded as i64;
     let images = Tensor::f_from_slice(&bytes)?.f_reshape([n, cfg.channels, size, size])?;
     let labels = Tensor::f_from_slice(&labels)?.f_to_kind(Kind::Int64)?;
-    Ok((ImageSet { images, labels, classes }, report))
+    Ok((ImageSet { images, labels, classes }, report, sources))
 }
 
 /// Train and test sets: `root/train` and `root/test` when both exist, else a seeded split of
 /// the whole folder with `test_fraction` held out.
+/// An IDX folder with both `train-*` and `t10k-*` files is split the same way.
 pub fn load_split(root: &Path, cfg: &DataConfig, seed: u64) -> Result<(ImageSet, ImageSet, LoadReport)> {
+    if let Some((train, test)) = super::idx::IdxFolder::find(root).as_ref().and_then(|f| f.split()) {
+        return super::idx::load_train_test(train, test, cfg);
+    }
     let (train_dir, test_dir) = (root.join("train"), root.join("test"));
     if train_dir.is_dir() && test_dir.is_dir() {
         let (train, mut report) = load_image_folder(&train_dir, cfg, None)?;
