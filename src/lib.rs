@@ -2,11 +2,13 @@
 //!
 //! - [`flows`]: the layer zoo; every bijection implements [`flows::Flow`].
 //! - [`models`]: models composed only of the zoo (Glow, ...), built from plain config structs.
-//! - [`data`]: image folders, dequantisation.
+//! - [`data`]: image folders, IDX files, tables, dequantisation.
 //! - [`train`]: the loop, our own Adam (its state is saved), checkpoints, metrics, plots.
 //! - [`io`]: run directories, atomic writes, safetensors.
 //! - [`bench`]: `flowzoo bench`, timing against the PyTorch reference; CUDA precision switches.
 //! - [`export`]: a trained model as a TorchScript module for PyTorch (`torch.jit.load`).
+//! - [`score`]: anomaly / out-of-distribution scores (nll, typicality, complexity), the run's
+//!   score statistics and thresholds, AUROC / AUPRC / FPR95.
 // In-place tensor ops (`f_add_`, `f_copy_`...) return the tensor they changed; we ignore it.
 #![allow(unused_must_use)]
 
@@ -18,6 +20,7 @@ pub mod ffi;
 pub mod flows;
 pub mod io;
 pub mod models;
+pub mod score;
 pub mod train;
 
 pub use anyhow::{Error, Result};
