@@ -147,3 +147,23 @@ fn test_labels_outside_the_training_classes_are_an_error() {
     let e = err_of(load_split(d.path(), &cfg(2, 1), 0));
     assert!(e.contains("t10k-labels-idx1-ubyte") && e.contains("label 2") && e.contains("image 2"), "{e}");
 }
+
+#[test]
+fn fashion_mnist_config_parses_and_reads_the_installed_data() {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/glow_fashion_mnist.toml");
+    let c = flowzoo::config::Config::load(&p).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+    assert_eq!((c.data.image_size, c.data.channels, c.model.levels), (28, 1, 2));
+    // The suite never needs the data set; where it is installed, the config's settings read it.
+    let dir = std::env::var("FASHION_MNIST").unwrap_or_else(|_| "/usr/share/datasets/fashion-mnist".into());
+    if !Path::new(&dir).is_dir() {
+        eprintln!("Fashion-MNIST not installed at {dir}: only the config was checked");
+        return;
+    }
+    let (train, test, rep) = load_split(Path::new(&dir), &c.data, c.train.seed).unwrap();
+    assert_eq!((train.len(), test.len(), rep.loaded), (60_000, 10_000, 70_000));
+    assert_eq!(train.classes, (0..10).map(|i| i.to_string()).collect::<Vec<_>>());
+    assert_eq!(train.images.size(), vec![60_000, 1, 28, 28]);
+    // Balanced classes: 1,000 test images each.
+    let counts = test.labels.bincount::<tch::Tensor>(None, 10);
+    assert_eq!(Vec::<i64>::try_from(&counts).unwrap(), vec![1000; 10]);
+}

@@ -167,27 +167,36 @@ fn load_rows_to_score(sess: &Session, path: &Path) -> Result<(Tensor, Vec<String
     Ok((t.rows, ids, col, t.dropped))
 }
 
+/// The inputs at a path, measured, with what the loader reported.
+struct MeasuredPath {
+    m: Measurements,
+    ids: Vec<String>,
+    id_column: &'static str,
+    skipped: Vec<(PathBuf, String)>,
+    dropped_rows: usize,
+}
+
 /// Measures whatever is at `path` with the session's model: images (a folder, an IDX folder or
-/// file) for an image model, a table file for a tabular one. Returns the ids too.
-fn measure_path(sess: &Session, path: &Path, measure: &MeasureOptions, progress: &mut dyn FnMut(usize, usize)) -> Result<(Measurements, Vec<String>, &'static str, Vec<(PathBuf, String)>, usize)> {
+/// file) for an image model, a table file for a tabular one.
+fn measure_path(sess: &Session, path: &Path, measure: &MeasureOptions, progress: &mut dyn FnMut(usize, usize)) -> Result<MeasuredPath> {
     if sess.is_tabular() {
-        let (rows, ids, col, dropped) = load_rows_to_score(sess, path)?;
+        let (rows, ids, id_column, dropped_rows) = load_rows_to_score(sess, path)?;
         let m = measure_rows(sess, &rows, sess.cfg.data.uniform_noise, measure, progress)?;
-        Ok((m, ids, col, vec![], dropped))
+        Ok(MeasuredPath { m, ids, id_column, skipped: vec![], dropped_rows })
     } else {
         let (set, report, ids) = load_images_to_score(path, &sess.cfg.data)?;
         let m = measure_pixels(sess, &set.images, measure, progress)?;
-        Ok((m, ids, "path", report.skipped, 0))
+        Ok(MeasuredPath { m, ids, id_column: "path", skipped: report.skipped, dropped_rows: 0 })
     }
 }
 
 /// Scores every input at `path` against the run's statistics (see [`ensure_stats`](super::ensure_stats)).
 pub fn score_path(sess: &Session, path: &Path, stats: &ScoreStats, opts: &ScoreOptions, progress: &mut dyn FnMut(usize, usize)) -> Result<ScoreReport> {
-    let (m, ids, col, skipped, dropped) = measure_path(sess, path, &opts.measure, progress)?;
-    let mut report = score_measurements(ids, &m, stats, opts)?;
-    report.id_column = col;
-    report.skipped = skipped;
-    report.dropped_rows = dropped;
+    let mp = measure_path(sess, path, &opts.measure, progress)?;
+    let mut report = score_measurements(mp.ids, &mp.m, stats, opts)?;
+    report.id_column = mp.id_column;
+    report.skipped = mp.skipped;
+    report.dropped_rows = mp.dropped_rows;
     Ok(report)
 }
 
@@ -232,9 +241,10 @@ pub fn ood_report(stats: &ScoreStats, inliers: &Measurements, outliers: &Measure
     Ok(OodReport { n_in: inliers.len(), n_ood: outliers.len(), scores })
 }
 
-/// [`ood_report`] of the inputs at two paths (folders, IDX data or table files).
+/// [`ood_report`] of the inputs at two paths (folders, IDX data or table files); `progress`
+/// counts each path's inputs in turn (in-distribution first).
 pub fn ood_paths(sess: &Session, in_path: &Path, ood_path: &Path, stats: &ScoreStats, kinds: &[ScoreKind], measure: &MeasureOptions, progress: &mut dyn FnMut(usize, usize)) -> Result<OodReport> {
-    let (inliers, ..) = measure_path(sess, in_path, measure, progress).with_context(|| format!("in-distribution data {}", in_path.display()))?;
-    let (outliers, ..) = measure_path(sess, ood_path, measure, progress).with_context(|| format!("out-of-distribution data {}", ood_path.display()))?;
-    ood_report(stats, &inliers, &outliers, kinds)
+    let inliers = measure_path(sess, in_path, measure, progress).with_context(|| format!("in-distribution data {}", in_path.display()))?;
+    let outliers = measure_path(sess, ood_path, measure, progress).with_context(|| format!("out-of-distribution data {}", ood_path.display()))?;
+    ood_report(stats, &inliers.m, &outliers.m, kinds)
 }
