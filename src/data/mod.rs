@@ -1,5 +1,5 @@
-//! Data: image folders and IDX files decoded once into a uint8 tensor, and the dequantisation that maps
-//! images to model space. Models never see pixels; they see `x = k / 2^n_bits - 0.5 + u`.
+//! Data: image folders and IDX files decoded once into a uint8 tensor, and the dequantisation
+//! that maps images to model space. Models never see pixels; they see `x = k / 2^n_bits - 0.5 + u`.
 pub mod dequant;
 pub mod idx;
 pub mod images;
