@@ -82,12 +82,6 @@ impl Measurements {
             },
         })
     }
-
-    /// The inputs at `idx`, in that order.
-    pub fn select(&self, idx: &[usize]) -> Measurements {
-        let pick = |v: &[f64]| idx.iter().map(|&i| v[i]).collect::<Vec<_>>();
-        Measurements { unit: self.unit, nll: pick(&self.nll), log_prob: pick(&self.log_prob), complexity: self.complexity.as_deref().map(pick) }
-    }
 }
 
 /// Nalisnick et al. 2019's typicality statistic per batch: consecutive groups of `batch` inputs
