@@ -14,13 +14,15 @@
 //! - [`config`]: the run configuration (plain serde structs, validated); knows no runtime.
 //! - [`models`]: models composed only of the zoo (Glow, RealNVP, NICE), built from a config. A
 //!   new model is a new file there plus its `model.kind` in `config`.
-//! - [`data`]: image folders, tabular files, toys, dequantisation.
+//! - [`data`]: image folders, IDX files, tabular files, toys, dequantisation.
 //! - [`io`]: run directories, atomic writes, checked safetensors, the `.pt` reader.
 //! - [`runtime`]: device, threads, precision and TF32: every process-wide libtorch switch.
 //! - [`dist`]: data-parallel training on c10d (Gloo, NCCL) under torchrun: process groups,
 //!   bucketed gradient all-reduce, DistributedSampler sharding, config consistency.
 //! - [`session`]: a model with its weights: build, open a run, score, sample.
 //! - [`train`]: the loop, our own Adam (its state is saved), checkpoints, metrics, plots.
+//! - [`score`]: anomaly / out-of-distribution scores (nll, typicality, complexity), the run's
+//!   score statistics and thresholds, AUROC / AUPRC / FPR95.
 //! - [`export`]: a trained model for PyTorch: TorchScript (`torch.jit.load`) and plain PyTorch
 //!   source (`torch.export`, `torch.compile`).
 //! - [`import`]: PyTorch Glow checkpoints (y0ast, rosinality) and state dicts into runs.
@@ -45,6 +47,7 @@ pub mod models;
 pub mod script;
 pub mod rng;
 pub mod runtime;
+pub mod score;
 pub mod session;
 pub mod train;
 

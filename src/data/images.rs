@@ -4,6 +4,7 @@
 //! `test/`) names the class. Symbolic links are followed, each folder and file read at most
 //! once (`walk.rs`); resizing is said once on stderr. Bad files (zero-byte, truncated, corrupt, not an image) are reported
 //! with their path and skipped with a count, or stop loading (`bad_images = "fail"`).
+//! A folder of IDX files (MNIST, Fashion-MNIST) is recognised first and read by [`super::idx`].
 use crate::config::{BadImages, DataConfig};
 use super::walk::{LinkReport, Walker};
 use anyhow::{bail, Result};
@@ -99,6 +100,12 @@ pub fn decode_image(path: &Path, channels: i64, size: i64) -> Result<Decoded> {
     }
     let img = reader.decode().map_err(|e| anyhow::anyhow!("cannot decode: {e}"))?;
     let original = (img.width(), img.height());
+    let bytes = fit_image(img, channels, size)?;
+    Ok(Decoded { bytes, original })
+}
+
+/// A decoded image to `C × size × size` bytes (resize the shorter side, centre crop), CHW.
+pub fn fit_image(img: image::DynamicImage, channels: i64, size: i64) -> Result<Vec<u8>> {
     let (w, h) = (img.width() as i64, img.height() as i64);
     if w == 0 || h == 0 {
         bail!("image has zero size");
@@ -126,20 +133,31 @@ pub fn decode_image(path: &Path, channels: i64, size: i64) -> Result<Decoded> {
         }
         chw
     };
-    Ok(Decoded { bytes, original })
+    Ok(bytes)
 }
 
 /// Loads every image below `root` (labels from class folders named in `classes`, or
-/// discovered), and says on stderr what was resized and which links were not followed.
+/// discovered), and says on stderr what was resized and which links were not followed. An IDX
+/// folder (see [`super::idx`]) gives all its images, training part first.
 pub fn load_image_folder(root: &Path, cfg: &DataConfig, classes: Option<&[String]>) -> Result<(ImageSet, LoadReport)> {
-    let (set, report) = load_folder(&mut Walker::new(), root, cfg, classes)?;
-    report.announce(cfg.image_size);
+    let (set, report, _) = load_image_files(root, cfg, classes)?;
     Ok((set, report))
 }
 
-/// [`load_image_folder`] without the notices, walking with `walker` (shared by the folders of
-/// one data set so that nothing is read twice).
-fn load_folder(walker: &mut Walker, root: &Path, cfg: &DataConfig, classes: Option<&[String]>) -> Result<(ImageSet, LoadReport)> {
+/// [`load_image_folder`], also saying where each loaded image came from, in the set's order:
+/// its file's path, or `FILE#INDEX` for an image of an IDX file.
+pub fn load_image_files(root: &Path, cfg: &DataConfig, classes: Option<&[String]>) -> Result<(ImageSet, LoadReport, Vec<String>)> {
+    if let Some(idx) = super::idx::IdxFolder::find(root) {
+        return idx.load_all(cfg, classes);
+    }
+    let (set, report, sources) = load_folder(&mut Walker::new(), root, cfg, classes)?;
+    report.announce(cfg.image_size);
+    Ok((set, report, sources))
+}
+
+/// [`load_image_files`] of an image folder without the notices, walking with `walker` (shared
+/// by the folders of one data set so that nothing is read twice).
+fn load_folder(walker: &mut Walker, root: &Path, cfg: &DataConfig, classes: Option<&[String]>) -> Result<(ImageSet, LoadReport, Vec<String>)> {
     if !root.exists() {
         bail!("data folder {} does not exist", root.display());
     }
@@ -179,6 +197,7 @@ fn load_folder(walker: &mut Walker, root: &Path, cfg: &DataConfig, classes: Opti
     let mut bytes = Vec::with_capacity(files.len() * per);
     let mut labels = vec![];
     let mut report = LoadReport { links, ..LoadReport::default() };
+    let mut sources = vec![];
     for ((path, class), res) in files.iter().zip(decoded) {
         match res {
             Ok(img) => {
@@ -191,6 +210,7 @@ fn load_folder(walker: &mut Walker, root: &Path, cfg: &DataConfig, classes: Opti
                 }
                 bytes.extend_from_slice(&img.bytes);
                 labels.push(label as i64);
+                sources.push(path.display().to_string());
                 report.loaded += 1;
             }
             Err(e) => {
@@ -208,24 +228,37 @@ fn load_folder(walker: &mut Walker, root: &Path, cfg: &DataConfig, classes: Opti
     let n = report.loaded as i64;
     let images = Tensor::f_from_slice(&bytes)?.f_reshape([n, cfg.channels, size, size])?;
     let labels = Tensor::f_from_slice(&labels)?.f_to_kind(Kind::Int64)?;
-    Ok((ImageSet { images, labels, classes }, report))
+    Ok((ImageSet { images, labels, classes }, report, sources))
 }
 
 /// Train and test sets: `root/train` and `root/test` when both exist, else a seeded split of
 /// the whole folder with `test_fraction` held out. The notices (resizing, links) are said once
-/// for both.
+/// for both. An IDX folder with both `train-*` and `t10k-*` files is split the same way.
 pub fn load_split(root: &Path, cfg: &DataConfig, seed: u64) -> Result<(ImageSet, ImageSet, LoadReport)> {
+    if let Some((train, test)) = super::idx::IdxFolder::find(root).as_ref().and_then(|f| f.split()) {
+        return super::idx::load_train_test(train, test, cfg);
+    }
     let (train_dir, test_dir) = (root.join("train"), root.join("test"));
     let mut walker = Walker::new();
     if train_dir.is_dir() && test_dir.is_dir() {
-        let (train, mut report) = load_folder(&mut walker, &train_dir, cfg, None)?;
-        let (test, r2) = load_folder(&mut walker, &test_dir, cfg, Some(&train.classes))?;
+        let (train, mut report, _) = load_folder(&mut walker, &train_dir, cfg, None)?;
+        let (test, r2, _) = load_folder(&mut walker, &test_dir, cfg, Some(&train.classes))?;
         report.merge(r2);
         report.announce(cfg.image_size);
         return Ok((train, test, report));
     }
-    let (all, report) = load_folder(&mut walker, root, cfg, None)?;
-    report.announce(cfg.image_size);
+    let (all, report) = match super::idx::IdxFolder::find(root) {
+        // One IDX part: split like a folder without train/ and test/.
+        Some(idx) => {
+            let (set, report, _) = idx.load_all(cfg, None)?;
+            (set, report)
+        }
+        None => {
+            let (set, report, _) = load_folder(&mut walker, root, cfg, None)?;
+            report.announce(cfg.image_size);
+            (set, report)
+        }
+    };
     let n = all.len();
     let n_test = ((n as f64) * cfg.test_fraction).round() as i64;
     if n - n_test < 1 {

@@ -11,6 +11,9 @@ pub struct Table {
     pub columns: Vec<String>,
     /// Rows dropped as bad (`bad_rows = "drop"`).
     pub dropped: usize,
+    /// CSV: the 1-based line of the file each row came from (so reports can name it after bad
+    /// rows were dropped); `None` for `.npy`/`.npz`, whose rows are their 0-based index.
+    pub lines: Option<Vec<u64>>,
 }
 
 pub struct TabularSplit {
@@ -67,7 +70,7 @@ fn from_array(path: &Path, t: Tensor) -> Result<Table> {
         bail!("{}: {n_bad} rows hold NaN or Inf (first: row {first})", path.display());
     }
     let d = t.size()[1];
-    Ok(Table { rows: t, columns: (0..d).map(|i| i.to_string()).collect(), dropped: 0 })
+    Ok(Table { rows: t, columns: (0..d).map(|i| i.to_string()).collect(), dropped: 0, lines: None })
 }
 
 fn read_csv(path: &Path, cfg: &DataConfig) -> Result<Table> {
@@ -87,6 +90,7 @@ fn read_csv(path: &Path, cfg: &DataConfig) -> Result<Table> {
         if has_header { first.iter().map(str::to_string).collect() } else { (0..first.len()).map(|i| i.to_string()).collect() };
     let d = columns.len();
     let mut values: Vec<f64> = vec![];
+    let mut lines: Vec<u64> = vec![];
     let mut dropped = 0;
     let mut push = |rec: &csv::StringRecord, line: u64| -> Result<()> {
         let problem = if rec.len() != d {
@@ -101,6 +105,7 @@ fn read_csv(path: &Path, cfg: &DataConfig) -> Result<Table> {
         match problem {
             None => {
                 values.extend(rec.iter().map(|f| f.parse::<f64>().expect("checked")));
+                lines.push(line);
                 Ok(())
             }
             Some(p) if cfg.bad_rows == BadRows::Drop => {
@@ -129,7 +134,7 @@ fn read_csv(path: &Path, cfg: &DataConfig) -> Result<Table> {
     if dropped > 0 {
         eprintln!("warning: {}: dropped {dropped} bad rows", path.display());
     }
-    Ok(Table { rows: Tensor::f_from_slice(&values)?.f_reshape([n as i64, d as i64])?, columns, dropped })
+    Ok(Table { rows: Tensor::f_from_slice(&values)?.f_reshape([n as i64, d as i64])?, columns, dropped, lines: Some(lines) })
 }
 
 fn select_columns(path: &Path, t: Table, wanted: &[String]) -> Result<Table> {
@@ -149,7 +154,7 @@ fn select_columns(path: &Path, t: Table, wanted: &[String]) -> Result<Table> {
     }
     let rows = t.rows.f_index_select(1, &Tensor::f_from_slice(&idx)?)?;
     let columns = idx.iter().map(|&j| t.columns[j as usize].clone()).collect();
-    Ok(Table { rows, columns, dropped: t.dropped })
+    Ok(Table { rows, columns, dropped: t.dropped, lines: t.lines })
 }
 
 /// Seeded split: test first, then validation, the rest training.
