@@ -261,9 +261,15 @@ pub fn export_run(run_dir: &Path, opts: &ExportOptions) -> Result<Vec<String>> {
     let mut lines = vec![];
     if let Some(path) = &opts.torchscript {
         let module = session_module(&sess)?;
-        let on_device = if opts.device == Device::Cpu { None } else { Some(Session::open(&run, opts.checkpoint, opts.device)?) };
-        let check = self_check(on_device.as_ref().unwrap_or(&sess), &module)
-            .with_context(|| format!("checking the exported module against the model on {:?}", opts.device))?;
+        // The check runs the module on `--device`: one built from a session there (the file is
+        // the CPU one; `CModule::to` would also cast integer buffers, so it is not used).
+        let check = if opts.device == Device::Cpu {
+            self_check(&sess, &module)
+        } else {
+            let on_device = Session::open(&run, opts.checkpoint, opts.device)?;
+            self_check(&on_device, &session_module(&on_device)?)
+        }
+        .with_context(|| format!("checking the exported module against the model on {:?}", opts.device))?;
         let bytes = module.save_to_vec()?;
         crate::io::atomic::atomic_write_bytes(path, &bytes)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -300,8 +306,7 @@ pub fn export_run(run_dir: &Path, opts: &ExportOptions) -> Result<Vec<String>> {
 /// the same two random points; fails when they disagree. Returns the largest difference.
 fn self_check(sess: &Session, module: &ScriptModule) -> Result<f64> {
     let _g = tch::no_grad_guard();
-    let mut m = module.to_cmodule()?;
-    m.to(sess.device(), sess.kind(), false);
+    let m = module.to_cmodule()?;
     let mut shape = vec![2];
     shape.extend(sess.model.event_shape());
     let x = Tensor::f_rand(&shape[..], (sess.kind(), sess.device()))?.f_sub_scalar(0.5)?;
