@@ -1,6 +1,7 @@
 //! flowzoo: normalizing flows with exact likelihoods on libtorch.
 //!
 //! - [`flows`]: the layer zoo; every bijection implements [`flows::Flow`].
+//! - [`ode`]: ODE solvers on tensors (Dormand–Prince, RK4, Euler) for continuous flows; a leaf.
 //! - [`models`]: models composed only of the zoo (Glow, ...), built from plain config structs.
 //! - [`data`]: image folders, dequantisation.
 //! - [`train`]: the loop, our own Adam (its state is saved), checkpoints, metrics, plots.
@@ -18,6 +19,7 @@ pub mod ffi;
 pub mod flows;
 pub mod io;
 pub mod models;
+pub mod ode;
 pub mod script;
 pub mod train;
 
