@@ -24,7 +24,7 @@ fn linear_cnf(vs: &mut VarStore, a: &Tensor, time_length: f64, opts: CnfOptions)
     let cnf = Cnf::new(vs.root() / "cnf", d, 0, &[], OdeActivation::Tanh, time_length, true, opts).unwrap();
     vs.double();
     let _g = tch::no_grad_guard();
-    let l = &cnf.net.layers[0];
+    let l = &cnf.net.concat_squash().unwrap()[0];
     let gate_b = 0.3;
     let _ = l.gate_weight.shallow_clone().zero_();
     let _ = l.gate_bias.shallow_clone().fill_(gate_b);
@@ -63,7 +63,12 @@ fn a_linear_field_has_closed_form_flow_and_log_det() {
 
 /// A small CNF with every parameter moved off its initial value, in float64.
 fn random_cnf(vs: &mut VarStore, d: i64, context: i64, opts: CnfOptions) -> Cnf {
-    let cnf = Cnf::new(vs.root() / "cnf", d, context, &[16, 16], OdeActivation::Softplus, 0.7, true, opts).unwrap();
+    random_cnf_of(vs, LayerType::ConcatSquash, d, context, opts)
+}
+
+fn random_cnf_of(vs: &mut VarStore, kind: LayerType, d: i64, context: i64, opts: CnfOptions) -> Cnf {
+    let net = OdeNet::with_layers(vs.root() / "cnf" / "net", kind, 2, d, context, &[16, 16], OdeActivation::Softplus).unwrap();
+    let cnf = Cnf::with_net(vs.root() / "cnf", net, 0.7, true, opts).unwrap();
     perturb(vs, 0.2);
     vs.double();
     cnf
@@ -72,15 +77,21 @@ fn random_cnf(vs: &mut VarStore, d: i64, context: i64, opts: CnfOptions) -> Cnf 
 #[test]
 fn log_det_matches_the_brute_force_jacobian_and_inverse_inverts() {
     tch::manual_seed(1);
-    for act in [OdeActivation::Softplus, OdeActivation::Tanh, OdeActivation::Elu] {
+    let cases = [
+        (LayerType::ConcatSquash, OdeActivation::Softplus),
+        (LayerType::ConcatSquash, OdeActivation::Tanh),
+        (LayerType::ConcatSquash, OdeActivation::Elu),
+        (LayerType::Mlp, OdeActivation::Tanh),
+    ];
+    for (kind, act) in cases {
         let mut vs = VarStore::new(Device::Cpu);
-        let mut cnf = random_cnf(&mut vs, 3, 0, options(SolverOptions::dopri5(1e-9, 1e-9)));
+        let mut cnf = random_cnf_of(&mut vs, kind, 3, 0, options(SolverOptions::dopri5(1e-9, 1e-9)));
         cnf.net.activation = act;
         let x = Tensor::randn([4, 3], F64);
         let ctx = Ctx::eval();
         let (z, ld) = cnf.forward(&x, &ctx).unwrap();
         let brute = brute_force_logdet(&cnf, &x, &ctx).unwrap();
-        assert!(max_abs(&(&ld - &brute)) < 1e-6, "{act:?}: log-det {ld:?} vs brute force {brute:?}");
+        assert!(max_abs(&(&ld - &brute)) < 1e-6, "{kind:?} {act:?}: log-det {ld:?} vs brute force {brute:?}");
         assert!(max_abs(&(&z - &x)) > 1e-2, "{act:?}: the flow must move the points");
         let (x2, ld2) = cnf.inverse(&z, &ctx).unwrap();
         assert!(max_abs(&(&x2 - &x)) < 1e-6, "{act:?}: inverse error {}", max_abs(&(&x2 - &x)));
@@ -182,7 +193,7 @@ fn gradients_reach_the_end_time_and_the_net_through_the_solver() {
     let x = Tensor::randn([4, 3], F64);
     // log-det = T tr(A) = sqrt_T² tr(A): d/d sqrt_T = 2 sqrt_T tr(A) per sample.
     let (_, ld) = cnf.forward(&x, &Ctx::train()).unwrap();
-    let g = Tensor::run_backward(&[ld.sum(Kind::Double)], &[&cnf.sqrt_end_time, &cnf.net.layers[0].weight], false, false);
+    let g = Tensor::run_backward(&[ld.sum(Kind::Double)], &[&cnf.sqrt_end_time, &cnf.net.concat_squash().unwrap()[0].weight], false, false);
     let sqrt_t = cnf.sqrt_end_time.double_value(&[]);
     let want = 4.0 * 2.0 * sqrt_t * a.trace().double_value(&[]);
     assert!((g[0].double_value(&[]) - want).abs() < 1e-6, "d log-det / d sqrt_T = {:?}, want {want}", g[0]);
@@ -222,9 +233,16 @@ fn a_step_limit_inside_the_layer_says_which_layer_and_which_limit() {
 
 #[test]
 fn flow_matching_lowers_its_loss_and_gives_a_finite_exact_likelihood() {
+    for kind in [LayerType::ConcatSquash, LayerType::Mlp] {
+        flow_matching_trains(kind);
+    }
+}
+
+fn flow_matching_trains(kind: LayerType) {
     tch::manual_seed(8);
     let vs = VarStore::new(Device::Cpu);
-    let cnf = Cnf::new(vs.root() / "cnf", 2, 0, &[32, 32], OdeActivation::Tanh, 1.0, false, options(SolverOptions::dopri5(1e-4, 1e-4))).unwrap();
+    let net = OdeNet::with_layers(vs.root() / "cnf" / "net", kind, 3, 2, 0, &[32, 32], OdeActivation::Tanh).unwrap();
+    let cnf = Cnf::with_net(vs.root() / "cnf", net, 1.0, false, options(SolverOptions::dopri5(1e-4, 1e-4))).unwrap();
     // Two well-separated Gaussian blobs.
     let data = |n: i64| {
         let centre = (Tensor::randint(2, [n, 1], (Kind::Float, Device::Cpu)) * 2.0 - 1.0) * Tensor::from_slice(&[2.0f32, 0.0]);
@@ -247,8 +265,8 @@ fn flow_matching_lowers_its_loss_and_gives_a_finite_exact_likelihood() {
     }
     let first: f64 = losses[..30].iter().sum::<f64>() / 30.0;
     let last: f64 = losses[270..].iter().sum::<f64>() / 30.0;
-    assert!(last < 0.8 * first, "flow-matching loss went from {first} to {last}");
+    assert!(last < 0.8 * first, "{kind:?}: flow-matching loss went from {first} to {last}");
     assert_eq!(sink.counters()["nfe_forward"], 300.0, "one network call per step");
     let after = log_lik(&cnf);
-    assert!(after.is_finite() && after > before + 0.3, "test log-likelihood {before} -> {after}");
+    assert!(after.is_finite() && after > before + 0.3, "{kind:?}: test log-likelihood {before} -> {after}");
 }

@@ -63,7 +63,7 @@ pub mod zeroconv;
 pub use actnorm::{ActNorm, ActNormParam};
 pub use base::{standard_normal_log_prob, Base, DiagGaussian, StandardNormal};
 pub use batchnorm::BatchNormFlow;
-pub use cnf::{Cnf, CnfOptions, Noise, OdeActivation, OdeNet, TraceChoice};
+pub use cnf::{Cnf, CnfOptions, LayerType, Noise, OdeActivation, OdeNet, TraceChoice};
 pub use bijection::{Additive, Affine, ElementwiseBijection, ParamLayout, ScaleFn};
 pub use conditioner::{Activation, Conditioner, ConvNet, MlpNet};
 pub use coupling::{Alternating, ChannelHalves, Checkerboard, Coupling, Partition};

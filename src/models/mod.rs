@@ -12,10 +12,12 @@ use crate::flows::{Base, Ctx, Flow};
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
+pub mod ffjord;
 pub mod glow;
 pub mod nice;
 pub mod realnvp;
 
+pub use ffjord::Ffjord;
 pub use glow::Glow;
 pub use nice::Nice;
 pub use realnvp::{RealNvp, RealNvpImage};
@@ -140,6 +142,7 @@ pub fn build_for(cfg: &crate::config::Config, root: tch::nn::Path, info: &DataIn
         ("realnvp", DataKind::Images) => Ok(Box::new(RealNvpImage::build(root, cfg)?)),
         ("realnvp", DataKind::Tabular) => Ok(Box::new(RealNvp::build(root, cfg, &spec())?)),
         ("nice", DataKind::Tabular) => Ok(Box::new(Nice::build(root, cfg, &spec())?)),
+        ("ffjord", DataKind::Tabular) => Ok(Box::new(Ffjord::build(root, cfg, &spec())?)),
         (kind, data) => anyhow::bail!("model.kind {kind:?} cannot model data.kind {data:?}"),
     }
 }

@@ -30,7 +30,8 @@
 //!   the backward pass differentiates through (those of accepted steps, counted by the solver
 //!   as it keeps them, not by a hook in the backward pass).
 //!
-//! Parameters: `net.*` ([`OdeNet`]) and `sqrt_end_time` (trainable only with `train_time`).
+//! Parameters: `net.*` ([`OdeNet`]: FFJORD's concat-squash layers or zuko's MLP with time
+//! features) and `sqrt_end_time` (trainable only with `train_time`).
 use super::{check_channels, Ctx, Flow};
 use crate::ode::{self, SolverOptions};
 use anyhow::{Context, Result};
@@ -42,7 +43,7 @@ pub mod matching;
 pub mod net;
 
 pub use matching::{flow_matching_loss, flow_matching_loss_with};
-pub use net::{OdeActivation, OdeNet};
+pub use net::{LayerType, OdeActivation, OdeLayers, OdeNet};
 
 /// Up to this many features `TraceChoice::Auto` keeps the trace exact in training.
 pub const AUTO_EXACT_MAX_DIM: i64 = 8;
@@ -110,8 +111,9 @@ pub struct Cnf {
 }
 
 impl Cnf {
-    /// A CNF on `dim` features with a `context_dim` context, hidden widths `hidden`, end time
-    /// `time_length` (learned when `train_time`).
+    /// A CNF on `dim` features with a `context_dim` context, a concat-squash field of hidden
+    /// widths `hidden`, end time `time_length` (learned when `train_time`).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         p: nn::Path,
         dim: i64,
@@ -122,10 +124,15 @@ impl Cnf {
         train_time: bool,
         options: CnfOptions,
     ) -> Result<Self> {
+        let net = OdeNet::new(&p / "net", dim, context_dim, hidden, activation)?;
+        Self::with_net(p, net, time_length, train_time, options)
+    }
+
+    /// A CNF around a field built under `p / "net"` (any [`net::LayerType`]).
+    pub fn with_net(p: nn::Path, net: OdeNet, time_length: f64, train_time: bool, options: CnfOptions) -> Result<Self> {
         anyhow::ensure!(time_length > 0.0 && time_length.is_finite(), "CNF: time_length = {time_length} must be > 0");
         options.train_solver.validate("CNF training solver")?;
         options.eval_solver.validate("CNF evaluation solver")?;
-        let net = OdeNet::new(&p / "net", dim, context_dim, hidden, activation)?;
         let init = Tensor::f_from_slice(&[time_length.sqrt() as f32])?.f_reshape([] as [i64; 0])?.f_to_device(p.device())?;
         let sqrt_end_time = p.add("sqrt_end_time", init, train_time);
         Ok(Cnf { net, sqrt_end_time, options })
