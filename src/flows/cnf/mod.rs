@@ -6,21 +6,21 @@
 //! - **Time.** The solver runs on `s ∈ [0, 1]` with `dz/ds = T · f(z, sT)`, so a learned end
 //!   time `T = sqrt_end_time²` (FFJORD's `train_T`) gets its gradient through ordinary autograd.
 //!   `forward` integrates `s: 0 → 1` (data → latent), `inverse` `s: 1 → 0`.
-//! - **Trace.** Exact: the rows of the Jacobian from vector-Jacobian products, all `D` at once by
-//!   running the net on `D` stacked copies of the batch, each copy's cotangent one basis vector
-//!   (one forward and one backward instead of `D` backward passes; copies are taken in chunks of
-//!   at most [`EXACT_TRACE_ROWS`] rows). Hutchinson: `εᵀ(∂f/∂z)ε` with `ε` Rademacher or
-//!   Gaussian, drawn once per solve and held fixed during it, which is unbiased for the trace.
-//!   The estimate is used only when the caller allows one (`ctx.stochastic_logdet`, training)
-//!   and [`CnfOptions::trace`] picks it (`Auto`: Hutchinson above [`AUTO_EXACT_MAX_DIM`]
-//!   features); otherwise — evaluation, sampling, every reported likelihood — the trace is exact.
-//! - **Gradients.** Discretise-then-optimise: when grad mode is on, every vector-Jacobian product
-//!   is taken with `create_graph`, and `backward` runs through all stages of every accepted step.
-//!   Under no-grad the net still runs with grad mode on inside each evaluation (the trace needs
-//!   it), and every output is detached, so no graph outlives one evaluation.
+//! - **Trace.** From Jacobian-vector products carried through the net beside the values
+//!   (forward mode by hand: the field is affine maps and elementwise activations, see
+//!   [`OdeNet::apply_with_tangents`]). Exact: with the `D` basis vectors, i.e. all columns of the
+//!   Jacobian at once (in chunks of at most [`EXACT_TRACE_ROWS`] rows × columns). Hutchinson:
+//!   `εᵀ(∂f/∂z)ε` with `ε` Rademacher or Gaussian, drawn once per solve and held fixed during
+//!   it, which is unbiased for the trace. The estimate is used only when the caller allows one
+//!   (`ctx.stochastic_logdet`, training) and [`CnfOptions::trace`] picks it (`Auto`: Hutchinson
+//!   above [`AUTO_EXACT_MAX_DIM`] features); otherwise — evaluation, sampling, every reported
+//!   likelihood — the trace is exact.
+//! - **Gradients.** Discretise-then-optimise: the solve is plain tensor arithmetic (the trace
+//!   included: no autograd call inside an evaluation, so no double backward), and `backward`
+//!   runs through all stages of every accepted step. Under no-grad nothing is recorded.
 //! - **Regularisers** (RNODE, Finlay et al. 2020), in training with a sink and a non-zero weight:
 //!   the kinetic energy `∫₀¹ ‖dz/ds‖² ds` and the Jacobian Frobenius norm
-//!   `∫₀¹ ‖∂(dz/ds)/∂z‖²_F ds` (exact with the exact trace, `‖εᵀ ∂(dz/ds)/∂z‖²` with Hutchinson's
+//!   `∫₀¹ ‖∂(dz/ds)/∂z‖²_F ds` (exact with the exact trace, `‖(∂(dz/ds)/∂z) ε‖²` with Hutchinson's
 //!   `ε`) are integrated as extra ODE states, outside the error control, and reported per sample,
 //!   already weighted, as the penalties `"kinetic_energy"` and `"jacobian_norm"`. Over the
 //!   unit-time parameterisation they equal Finlay et al.'s for `T = 1`, and a learned `T` cannot
@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
 mod field;
+pub mod jvp;
 pub mod matching;
 pub mod net;
 
@@ -172,12 +173,12 @@ impl Cnf {
         let o = &self.options;
         let regularise = ctx.train && ctx.sink.is_some() && (o.kinetic_weight > 0.0 || o.jacobian_weight > 0.0);
         let graph = crate::ffi::switches::grad_mode_enabled();
-        let mut field = field::Field::new(self, x, cond, self.trace_mode(ctx), regularise, graph)?;
-        let mut y0 = vec![x.shallow_clone(), Tensor::f_zeros([batch], (x.kind(), x.device()))?];
+        let mut field = field::Field::new(self, x, cond, self.trace_mode(ctx), regularise)?;
+        let mut y0 = vec![Tensor::f_cat(&[x, &Tensor::f_zeros([batch, 1], (x.kind(), x.device()))?], 1)?];
         if regularise {
             y0.push(Tensor::f_zeros([batch, 2], (x.kind(), x.device()))?);
         }
-        let controlled = [true, true, false];
+        let controlled = [true, false];
         let sol = ode::solve(&mut |s, y| field.eval(s, y), s0, s1, y0, solver, &controlled).with_context(|| {
             format!("Cnf ({} features): integrating s from {s0} to {s1} with {}", self.dim(), solver.method.name())
         })?;
@@ -186,7 +187,8 @@ impl Cnf {
             ctx.count("nfe_backward", sol.stats.nfe_in_graph as f64);
         }
         let mut state = sol.state.into_iter();
-        let (z, logdet) = (state.next().expect("z"), state.next().expect("log-det"));
+        let zl = state.next().expect("z and log-det");
+        let (z, logdet) = (zl.f_narrow(1, 0, self.dim())?, zl.f_select(1, self.dim())?);
         if let Some(reg) = state.next() {
             // Integrating backwards accumulates the negated integrals.
             let sign = (s1 - s0).signum();

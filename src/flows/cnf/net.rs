@@ -16,7 +16,8 @@
 //! Speed: per evaluation, [`OdeNet::at_time`] turns each layer into an affine map `(W', b')` at
 //! that time (the gate scales `W`'s rows and the bias; the MLP's time features fold into its
 //! first bias), computed once and shared by every row, so the batch-sized work of a layer is one
-//! `addmm` and one activation.
+//! `addmm` and one activation. A solve goes through [`super::jvp`], which also prepares what
+//! does not change during it.
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
@@ -37,6 +38,16 @@ impl OdeActivation {
             OdeActivation::Softplus => x.f_softplus()?,
             OdeActivation::Tanh => x.f_tanh()?,
             OdeActivation::Elu => x.f_elu()?,
+        })
+    }
+
+    /// `u · σ'(a)` for tangents `u` (broadcast against `a`), given `h = σ(a)`: one fused
+    /// libtorch op (the activation's own backward kernel, differentiable in turn).
+    pub fn scale_tangent(self, u: &Tensor, a: &Tensor, h: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            OdeActivation::Softplus => a.f_softplus_backward(u, 1.0, 20.0)?,
+            OdeActivation::Tanh => Tensor::f_tanh_backward(u, h)?,
+            OdeActivation::Elu => Tensor::f_elu_backward(u, 1.0, 1.0, 1.0, true, h)?,
         })
     }
 }
@@ -155,7 +166,7 @@ impl OdeNet {
     }
 
     /// `[cos(kπt), sin(kπt)]`, `k = 1..freqs`, for `t` of shape `[]` or `[N, 1]`.
-    fn time_features(t: &Tensor, freqs: i64) -> Result<Tensor> {
+    pub(super) fn time_features(t: &Tensor, freqs: i64) -> Result<Tensor> {
         let k = Tensor::f_arange_start(1, freqs + 1, (t.kind(), t.device()))?.f_mul_scalar(std::f64::consts::PI)?;
         let a = t.f_mul(&k)?;
         Ok(Tensor::f_cat(&[a.f_cos()?, a.f_sin()?], -1)?)
