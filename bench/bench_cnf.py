@@ -10,21 +10,26 @@ Per dataset, both sides get the same work:
   * the same standardisation (flowzoo's statistics: mean + w/2, sqrt(biased var + w^2/12)),
     a fixed first layer on both sides, its log-det included: log-likelihoods are in the data's
     own units;
-  * the same vector-field size (hidden widths, activation), the same time interval [0, 1]
-    (flowzoo: model.cnf.time_length = 1, train_time = false; zuko integrates t in [0, 1]),
-    the same tolerances (rtol, atol: both training and evaluation), adaptive Dormand-Prince on
-    both sides, the same trace (exact on the 2-D toys; Hutchinson with Gaussian probes in
-    training on digits64, exact at evaluation on both sides);
-  * the same optimisation: Adam (0.9, 0.999, 1e-8), constant learning rate, batch size, number
-    of steps, a fresh permutation per epoch, one CPU thread count for both.
-What differs, by design of each library: the vector field (flowzoo: FFJORD's concat-squash
-layers; zuko: an MLP fed [x, cos(k pi t), sin(k pi t)], k = 1..3), the error norm (flowzoo: RMS
-over the state, Hairer / torchdiffeq; zuko: max over the state with the log-det scaled by 1e-2),
-the first step (flowzoo: Hairer's heuristic; zuko: the whole interval) and the gradients
-(flowzoo: back-propagation through the solver; zuko: the adaptive checkpoint adjoint). To show
-that the solver settings do not buy the log-likelihood, both sides' trained models are also
-scored at a tight tolerance in float64 (--tight-tol), and flowzoo's error norm can be set to zuko's
-(--flowzoo-set model.cnf.error_norm=max).
+  * the same vector field: zuko's (an MLP on [cos(k pi t), sin(k pi t)], k = 1..3, then x; the
+    hidden widths and activation of the config), which flowzoo has as model.cnf.layer_type =
+    "mlp" with PyTorch's initialisation; checked by scoring flowzoo's trained weights with
+    zuko's CNF (float64, tight tolerance: the two must agree to solver precision). With
+    --flowzoo-layer concatsquash flowzoo uses FFJORD's concat-squash field instead;
+  * the same time interval [0, 1] (flowzoo: model.cnf.time_length = 1, train_time = false),
+    the same tolerances (rtol, atol: training and evaluation), adaptive Dormand-Prince on both
+    sides, the same trace (exact on the 2-D toys; Hutchinson with Gaussian probes in training
+    on digits64, exact at evaluation on both sides);
+  * the same optimisation: Adam (0.9, 0.999, 1e-8), constant learning rate, no clipping,
+    batch size, number of steps, a fresh permutation per epoch, one CPU thread count for both.
+What differs, by design of each library: the error norm (flowzoo: RMS over the state, Hairer /
+torchdiffeq / FFJORD; zuko: max over the state with the log-det scaled by 1e-2; flowzoo's can be
+set to max with --flowzoo-set model.cnf.error_norm=max), the first step (flowzoo: Hairer's
+heuristic; zuko: the whole interval), FSAL (flowzoo: 6 evaluations per step; zuko: 7), the trace
+(flowzoo: Jacobian-vector products carried through the layers; zuko: batched vector-Jacobian
+products with create_graph) and the gradients (flowzoo: back-propagation through the solver;
+zuko: the adaptive checkpoint adjoint). To show that the solver settings do not buy the
+log-likelihood, both sides' trained models are also scored in float64 at a tight tolerance
+(--tight-tol).
 
 Measured: test log-likelihood (mean +- standard error over test rows) at the training tolerance
 and at the tight one; function evaluations per training step, forward (the solve, rejected steps

@@ -123,12 +123,14 @@ fn the_model_scores_samples_and_trains_by_flow_matching() {
     assert!(bool::try_from(lp.isfinite().all()).unwrap());
     let s = m.sample(7, 1.0, &Ctx::eval(), (Kind::Float, Device::Cpu)).unwrap();
     assert_eq!(s.size(), [7, 2]);
-    let ffjord = flowzoo::models::Ffjord::build(tch::nn::VarStore::new(Device::Cpu).root(), &tiny(1, &[]), &flowzoo::models::realnvp::VectorSpec { dim: 2, standardize: true }).unwrap();
-    let loss = ffjord.flow_matching_loss(&x, &Ctx::train()).unwrap();
+    let loss = m.flow_matching_loss(&x, &Ctx::train()).unwrap();
     assert!(loss.dim() == 0 && loss.double_value(&[]).is_finite());
-    let two = flowzoo::models::Ffjord::build(tch::nn::VarStore::new(Device::Cpu).root(), &tiny(2, &[]), &flowzoo::models::realnvp::VectorSpec { dim: 2, standardize: true }).unwrap();
-    let e = two.flow_matching_loss(&x, &Ctx::train()).unwrap_err().to_string();
+    let two = Session::new_for(&tiny(2, &[]), columns(2), Device::Cpu).unwrap();
+    let e = two.model.flow_matching_loss(&x, &Ctx::train()).unwrap_err().to_string();
     assert!(e.contains("model.blocks = 1"), "{e}");
+    let realnvp = Config::load(&root().join("configs/realnvp_moons.toml")).unwrap();
+    let e = Session::new_for(&realnvp, columns(2), Device::Cpu).unwrap().model.flow_matching_loss(&x, &Ctx::train()).unwrap_err().to_string();
+    assert!(e.contains("no flow-matching objective"), "{e}");
 }
 
 #[test]

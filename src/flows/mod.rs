@@ -12,6 +12,9 @@
 //! - a [`Conditioner`]: a network from the conditioning features and the context to those raw
 //!   parameters ([`ConvNet`], [`MlpNet`]).
 //!
+//! A continuous flow ([`Cnf`], FFJORD) integrates a neural ODE with the solvers of
+//! [`crate::ode`]; its log-det is the integrated trace of the field's Jacobian.
+//!
 //! Whatever a layer needs beyond `(x, ctx)` comes from [`Ctx`]: the context tensor, the
 //! train / data-initialisation switches, the conditioners' compute dtype, and a [`Sink`]
 //! for regularisers and counters. Continuous flows use the last two: in training
@@ -25,7 +28,7 @@
 //! stable dotted names), an `impl Flow`, and `to_torchscript` mirroring the Rust ops through
 //! [`crate::script`]. Test it with [`testing::check_flow`] (inverse to 1e-10 in float64,
 //! log-det against the brute-force Jacobian). The zoo imports nothing but itself,
-//! `crate::script` and `crate::ffi`.
+//! `crate::script`, `crate::ffi` and the ODE solvers of `crate::ode` (a leaf).
 //!
 //! # Example
 //! ```no_run

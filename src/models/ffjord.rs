@@ -132,21 +132,6 @@ impl Ffjord {
         );
         Ok(Ffjord { flow: FfjordFlow { standardize, cnfs, norms }, base: StandardNormal, dim: d, desc })
     }
-
-    /// Conditional flow matching ([`flow_matching_loss`]) for a model of one block without a
-    /// normalisation layer: `x` (data units) goes through the fixed standardisation, and the
-    /// block's field is trained to carry it straight onto `N(0, I)`.
-    pub fn flow_matching_loss(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        self.check_input(x)?;
-        if self.flow.cnfs.len() != 1 || self.flow.norms[0].is_some() {
-            bail!("flow matching trains one vector field from the data to the base: use model.blocks = 1 and model.norm = \"none\" (this model has {} blocks, norm {})", self.flow.cnfs.len(), if self.flow.norms[0].is_some() { "on" } else { "off" });
-        }
-        let z = match &self.flow.standardize {
-            Some(s) => s.forward(x, ctx)?.0,
-            None => x.shallow_clone(),
-        };
-        flow_matching_loss(&self.flow.cnfs[0], &z, ctx)
-    }
 }
 
 impl DensityModel for Ffjord {
@@ -161,5 +146,20 @@ impl DensityModel for Ffjord {
     }
     fn describe(&self) -> String {
         self.desc.clone()
+    }
+
+    /// Conditional flow matching ([`flow_matching_loss`]) for a model of one block without a
+    /// normalisation layer: `x` (data units) goes through the fixed standardisation, and the
+    /// block's field is trained to carry it straight onto `N(0, I)`.
+    fn flow_matching_loss(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        self.check_input(x)?;
+        if self.flow.cnfs.len() != 1 || self.flow.norms[0].is_some() {
+            bail!("flow matching trains one vector field from the data to the base: use model.blocks = 1 and model.norm = \"none\" (this model has {} blocks, norm {})", self.flow.cnfs.len(), if self.flow.norms[0].is_some() { "on" } else { "off" });
+        }
+        let z = match &self.flow.standardize {
+            Some(s) => s.forward(x, ctx)?.0,
+            None => x.shallow_clone(),
+        };
+        flow_matching_loss(&self.flow.cnfs[0], &z, ctx)
     }
 }

@@ -76,6 +76,13 @@ pub trait DensityModel: Send {
         Ok((x, standard_normal_log_prob(&eps)?.f_sub(&ld)?))
     }
 
+    /// The conditional flow-matching loss (a scalar) on data `x`, for models that have one
+    /// (FFJORD with one block); the objective `train.objective = "flow_matching"` calls it.
+    fn flow_matching_loss(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let _ = (x, ctx);
+        anyhow::bail!("{}: this model has no flow-matching objective (only FFJORD with model.blocks = 1 does)", self.describe())
+    }
+
     fn check_input(&self, x: &Tensor) -> Result<()> {
         let want = self.event_shape();
         let got = x.size();
