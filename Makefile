@@ -23,7 +23,10 @@ help:
 	@echo "make bench  - flowzoo vs the PyTorch reference, same work, same threads"
 	@echo "make models - rebuild the shipped pretrained models under models/"
 
+# After the venv: Gloo's headers (libgloo-dev) and, with a CUDA wheel, the CUDA headers that
+# build.rs needs for distributed training (scripts/setup_dist.sh; it never fails the setup).
 setup: $(STAMP)
+	@PYTHON=$(PYTHON) flock $(FLOWZOO_CACHE)/.setup.lock bash scripts/setup_dist.sh
 $(STAMP):
 	@mkdir -p $(FLOWZOO_CACHE)
 	@echo "== setup: venv with torch==$(TORCH_VERSION) in $(VENV) (once per machine)"

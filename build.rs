@@ -6,6 +6,10 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+// Distributed training (c10d): finding Gloo's and CUDA's headers, compiling src/ffi/dist_*.cpp.
+#[path = "build/dist.rs"]
+mod dist;
+
 fn torch_lib_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("LIBTORCH_LIB") {
         return PathBuf::from(dir).join("lib");
@@ -47,7 +51,9 @@ fn main() {
     println!("cargo:rustc-link-arg=-ltorch_cpu");
     println!("cargo:rustc-link-arg=-lc10");
     println!("cargo:rustc-link-arg=-Wl,--as-needed");
-    compile_jit_shim(std::path::Path::new(&lib.to_string()));
+    let lib_dir = PathBuf::from(lib.to_string());
+    compile_jit_shim(&lib_dir);
+    dist::compile_dist_shims(&lib_dir);
 }
 
 /// Compiles src/ffi/jit_shim.cpp (flowzoo's extern "C" shim over torch::jit::Module, see
@@ -55,7 +61,7 @@ fn main() {
 /// that the cc crate tells cargo to link into the flowzoo lib.
 fn compile_jit_shim(lib_dir: &std::path::Path) {
     let sources = ["src/ffi/jit_shim.cpp", "src/ffi/switches.cpp"];
-    for src in sources {
+    for src in sources.iter().chain(&["src/ffi/shim_errors.h"]) {
         println!("cargo:rerun-if-changed={src}");
     }
     let include = lib_dir.join("..").join("include");

@@ -20,6 +20,12 @@ network runs under torch.autocast(bfloat16) and its output is cast back to float
 its log-dets and priors stay float32 (what `flowzoo bench --precision bf16` does).
 --metrics chooses what is timed; --count-flops adds the FLOPs of one training step's forward and
 backward (torch.utils.flop_counter; convolutions and matmuls) as train_step_flops.
+
+--compile runs the same three calls through torch.compile (Inductor; --compile-mode picks the
+mode: default, reduce-overhead, max-autotune): model.bpd (whose backward AOT autograd compiles
+too) for the training step, model.log_prob and model.sample, each compiled after the ActNorm
+init. The first call of each, where compilation happens, is timed apart and reported in
+compile_seconds; the timed calls come after it. impl is then "pytorch_compile".
 """
 import argparse
 import json
@@ -97,6 +103,8 @@ def main() -> None:
     ap.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32")
     ap.add_argument("--metrics", default="train,log_prob,sample", help="comma-separated: train, log_prob, sample")
     ap.add_argument("--count-flops", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="time the calls under torch.compile")
+    ap.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"])
     args = ap.parse_args()
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     for m in metrics:
@@ -127,8 +135,20 @@ def main() -> None:
         f"bpd after ActNorm init {bpd0:.4f}")
 
     cpu_ms = {}
+    compile_seconds = {}
+    bpd_fn, log_prob_fn, sample_fn = model.bpd, model.log_prob, model.sample
+    if args.compile:
+        kw = {} if args.compile_mode == "default" else {"mode": args.compile_mode}
+        bpd_fn, log_prob_fn, sample_fn = (torch.compile(f, **kw) for f in (model.bpd, model.log_prob, model.sample))
 
     def timed(fn, n, name):
+        if args.compile and name not in compile_seconds:
+            # The first call compiles: timed apart, never in the rates.
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            compile_seconds[name] = time.perf_counter() - t0
+            log(f"{name}: first call (compilation) {compile_seconds[name]:.1f} s")
         for _ in range(args.warmup):
             fn()
         sync()
@@ -145,7 +165,7 @@ def main() -> None:
 
     def train_step():
         opt.zero_grad(set_to_none=True)
-        loss = model.bpd(dequantize(x, args.n_bits, gen)).mean()
+        loss = bpd_fn(dequantize(x, args.n_bits, gen)).mean()
         loss.backward()
         opt.step()
         last["loss"] = loss.detach()
@@ -163,7 +183,7 @@ def main() -> None:
 
     def log_prob_call():
         with torch.no_grad():
-            last["lp"] = model.log_prob(x_deq)
+            last["lp"] = log_prob_fn(x_deq)
 
     lp = []
     for r in range(args.repeats if "log_prob" in metrics else 0):
@@ -174,7 +194,7 @@ def main() -> None:
     # (c) sampling at temperature T
     def sample_call():
         with torch.no_grad():
-            last["sample"] = model.sample(n=args.batch, temperature=args.temperature, generator=gen)
+            last["sample"] = sample_fn(n=args.batch, temperature=args.temperature, generator=gen)
 
     smp = []
     for r in range(args.repeats if "sample" in metrics else 0):
@@ -189,7 +209,7 @@ def main() -> None:
         if vals:
             result[key] = statistics.median(vals)
     result.update({
-        "impl": "pytorch",
+        "impl": "pytorch_compile" if args.compile else "pytorch",
         "precision": args.precision,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -209,6 +229,9 @@ def main() -> None:
     })
     if flops is not None:
         result["train_step_flops"] = flops
+    if args.compile:
+        result["compile_seconds"] = compile_seconds
+        result["config"]["compile_mode"] = args.compile_mode
     print(json.dumps(result))
 
 

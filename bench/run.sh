@@ -9,7 +9,9 @@
 #
 # Environment: FLOWZOO_BIN (default target/release/flowzoo), PYTHON (default python3),
 # THREADS (2), ROUNDS (5), REPEATS (1 timed repeat per run), CASES (space-separated case names
-# to run, default all), BENCH_OUT (bench/results).
+# to run, default all), BENCH_OUT (bench/results), COMPILE_ROUNDS (1: rounds that also time the
+# reference under torch.compile, a third column; each such run spends minutes compiling on 2
+# cores, reported apart; 0 = none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +20,7 @@ PY=${PYTHON:-python3}
 THREADS=${THREADS:-2}
 ROUNDS=${ROUNDS:-5}
 REPEATS=${REPEATS:-1}
+COMPILE_ROUNDS=${COMPILE_ROUNDS:-1}
 OUT_DIR=${BENCH_OUT:-bench/results}
 
 # One case per line: name | flowzoo bench arguments | Python reference (script and arguments).
@@ -45,14 +48,18 @@ for round in $(seq 1 "$ROUNDS"); do
     if [ -n "${CASES:-}" ] && [[ " $CASES " != *" $name "* ]]; then continue; fi
     # Alternate which side goes first, so neither always runs on a warmer/cooler machine.
     if (( round % 2 )); then order="flowzoo pytorch"; else order="pytorch flowzoo"; fi
+    if (( round <= COMPILE_ROUNDS )); then order="$order pytorch_compile"; fi
     for impl in $order; do
       echo "== round $round/$ROUNDS: $name ($impl), load $(cut -d' ' -f1 /proc/loadavg)" >&2
       if [ "$impl" = flowzoo ]; then
         # shellcheck disable=SC2086
         cmd=("$BIN" bench $fz --threads "$THREADS" --repeats "$REPEATS" --device cpu)
-      else
+      elif [ "$impl" = pytorch ]; then
         # shellcheck disable=SC2086
         cmd=("$PY" $ref --threads "$THREADS" --repeats "$REPEATS" --device cpu)
+      else
+        # shellcheck disable=SC2086
+        cmd=("$PY" $ref --threads "$THREADS" --repeats "$REPEATS" --device cpu --compile)
       fi
       if ! json=$("${cmd[@]}" 2>"$LOG"); then
         echo "bench/run.sh: failed: ${cmd[*]}" >&2

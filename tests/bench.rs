@@ -1,7 +1,8 @@
 //! The benchmark path and the optimisations it measures keep flowzoo's numerics: the flat Adam
 //! is bit-for-bit the per-tensor update, cached inverse weights follow every weight change, and
 //! `flowzoo bench` reports the fields bench/run.sh reads.
-use flowzoo::bench::{self, BenchOptions, Metric, Precision};
+use flowzoo::bench::{self, BenchOptions, Metric};
+use flowzoo::runtime::{self, apply_precision, Precision};
 use flowzoo::config::Config;
 use flowzoo::flows::{Ctx, Flow, InvConv1x1, InvConv1x1Lu};
 use flowzoo::train::Adam;
@@ -175,13 +176,13 @@ fn precisions_parse_and_set_libtorch_switches() {
     assert!("fp16".parse::<Precision>().is_err());
     assert!(Metric::parse_list("train,nope").is_err());
     assert_eq!(Metric::parse_list("").unwrap(), vec![]);
-    Precision::Tf32.apply().unwrap();
-    assert!(bench::allow_tf32_cublas());
-    assert_eq!(Precision::Tf32.compute_kind(), None);
-    Precision::Bf16.apply().unwrap();
-    assert!(!bench::allow_tf32_cublas());
-    assert_eq!(Precision::Bf16.compute_kind(), Some(Kind::BFloat16));
-    Precision::Fp32.apply().unwrap();
-    assert!(!bench::allow_tf32_cublas());
-    assert_eq!(Precision::Fp32.compute_kind(), None);
+    apply_precision(Precision::Tf32).unwrap();
+    assert!(runtime::allow_tf32_cublas());
+    assert_eq!(runtime::compute_kind(Precision::Tf32), None);
+    apply_precision(Precision::Bf16).unwrap();
+    assert!(!runtime::allow_tf32_cublas());
+    assert_eq!(runtime::compute_kind(Precision::Bf16), Some(Kind::BFloat16));
+    apply_precision(Precision::Fp32).unwrap();
+    assert!(!runtime::allow_tf32_cublas());
+    assert_eq!(runtime::compute_kind(Precision::Fp32), None);
 }

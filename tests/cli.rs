@@ -121,24 +121,149 @@ fn errors_are_clear() {
     fails(&["train", "--config", "configs/glow_digits.toml", "--data", p.join("empty").to_str().unwrap(), "--out", p.join("r").to_str().unwrap()], "is empty");
     fails(&["train", "--config", "configs/glow_digits.toml", "--device", "tpu"], "unknown device");
     fails(&["train", "--resume", "--out", p.join("none").to_str().unwrap()], "does not exist");
-    assert!(Path::new(env!("CARGO_BIN_EXE_flowzoo")).exists());
+    fails(&["train", "--resume"], "--resume needs --out RUN_DIR");
+    fails(&["train"], "train needs --config FILE");
+    fails(&["sample", "--model", "models/glow_digits", "--device", "tpu"], "unknown device \"tpu\": use auto, cpu, cuda or cuda:N");
+    fails(&["eval", "--model", "models/glow_digits", "--draws", "0"], "--draws and --batch must be >= 1");
+    fails(&["sample", "--model", "models/glow_digits", "-n", "0", "-o", p.join("s.png").to_str().unwrap()], "-n 0: must be >= 1");
+    fails(&["sample", "--model", "models/glow_digits", "--label", "3", "-o", p.join("s.png").to_str().unwrap()], "not class-conditional");
+    fails(&["bench", "--config", "configs/glow_digits.toml", "--precision", "fp8"], "unknown precision \"fp8\"");
+    assert!(!p.join("s.png").exists());
+}
+
+#[cfg(unix)]
+#[test]
+fn closed_stdout_ends_quietly_by_sigpipe() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::process::ExitStatusExt;
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("m.csv");
+    // A pipe whose read end is closed before the child starts: its first write to stdout fails,
+    // every time (no race with a reader that may or may not be gone yet).
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe() fills two descriptors; the read end is closed at once, the write end is
+    // owned by the child's Stdio from here on.
+    let write_end = unsafe {
+        assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+        libc::close(fds[0]);
+        OwnedFd::from_raw_fd(fds[1])
+    };
+    let o = Command::new(env!("CARGO_BIN_EXE_flowzoo"))
+        .args(["toy", "moons", "-n", "10", "-o", out.to_str().unwrap()])
+        .stdout(std::process::Stdio::from(write_end))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    // Ended by SIGPIPE like any Unix tool in a pipe (`| head`), with nothing on stderr: no
+    // panic, no "error:" line.
+    assert_eq!(o.status.signal(), Some(libc::SIGPIPE), "status {:?}, stderr: {err}", o.status);
+    assert!(err.is_empty(), "{err}");
+    assert!(out.is_file(), "the work was done before the message was printed");
 }
 
 #[test]
-fn closed_stdout_is_not_a_panic() {
-    use std::io::Read;
-    use std::process::Stdio;
+fn data_notices_and_where_data_was_looked_for() {
     let d = tempfile::tempdir().unwrap();
-    let out = d.path().join("m.csv");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flowzoo"))
-        .args(["toy", "moons", "-n", "10", "-o", out.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take()); // the reader goes away before anything is printed
-    let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-    child.wait().unwrap();
-    assert!(!err.contains("panicked"), "{err}");
+    for (i, split) in ["train", "train", "test"].iter().enumerate() {
+        let p = d.path().join(format!("imgs/{split}/{i}.png"));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        image::GrayImage::from_pixel(28, 28, image::Luma([9 * i as u8])).save(p).unwrap();
+    }
+    let (imgs, run) = (d.path().join("imgs"), d.path().join("run"));
+    let mut args = vec!["train", "--config", "configs/glow_digits.toml", "--data", imgs.to_str().unwrap(), "--out", run.to_str().unwrap()];
+    args.extend_from_slice(&["-q", "--set", "model.steps=1", "--set", "train.max_steps=1", "--set", "train.device=\"cpu\""]);
+    let o = flowzoo(&args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(err.matches("data: resizing 28×28 images to 8×8 (data.image_size = 8)").count(), 1, "{err}");
+    // The shipped config from outside the checkout: the error says both places it looked.
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/glow_digits.toml");
+    let o = Command::new(env!("CARGO_BIN_EXE_flowzoo")).args(["train", "--config", config.to_str().unwrap(), "--out", "r"]).current_dir(d.path()).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let cwd = d.path().canonicalize().unwrap();
+    assert!(err.contains(&format!("{} (relative to the current directory)", cwd.join("data/digits").display())), "{err}");
+    assert!(err.contains(&format!("{} (relative to the config file's folder)", config.parent().unwrap().join("data/digits").display())), "{err}");
+    assert!(!d.path().join("r").exists(), "nothing written when the data is missing");
+}
+
+#[test]
+fn user_tensors_are_checked_for_dtype_rank_and_shape() {
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("run");
+    let r = run.to_str().unwrap();
+    let mut args = vec!["train", "--config", "configs/glow_digits.toml", "--out", r, "-q"];
+    args.extend_from_slice(TINY);
+    ok(&args);
+    let f = d.path().join("t.safetensors");
+    let fs = f.to_str().unwrap();
+    let opts = (tch::Kind::Float, tch::Device::Cpu);
+    tch::Tensor::write_safetensors(
+        &[
+            ("scalar", &tch::Tensor::from(1.0f32)),
+            ("ints", &tch::Tensor::zeros([2, 1, 8, 8], (tch::Kind::Int64, tch::Device::Cpu))),
+            ("empty", &tch::Tensor::zeros([0, 1, 8, 8], opts)),
+            ("nan", &tch::Tensor::full([1, 1, 8, 8], f64::NAN, opts)),
+            ("flat", &tch::Tensor::zeros([3, 64], opts)),
+            ("short", &tch::Tensor::zeros([3, 10], opts)),
+            ("eps3d", &tch::Tensor::zeros([3, 64, 1], opts)),
+        ],
+        &f,
+    )
+    .unwrap();
+    let spec = |k: &str| format!("{fs}:{k}");
+    fails(&["eval", "--model", r, "--tensors", &spec("scalar")], &format!("--tensors {fs}:scalar: expected input of shape [B, 1, 8, 8], got [] (float32)"));
+    fails(&["eval", "--model", r, "--tensors", &spec("ints")], "expected a floating-point tensor (float32 or float64), got int64 [2, 1, 8, 8]");
+    fails(&["eval", "--model", r, "--tensors", &spec("empty")], "with B >= 1, got [0, 1, 8, 8]");
+    fails(&["eval", "--model", r, "--tensors", &spec("nan")], "holds NaN or Inf values (shape [1, 1, 8, 8])");
+    fails(&["eval", "--model", r, "--tensors", &spec("flat")], "expected input of shape [B, 1, 8, 8], got [3, 64]");
+    fails(&["eval", "--model", r, "--tensors", &format!("{fs}:")], "expected FILE.safetensors:KEY");
+    fails(&["eval", "--model", r, "--tensors", "nofile"], "expected FILE.safetensors:KEY");
+    let out = d.path().join("s.png");
+    let o = out.to_str().unwrap();
+    fails(&["sample", "--model", r, "--eps", &spec("scalar"), "-o", o], &format!("--eps {fs}:scalar: expected standard-normal noise (flowzoo's flat latent) of shape [B, 64], got []"));
+    fails(&["sample", "--model", r, "--eps", &spec("short"), "-o", o], "of shape [B, 64], got [3, 10]");
+    fails(&["sample", "--model", r, "--eps", &spec("eps3d"), "-o", o], "of shape [B, 64], got [3, 64, 1]");
+    fails(&["sample", "--model", r, "--eps", &spec("ints"), "-o", o], "got int64");
+    fails(&["sample", "--model", r, "--eps", &spec("missing"), "-o", o], "has no tensor \"missing\" (it has: empty [0, 1, 8, 8], eps3d");
+    assert!(!out.exists());
+    // The good shape works, and N comes from the noise.
+    let said = ok(&["sample", "--model", r, "--eps", &spec("flat"), "-o", o]);
+    assert!(said.contains("wrote 3 samples"), "{said}");
+}
+
+#[test]
+fn every_flag_has_help_and_every_device_defaults_to_auto() {
+    let subcommands: &[&[&str]] = &[
+        &["train"], &["eval"], &["sample"], &["export"], &["toy"], &["info"], &["bench"],
+        &["import", "y0ast"], &["import", "rosinality"], &["import", "state-dict"],
+    ];
+    for sub in subcommands {
+        let mut args = sub.to_vec();
+        args.push("-h");
+        let help = ok(&args);
+        let mut in_options = false;
+        for line in help.lines() {
+            if line.starts_with("Options:") || line.starts_with("Arguments:") {
+                in_options = true;
+                continue;
+            }
+            if !in_options || line.trim().is_empty() || !line.starts_with("  ") {
+                continue;
+            }
+            // "  -n, --n <N>  Number of samples [default: 64]": the flag, two spaces, its help.
+            let described = line.trim_start().split_once("  ").is_some_and(|(_, text)| !text.trim().is_empty());
+            assert!(described, "flowzoo {}: {line:?} has no help text", sub.join(" "));
+        }
+        // `toy` runs no libtorch code and `export` writes CPU tensors (the module moves with
+        // `m.to("cuda")`): neither has a device to choose.
+        if sub[0] == "toy" || sub[0] == "export" {
+            continue;
+        }
+        assert!(help.contains("--device"), "flowzoo {} has no --device", sub.join(" "));
+        if sub[0] != "train" {
+            let device = help.lines().find(|l| l.contains("--device")).unwrap();
+            assert!(device.contains("[default: auto]"), "flowzoo {}: {device}", sub.join(" "));
+        }
+    }
 }

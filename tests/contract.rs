@@ -222,7 +222,7 @@ fn layers_and_models_are_send() {
     is_send::<Box<dyn Flow>>();
     is_send::<Box<dyn Base>>();
     is_send::<Box<dyn flowzoo::models::DensityModel>>();
-    is_send::<flowzoo::train::Session>();
+    is_send::<flowzoo::session::Session>();
     // ... and actually usable from another thread.
     let vs = VarStore::new(Device::Cpu);
     let lu = InvConv1x1Lu::new(vs.root() / "w", 3);

@@ -132,3 +132,60 @@ fn bundled_digits_are_complete() {
     assert!(rep.skipped.is_empty());
     assert_eq!(tr.classes.len(), 10);
 }
+
+#[cfg(unix)]
+#[test]
+fn symlink_loops_and_duplicates_are_read_once() {
+    use std::os::unix::fs::symlink;
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("set");
+    for i in 0..3 {
+        gray(&root.join(format!("a/{i}.png")), 4, 4, 10 * i as u8);
+        gray(&root.join(format!("b/{i}.png")), 4, 4, 100 + i as u8);
+    }
+    symlink(&root, root.join("a/loop")).unwrap(); // a folder above: a loop
+    symlink(root.join("a/0.png"), root.join("b/dup.png")).unwrap(); // a second way to a file
+    symlink(root.join("b"), root.join("c")).unwrap(); // a second way to a folder
+    symlink(root.join("b/dup.png"), root.join("b/dup2.png")).unwrap(); // a link to a link
+    let (set, rep) = load_image_folder(&root, &cfg(4, 1), None).unwrap();
+    assert_eq!(set.len(), 6, "each image once");
+    assert_eq!(set.classes, vec!["a", "b"], "the linked folder c is not a class of its own");
+    assert_eq!(rep.links.loops, vec![(root.join("a/loop"), root.canonicalize().unwrap())]);
+    let mut dups: Vec<_> = rep.links.duplicates.iter().map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    dups.sort();
+    assert_eq!(dups, vec!["c", "dup.png", "dup2.png"]);
+    let notices = rep.links.notices().join("\n");
+    assert!(notices.contains("symbolic link loop") && notices.contains("a/loop"), "{notices}");
+    assert!(notices.contains("skipped 3 paths") && notices.contains("dup.png"), "{notices}");
+    // A file of train/ linked into test/ is not read twice either.
+    let s = d.path().join("split");
+    gray(&s.join("train/a/0.png"), 4, 4, 1);
+    gray(&s.join("train/a/1.png"), 4, 4, 2);
+    gray(&s.join("test/a/2.png"), 4, 4, 3);
+    symlink(s.join("train/a/0.png"), s.join("test/a/leak.png")).unwrap();
+    let (tr, te, rep) = load_split(&s, &cfg(4, 1), 0).unwrap();
+    assert_eq!((tr.len(), te.len()), (2, 1));
+    assert_eq!(rep.links.duplicates.len(), 1);
+}
+
+#[test]
+fn resizing_is_reported_once_with_both_sizes() {
+    let d = tempfile::tempdir().unwrap();
+    for i in 0..3 {
+        gray(&d.path().join(format!("train/{i}.png")), 28, 28, i as u8);
+        gray(&d.path().join(format!("test/{i}.png")), 28, 28, i as u8);
+    }
+    let (_, _, rep) = load_split(d.path(), &cfg(8, 1), 0).unwrap();
+    assert_eq!(rep.resized.get(&(28, 28)), Some(&6));
+    assert_eq!(rep.resize_notice(8).unwrap(), "data: resizing 28×28 images to 8×8 (data.image_size = 8)");
+    // Images already at the size are not resized; mixed sizes are listed.
+    let e = tempfile::tempdir().unwrap();
+    gray(&e.path().join("a.png"), 8, 8, 1);
+    let (_, rep) = load_image_folder(e.path(), &cfg(8, 1), None).unwrap();
+    assert!(rep.resize_notice(8).is_none());
+    gray(&e.path().join("b.png"), 16, 8, 1);
+    gray(&e.path().join("c.png"), 32, 32, 1);
+    let (_, rep) = load_image_folder(e.path(), &cfg(8, 1), None).unwrap();
+    let n = rep.resize_notice(8).unwrap();
+    assert!(n.contains("2 sizes") && n.contains("16×8: 1") && n.contains("32×32: 1") && n.contains("centre crop"), "{n}");
+}

@@ -14,7 +14,7 @@ use flowzoo::script::ScriptBuilder;
 use flowzoo::models::DataInfo;
 use flowzoo::io::tensors::named_variables;
 use flowzoo::io::{read_safetensors, Checkpoint, RunDir, RunState};
-use flowzoo::train::Session;
+use flowzoo::session::Session;
 use std::path::Path;
 use std::process::Command;
 use tch::{nn, nn::VarStore, Device, IValue, Kind, Tensor};
@@ -386,7 +386,7 @@ fn fake_run(dir: &Path) -> Config {
 }
 
 fn opts(pt: &Path) -> ExportOptions {
-    ExportOptions { checkpoint: Checkpoint::Best, torchscript: Some(pt.to_path_buf()), safetensors: None, reference_in: None, reference_out: None }
+    ExportOptions { checkpoint: Checkpoint::Best, torchscript: Some(pt.to_path_buf()), safetensors: None, python: None, device: Device::Cpu, reference_in: None, reference_out: None }
 }
 
 #[test]

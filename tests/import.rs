@@ -5,11 +5,11 @@
 use flowzoo::config::{Config, CouplingChoice, GlowStyle, PermutationChoice};
 use flowzoo::flows::testing::{check_flow, perturb};
 use flowzoo::flows::Ctx;
-use flowzoo::io::import::{convert, model_variables, rosinality, write_run, y0ast, KeyMap, Source};
+use flowzoo::import::{convert, model_variables, rosinality, write_run, y0ast, KeyMap, Source};
 use flowzoo::io::pt::read_weights;
 use flowzoo::io::write_safetensors;
 use flowzoo::models;
-use flowzoo::train::Session;
+use flowzoo::session::Session;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::{nn::VarStore, Device, Kind, Tensor};

@@ -64,7 +64,7 @@ fn mlp_couplings_on_vectors() {
             };
             let transform = || -> Box<dyn ElementwiseBijection> { if additive { Box::new(Additive) } else { Box::new(Affine::exp_tanh()) } };
             check_vector_layer(&format!("MLP coupling {} {}", transform().name(), partition().name()), 5, |vs| {
-                models::realnvp::mlp_coupling(vs.root() / "c", transform(), partition(), 5, 0, &m).unwrap()
+                Coupling::with_mlp(vs.root() / "c", partition(), transform(), 5, 0, m.width, m.depth, m.activation).unwrap()
             });
         }
     }
@@ -73,7 +73,10 @@ fn mlp_couplings_on_vectors() {
 #[test]
 fn mlp_coupling_starts_as_identity() {
     let vs = VarStore::new(Device::Cpu);
-    let c = models::realnvp::mlp_coupling(vs.root() / "c", Box::new(Affine::exp_tanh()), Box::new(Alternating::new(0)), 5, 0, &model_cfg()).unwrap();
+    let c = {
+        let m = model_cfg();
+        Coupling::with_mlp(vs.root() / "c", Box::new(Alternating::new(0)), Box::new(Affine::exp_tanh()), 5, 0, m.width, m.depth, m.activation).unwrap()
+    };
     let x = Tensor::randn([3, 5], (Kind::Float, Device::Cpu));
     let (y, ld) = c.forward(&x, &Ctx::eval()).unwrap();
     assert_eq!(y.f_sub(&x).unwrap().abs().max().double_value(&[]), 0.0);
@@ -150,7 +153,7 @@ fn standardization_round_trip_and_units() {
 fn tab_config(kind: &str) -> Config {
     let mut c = Config::default();
     c.data.kind = DataKind::Tabular;
-    c.model.kind = kind.into();
+    c.model.kind = kind.parse().unwrap();
     c.model.blocks = 3;
     c.model.width = 8;
     c.model.depth = 1;
@@ -185,7 +188,7 @@ fn realnvp_and_nice_models_invert_with_exact_logdet() {
 #[test]
 fn realnvp_images_invert_with_exact_logdet() {
     let mut c = Config::default();
-    c.model.kind = "realnvp".into();
+    c.model.kind = flowzoo::config::ModelKind::Realnvp;
     c.model.levels = 2;
     c.model.width = 8;
     c.model.norm = flowzoo::config::NormChoice::Actnorm;
@@ -420,4 +423,36 @@ fn standardization_statistics_include_the_noise() {
     let (m, s) = standardization(&x, 1.0).unwrap();
     assert!((m.double_value(&[1]) - 5.5).abs() < 1e-12);
     assert!((s.double_value(&[1]) - (1.0f64 / 12.0).sqrt()).abs() < 1e-12);
+}
+
+#[test]
+fn column_names_with_commas_round_trip_through_samples() {
+    let d = tempfile::tempdir().unwrap();
+    let mut text = String::from("\"a,b\",\"say \"\"c\"\"\"\n");
+    for i in 0..200 {
+        let t = i as f64 / 200.0 * 6.0;
+        text.push_str(&format!("{:.4},{:.4}\n", t.cos(), t.sin()));
+    }
+    let data = write(d.path(), "quoted.csv", &text);
+    let run = d.path().join("r");
+    let r = run.to_str().unwrap();
+    ok(&[
+        "train", "--config", "configs/realnvp_moons.toml", "--data", data.to_str().unwrap(), "--out", r, "-q",
+        "--set", "train.max_steps=4", "--set", "train.eval_every=2", "--set", "model.blocks=1", "--set", "model.width=8",
+        "--set", "train.threads=1", "--set", "train.device=\"cpu\"",
+    ]);
+    let samples = d.path().join("s.csv");
+    ok(&["sample", "--model", r, "-n", "5", "-o", samples.to_str().unwrap()]);
+    let mut rdr = csv::Reader::from_path(&samples).unwrap();
+    assert_eq!(rdr.headers().unwrap().iter().collect::<Vec<_>>(), vec!["a,b", "say \"c\""]);
+    assert_eq!(rdr.records().map(|r| r.unwrap().len()).collect::<Vec<_>>(), vec![2; 5]);
+    // The samples are rows the run's own reader takes back, by those names.
+    let mut c = tab_data(&samples);
+    c.columns = vec!["say \"c\"".into(), "a,b".into()];
+    let t = load_table(&samples, &c).unwrap();
+    assert_eq!(t.rows.size(), vec![5, 2]);
+    // metrics.csv is read back by name on --resume.
+    ok(&["train", "--resume", "--out", r, "-q", "--set", "train.max_steps=6"]);
+    let m = flowzoo::train::MetricsLog::read(&run.join("metrics.csv"), flowzoo::train::MetricsLog::TABULAR_COLUMNS, 100).unwrap();
+    assert!(m.curve("val_nll").iter().any(|&(s, _)| s == 6.0), "{:?}", m.rows);
 }

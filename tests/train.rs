@@ -1,7 +1,8 @@
 //! Training: exact resume, NaN/Inf handling, atomic checkpoints.
 use flowzoo::config::Config;
 use flowzoo::io::{atomic_write, read_safetensors, RunDir};
-use flowzoo::train::{train, Session, StepOutcome, TrainOptions, Trainer};
+use flowzoo::session::Session;
+use flowzoo::train::{train, StepOutcome, TrainOptions, Trainer};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 

@@ -1,9 +1,11 @@
-//! Data: image folders decoded once into a uint8 tensor, and the dequantisation that maps
-//! images to model space. Models never see pixels; they see `x = k / 2^n_bits - 0.5 + u`.
+//! Data: image folders and IDX files decoded once into a uint8 tensor, and the dequantisation
+//! that maps images to model space. Models never see pixels; they see `x = k / 2^n_bits - 0.5 + u`.
 pub mod dequant;
+pub mod idx;
 pub mod images;
 
 pub use dequant::{bits_per_dim, dequantize, nats_to_bpd, to_model_space, to_pixels};
-pub use images::{load_image_folder, load_split, ImageSet, LoadReport};
+pub use images::{load_image_files, load_image_folder, load_split, ImageSet, LoadReport};
 pub mod tabular;
 pub mod toys;
+pub mod walk;

@@ -1,6 +1,6 @@
 //! Tabular data: CSV (header optional, a chosen subset of columns), `.npy` and `.npz`; a seeded
 //! train / validation / test split; standardisation statistics from the training split.
-use crate::config::{BadRows, DataConfig};
+use crate::config::{BadRows, DataConfig, Header};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use tch::{Kind, Tensor};
@@ -11,6 +11,9 @@ pub struct Table {
     pub columns: Vec<String>,
     /// Rows dropped as bad (`bad_rows = "drop"`).
     pub dropped: usize,
+    /// CSV: the 1-based line of the file each row came from (so reports can name it after bad
+    /// rows were dropped); `None` for `.npy`/`.npz`, whose rows are their 0-based index.
+    pub lines: Option<Vec<u64>>,
 }
 
 pub struct TabularSplit {
@@ -67,7 +70,7 @@ fn from_array(path: &Path, t: Tensor) -> Result<Table> {
         bail!("{}: {n_bad} rows hold NaN or Inf (first: row {first})", path.display());
     }
     let d = t.size()[1];
-    Ok(Table { rows: t, columns: (0..d).map(|i| i.to_string()).collect(), dropped: 0 })
+    Ok(Table { rows: t, columns: (0..d).map(|i| i.to_string()).collect(), dropped: 0, lines: None })
 }
 
 fn read_csv(path: &Path, cfg: &DataConfig) -> Result<Table> {
@@ -78,15 +81,16 @@ fn read_csv(path: &Path, cfg: &DataConfig) -> Result<Table> {
     let Some(first) = records.next() else { bail!("{} is empty", path.display()) };
     let first = first.with_context(|| format!("{}: line 1", path.display()))?;
     let numeric = first.iter().all(|f| f.parse::<f64>().is_ok());
-    let has_header = match cfg.header.as_str() {
-        "true" => true,
-        "false" => false,
-        _ => !numeric,
+    let has_header = match cfg.header {
+        Header::Present => true,
+        Header::Absent => false,
+        Header::Auto => !numeric,
     };
     let columns: Vec<String> =
         if has_header { first.iter().map(str::to_string).collect() } else { (0..first.len()).map(|i| i.to_string()).collect() };
     let d = columns.len();
     let mut values: Vec<f64> = vec![];
+    let mut lines: Vec<u64> = vec![];
     let mut dropped = 0;
     let mut push = |rec: &csv::StringRecord, line: u64| -> Result<()> {
         let problem = if rec.len() != d {
@@ -101,6 +105,7 @@ fn read_csv(path: &Path, cfg: &DataConfig) -> Result<Table> {
         match problem {
             None => {
                 values.extend(rec.iter().map(|f| f.parse::<f64>().expect("checked")));
+                lines.push(line);
                 Ok(())
             }
             Some(p) if cfg.bad_rows == BadRows::Drop => {
@@ -129,7 +134,7 @@ fn read_csv(path: &Path, cfg: &DataConfig) -> Result<Table> {
     if dropped > 0 {
         eprintln!("warning: {}: dropped {dropped} bad rows", path.display());
     }
-    Ok(Table { rows: Tensor::f_from_slice(&values)?.f_reshape([n as i64, d as i64])?, columns, dropped })
+    Ok(Table { rows: Tensor::f_from_slice(&values)?.f_reshape([n as i64, d as i64])?, columns, dropped, lines: Some(lines) })
 }
 
 fn select_columns(path: &Path, t: Table, wanted: &[String]) -> Result<Table> {
@@ -149,7 +154,7 @@ fn select_columns(path: &Path, t: Table, wanted: &[String]) -> Result<Table> {
     }
     let rows = t.rows.f_index_select(1, &Tensor::f_from_slice(&idx)?)?;
     let columns = idx.iter().map(|&j| t.columns[j as usize].clone()).collect();
-    Ok(Table { rows, columns, dropped: t.dropped })
+    Ok(Table { rows, columns, dropped: t.dropped, lines: t.lines })
 }
 
 /// Seeded split: test first, then validation, the rest training.
@@ -160,7 +165,7 @@ pub fn split_table(t: &Table, cfg: &DataConfig, seed: u64) -> Result<TabularSpli
     if n - n_test - n_val < 2 {
         bail!("{} rows leave fewer than 2 for training (test_fraction {}, val_fraction {})", n, cfg.test_fraction, cfg.val_fraction);
     }
-    let perm = Tensor::f_from_slice(&super::images::seeded_permutation(n as usize, seed))?;
+    let perm = Tensor::f_from_slice(&crate::rng::seeded_permutation(n as usize, seed))?;
     let take = |start: i64, len: i64| t.rows.f_index_select(0, &perm.narrow(0, start, len));
     Ok(TabularSplit {
         test: take(0, n_test)?,

@@ -1,33 +1,14 @@
 //! Seeded 2-D toy densities (the usual flow benchmarks): two moons, circles, 8 Gaussians,
-//! checkerboard, pinwheel, two spirals. Generated in Rust with our own RNG so the files are the
+//! checkerboard, pinwheel, two spirals. Generated in Rust with [`crate::rng`] so the files are the
 //! same on every machine.
+use crate::rng::SplitMix64;
 use anyhow::{bail, Result};
 
 pub const NAMES: &[&str] = &["moons", "circles", "8gaussians", "checkerboard", "pinwheel", "2spirals"];
 
-/// splitmix64 with Box–Muller normals.
-struct Rng(u64);
-
-impl Rng {
-    fn u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f64 {
-        (self.u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let u1 = self.uniform().max(1e-300);
-        let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
-}
-
 pub fn generate(name: &str, n: usize, seed: u64) -> Result<Vec<[f64; 2]>> {
-    let mut r = Rng(seed ^ 0xD1B5_4A32_D192_ED03);
+    // The whitening constant is part of the committed toy files (data/toys, `make toys`).
+    let mut r = SplitMix64::from_state(seed ^ 0xD1B5_4A32_D192_ED03);
     let pi = std::f64::consts::PI;
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
@@ -43,17 +24,17 @@ pub fn generate(name: &str, n: usize, seed: u64) -> Result<Vec<[f64; 2]>> {
                 [rad * t.cos() + 0.08 * r.normal(), rad * t.sin() + 0.08 * r.normal()]
             }
             "8gaussians" => {
-                let k = (r.u64() % 8) as f64;
+                let k = (r.next_u64() % 8) as f64;
                 let a = k * pi / 4.0;
                 [2.0 * a.cos() + 0.2 * r.normal(), 2.0 * a.sin() + 0.2 * r.normal()]
             }
             "checkerboard" => {
                 let x1 = r.uniform() * 4.0 - 2.0;
-                let x2 = r.uniform() - (r.u64() % 2) as f64 * 2.0;
+                let x2 = r.uniform() - (r.next_u64() % 2) as f64 * 2.0;
                 [x1, x2 + x1.floor().rem_euclid(2.0)]
             }
             "pinwheel" => {
-                let k = (r.u64() % 5) as f64;
+                let k = (r.next_u64() % 5) as f64;
                 let (a, b) = (0.3 * r.normal() + 1.0, 0.05 * r.normal());
                 let angle = k * 2.0 * pi / 5.0 + 0.25 * (a - 1.0).exp();
                 [2.0 * (a * angle.cos() - b * angle.sin()), 2.0 * (a * angle.sin() + b * angle.cos())]

@@ -37,14 +37,15 @@
 use crate::io::tensors::named_variables;
 use crate::io::{write_safetensors, Checkpoint, RunDir};
 use crate::models::DensityModel;
-use crate::train::Session;
+use crate::session::Session;
 use crate::ffi::ScriptModule;
-use crate::script::{ts_float, ScriptBuilder, ScriptFlow};
+use crate::script::{ts_float, Layer, ScriptBuilder, ScriptFlow};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, IValue, Tensor};
 
+mod pysource;
 mod reference;
 
 pub use reference::write_reference;
@@ -65,13 +66,19 @@ fn int_list(v: &[i64]) -> String {
     format!("[{}]", v.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
 }
 
-/// Builds the TorchScript module of `model` whose variables are `vars` (name, tensor).
-pub fn build_module(model: &dyn DensityModel, vars: &[(String, Tensor)], spec: &ModelSpec) -> Result<ScriptModule> {
+/// Describes `model` (whose variables are `vars`) to a [`ScriptBuilder`]: the TorchScript
+/// module is compiled as it grows, and the builder holds every layer for the Python back end.
+pub fn build_script(model: &dyn DensityModel, vars: &[(String, Tensor)], spec: &ModelSpec) -> Result<ScriptBuilder> {
     let mut ts = ScriptBuilder::new(&spec.class)?;
     ts.register_variables(vars)?;
     let flow = model_flow(&mut ts, model).with_context(|| format!("exporting {}", spec.class))?;
-    define_model_methods(&mut ts, &flow, spec)?;
-    Ok(ts.into_module())
+    add_model_methods(&mut ts, &flow, spec)?;
+    Ok(ts)
+}
+
+/// The TorchScript module of `model` whose variables are `vars` (name, tensor).
+pub fn build_module(model: &dyn DensityModel, vars: &[(String, Tensor)], spec: &ModelSpec) -> Result<ScriptModule> {
+    Ok(build_script(model, vars, spec)?.into_module())
 }
 
 /// The whole model as one flow onto standard-normal noise: the transform, then the base as a
@@ -79,24 +86,18 @@ pub fn build_module(model: &dyn DensityModel, vars: &[(String, Tensor)], spec: &
 fn model_flow(ts: &mut ScriptBuilder, model: &dyn DensityModel) -> Result<ScriptFlow> {
     let transform = model.flow().to_torchscript(ts)?;
     let base = model.base().to_torchscript(ts).context("the base distribution")?;
-    let f = format!(
-        "z, ld = {}\neps, ld_base = {}\nreturn eps, ld + ld_base",
-        transform.call_forward("x", "cond"),
-        base.call_forward("z", "cond")
-    );
-    let i = format!(
-        "z, ld_base = {}\nx, ld = {}\nreturn x, ld + ld_base",
-        base.call_inverse("y", "cond"),
-        transform.call_inverse("z", "cond")
-    );
-    ts.define_flow("model", &f, &i)
+    let f = "z, ld = $transform.forward(x, cond)\neps, ld_base = $base.forward(z, cond)\nreturn eps, ld + ld_base";
+    let i = "z, ld_base = $base.inverse(y, cond)\nx, ld = $transform.inverse(z, cond)\nreturn x, ld + ld_base";
+    ts.add(Layer::new("FlowToNoise").child("transform", &transform).child("base", &base).flow_methods(f, i))
 }
 
-fn define_model_methods(ts: &mut ScriptBuilder, flow: &ScriptFlow, spec: &ModelSpec) -> Result<()> {
+/// The model-level methods (see the module docs), written once for every model, as the root
+/// of the export.
+fn add_model_methods(ts: &mut ScriptBuilder, flow: &ScriptFlow, spec: &ModelSpec) -> Result<()> {
     let shape = &spec.event_shape;
     let dim: i64 = shape.iter().product();
     let k = spec.n_classes.unwrap_or(0);
-    let reference = ts.float_reference()?.to_string();
+    let reference = ts.float_reference_name()?.to_string();
     ts.module_mut().register_attribute_int("dim", dim)?;
     ts.module_mut().register_attribute_int("n_classes", k)?;
     ts.module_mut().register_attribute_int("n_bits", spec.n_bits.unwrap_or(0))?;
@@ -106,63 +107,57 @@ fn define_model_methods(ts: &mut ScriptBuilder, flow: &ScriptFlow, spec: &ModelS
     for (i, d) in shape.iter().enumerate() {
         shape_test += &format!(" and x.size({}) == {d}", i + 1);
     }
+    let (opt, t2) = ("labels: Optional[Tensor]=None", "Tuple[Tensor, Tensor]");
     let cond_fn = if k > 0 {
         format!(
-            r#"def _labels_to_cond(self, labels: Optional[Tensor], like: Tensor) -> Optional[Tensor]:
-    assert labels is not None, "flowzoo {cls}: this model is class-conditional: pass labels (int64 class indices [B] in 0..{km1})"
-    lab = labels
-    assert lab.dim() == 1 and lab.size(0) == like.size(0), "flowzoo {cls}: expected labels of shape [" + str(like.size(0)) + "], got " + str(lab.size())
-    # dtype 4 is torch.int64 (the TorchScript compiler here knows no torch.int64).
-    return torch.one_hot(lab.to(device=like.device, dtype=4), {k}).to(like.dtype)
-"#,
+            "assert labels is not None, \"flowzoo {cls}: this model is class-conditional: pass labels (int64 class indices [B] in 0..{km1})\"\n\
+             lab = labels\n\
+             assert lab.dim() == 1 and lab.size(0) == like.size(0), \"flowzoo {cls}: expected labels of shape [\" + str(like.size(0)) + \"], got \" + str(lab.size())\n\
+             # dtype 4 is torch.int64 (the TorchScript compiler here knows no torch.int64).\n\
+             return torch.one_hot(lab.to(device=like.device, dtype=4), {k}).to(like.dtype)",
             km1 = k - 1
         )
     } else {
-        format!(
-            r#"def _labels_to_cond(self, labels: Optional[Tensor], like: Tensor) -> Optional[Tensor]:
-    assert labels is None, "flowzoo {cls}: this model is not class-conditional; labels must be None"
-    return None
-"#
-        )
+        format!("assert labels is None, \"flowzoo {cls}: this model is not class-conditional; labels must be None\"\nreturn None")
     };
     let ln2pi = (2.0 * std::f64::consts::PI).ln();
     let normal_const = ts_float(0.5 * dim as f64 * ln2pi)?;
-    let sample_labels = if k > 0 {
-        format!(
-            "    if labels is None:\n        labels = torch.remainder(torch.arange(n, dtype=4, device=eps.device), {k})\n"
+    let sample_labels = if k > 0 { format!("if labels is None:\n    labels = torch.remainder(torch.arange(n, dtype=4, device=eps.device), {k})\n") } else { String::new() };
+    let mut root = Layer::new(cls)
+        .tensor_named("ref", &reference)
+        .int("dim", dim)
+        .int("n_classes", k)
+        .int("n_bits", spec.n_bits.unwrap_or(0))
+        .child("flow", flow)
+        .method("event_shape", "", "List[int]", &format!("return {}", int_list(shape)))
+        .method("_labels_to_cond", "labels: Optional[Tensor], like: Tensor", "Optional[Tensor]", &cond_fn)
+        .method(
+            "forward",
+            &format!("x: Tensor, {opt}"),
+            t2,
+            &format!("assert {shape_test}, \"flowzoo {cls}: expected x of shape {want}, got \" + str(x.size())\nreturn $flow.forward(x, $self._labels_to_cond(labels, x))"),
         )
-    } else {
-        String::new()
-    };
-    let mut src = format!(
-        r#"def event_shape(self) -> List[int]:
-    return {shape_list}
-
-{cond_fn}
-def forward(self, x: Tensor, labels: Optional[Tensor]=None) -> Tuple[Tensor, Tensor]:
-    assert {shape_test}, "flowzoo {cls}: expected x of shape {want}, got " + str(x.size())
-    return {fwd}
-
-def inverse(self, z: Tensor, labels: Optional[Tensor]=None) -> Tensor:
-    assert z.dim() == 2 and z.size(1) == {dim}, "flowzoo {cls}: expected z of shape [B, {dim}], got " + str(z.size())
-    x, logabsdet = {inv}
-    return x
-
-def log_prob(self, x: Tensor, labels: Optional[Tensor]=None) -> Tensor:
-    z, logabsdet = self.forward(x, labels)
-    b = z.size(0)
-    sq = torch.sum(z.reshape([b, -1]).square(), [1])
-    return (sq * (-0.5) - {normal_const}) + logabsdet
-
-def sample(self, n: int, temperature: float=1.0, labels: Optional[Tensor]=None) -> Tensor:
-    ref = {reference}
-    eps = torch.randn([n, {dim}], dtype=ref.dtype, device=ref.device) * temperature
-{sample_labels}    return self.inverse(eps, labels)
-"#,
-        shape_list = int_list(shape),
-        fwd = flow.call_forward("x", "self._labels_to_cond(labels, x)"),
-        inv = flow.call_inverse("z", "self._labels_to_cond(labels, z)"),
-    );
+        .method(
+            "inverse",
+            &format!("z: Tensor, {opt}"),
+            "Tensor",
+            &format!(
+                "assert z.dim() == 2 and z.size(1) == {dim}, \"flowzoo {cls}: expected z of shape [B, {dim}], got \" + str(z.size())\n\
+                 x, logabsdet = $flow.inverse(z, $self._labels_to_cond(labels, z))\nreturn x"
+            ),
+        )
+        .method(
+            "log_prob",
+            &format!("x: Tensor, {opt}"),
+            "Tensor",
+            &format!("z, logabsdet = $self.forward(x, labels)\nb = z.size(0)\nsq = torch.sum(z.reshape([b, -1]).square(), [1])\nreturn (sq * (-0.5) - {normal_const}) + logabsdet"),
+        )
+        .method(
+            "sample",
+            &format!("n: int, temperature: float=1.0, {opt}"),
+            "Tensor",
+            &format!("ref = $ref\neps = torch.randn([n, {dim}], dtype=ref.dtype, device=ref.device) * temperature\n{sample_labels}return $self.inverse(eps, labels)"),
+        );
     if let Some(n_bits) = spec.n_bits {
         let d = dim as f64;
         let c = ts_float(d * (n_bits as f64) * std::f64::consts::LN_2)?;
@@ -170,28 +165,35 @@ def sample(self, n: int, temperature: float=1.0, labels: Optional[Tensor]=None) 
         let levels = ts_float((1i64 << n_bits) as f64)?;
         let div = ts_float((1i64 << (8 - n_bits).max(0)) as f64)?;
         let scale = ts_float(255.0 / ((1i64 << n_bits) as f64 - 1.0).max(1.0))?;
-        let floor = if n_bits < 8 { format!("k = torch.floor(k / {div})\n    ") } else { String::new() };
-        src += &format!(
-            r#"
-def bits_per_dim(self, x: Tensor, labels: Optional[Tensor]=None) -> Tensor:
-    lp = self.log_prob(x, labels)
-    return (-(lp - {c})) / {dl}
-
-def preprocess(self, pixels: Tensor, dequantize: bool=True) -> Tensor:
-    ref = {reference}
-    k = pixels.to(device=ref.device, dtype=6)  # torch.float32
-    {floor}x = (k / {levels} - 0.5).to(ref.dtype)
-    if dequantize:
-        x = x + torch.rand_like(x) / {levels}
-    return x
-
-def to_pixels(self, x: Tensor) -> Tensor:
-    k = torch.clamp(torch.floor((x + 0.5) * {levels}), 0.0, {levels} - 1.0)
-    return torch.round(k * {scale}).to(dtype=0)  # torch.uint8
-"#
-        );
+        let floor = if n_bits < 8 { format!("k = torch.floor(k / {div})\n") } else { String::new() };
+        root = root
+            .method("bits_per_dim", &format!("x: Tensor, {opt}"), "Tensor", &format!("lp = $self.log_prob(x, labels)\nreturn (-(lp - {c})) / {dl}"))
+            .method(
+                "preprocess",
+                "pixels: Tensor, dequantize: bool=True",
+                "Tensor",
+                &format!(
+                    "ref = $ref\nk = pixels.to(device=ref.device, dtype=6)  # torch.float32\n{floor}x = (k / {levels} - 0.5).to(ref.dtype)\n\
+                     if dequantize:\n    x = x + torch.rand_like(x) / {levels}\nreturn x"
+                ),
+            )
+            .method(
+                "to_pixels",
+                "x: Tensor",
+                "Tensor",
+                &format!("k = torch.clamp(torch.floor((x + 0.5) * {levels}), 0.0, {levels} - 1.0)\nreturn torch.round(k * {scale}).to(dtype=0)  # torch.uint8"),
+            );
     }
-    ts.define(&src)
+    ts.add_root(root)
+}
+
+/// The plain PyTorch source of a model described to `ts` (see [`crate::script::python`]).
+pub fn python_source(ts: &ScriptBuilder, description: &str) -> Result<String> {
+    let doc = format!(
+        "{description}\n\nWritten by flowzoo {} (`flowzoo export --python`): a self-contained PyTorch module with\nthe same methods and parameter names as the TorchScript export. `load(folder)` builds it and\nloads `weights.safetensors` from that folder.",
+        env!("CARGO_PKG_VERSION")
+    );
+    crate::script::python::render(&doc, ts.layers(), ts.variables())
 }
 
 /// The module's class for a `model.kind`: `glow` -> `Glow` (`__torch__.flowzoo.Glow` in PyTorch),
@@ -209,16 +211,20 @@ pub fn class_name(kind: &str) -> String {
     }
 }
 
-/// The model of a session as a TorchScript module (variables aliased, not copied).
-pub fn session_module(sess: &Session) -> Result<ScriptModule> {
+/// What the model-level methods of a session's model need.
+pub fn session_spec(sess: &Session) -> ModelSpec {
     let image = sess.model.event_shape().len() == 3;
-    let spec = ModelSpec {
-        class: class_name(&sess.cfg.model.kind),
+    ModelSpec {
+        class: class_name(sess.cfg.model.kind.as_str()),
         event_shape: sess.model.event_shape(),
         n_classes: sess.model.n_classes(),
         n_bits: image.then_some(sess.cfg.data.n_bits),
-    };
-    build_module(sess.model.as_ref(), &named_variables(&sess.vs), &spec)
+    }
+}
+
+/// The model of a session as a TorchScript module (variables aliased, not copied).
+pub fn session_module(sess: &Session) -> Result<ScriptModule> {
+    build_module(sess.model.as_ref(), &named_variables(&sess.vs), &session_spec(sess))
 }
 
 /// What `flowzoo export` was asked to write.
@@ -229,6 +235,11 @@ pub struct ExportOptions {
     pub torchscript: Option<PathBuf>,
     /// The exported weights as safetensors (the same names as the module's `state_dict()`).
     pub safetensors: Option<PathBuf>,
+    /// A folder for the plain PyTorch export (`<kind>.py` and `weights.safetensors`).
+    pub python: Option<PathBuf>,
+    /// Where the exported module is checked against the model (`--device`); the files hold
+    /// CPU tensors whatever it is (PyTorch moves them with `.to(...)`).
+    pub device: Device,
     /// Test hook: inputs for [`write_reference`] ...
     pub reference_in: Option<PathBuf>,
     /// ... and where its outputs go.
@@ -237,8 +248,8 @@ pub struct ExportOptions {
 
 /// `flowzoo export`: opens the run, writes what `opts` asks for; returns lines to print.
 pub fn export_run(run_dir: &Path, opts: &ExportOptions) -> Result<Vec<String>> {
-    if opts.torchscript.is_none() && opts.safetensors.is_none() && opts.reference_out.is_none() {
-        bail!("nothing to export: pass --torchscript FILE.pt (and/or --safetensors FILE.safetensors)");
+    if opts.torchscript.is_none() && opts.safetensors.is_none() && opts.python.is_none() && opts.reference_out.is_none() {
+        bail!("nothing to export: pass --torchscript FILE.pt and/or --python DIR (and/or --safetensors FILE.safetensors)");
     }
     if opts.reference_in.is_some() != opts.reference_out.is_some() {
         bail!("--reference-in and --reference-out go together");
@@ -250,7 +261,9 @@ pub fn export_run(run_dir: &Path, opts: &ExportOptions) -> Result<Vec<String>> {
     let mut lines = vec![];
     if let Some(path) = &opts.torchscript {
         let module = session_module(&sess)?;
-        let check = self_check(&sess, &module).context("checking the exported module against the model")?;
+        let on_device = if opts.device == Device::Cpu { None } else { Some(Session::open(&run, opts.checkpoint, opts.device)?) };
+        let check = self_check(on_device.as_ref().unwrap_or(&sess), &module)
+            .with_context(|| format!("checking the exported module against the model on {:?}", opts.device))?;
         let bytes = module.save_to_vec()?;
         crate::io::atomic::atomic_write_bytes(path, &bytes)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -265,6 +278,9 @@ pub fn export_run(run_dir: &Path, opts: &ExportOptions) -> Result<Vec<String>> {
             vars.len() - n_params,
             check
         ));
+    }
+    if let Some(dir) = &opts.python {
+        lines.push(pysource::write_python_export(&sess, dir, &weights)?);
     }
     if let Some(path) = &opts.safetensors {
         let mut meta = BTreeMap::new();
@@ -284,11 +300,12 @@ pub fn export_run(run_dir: &Path, opts: &ExportOptions) -> Result<Vec<String>> {
 /// the same two random points; fails when they disagree. Returns the largest difference.
 fn self_check(sess: &Session, module: &ScriptModule) -> Result<f64> {
     let _g = tch::no_grad_guard();
-    let m = module.to_cmodule()?;
+    let mut m = module.to_cmodule()?;
+    m.to(sess.device(), sess.kind(), false);
     let mut shape = vec![2];
     shape.extend(sess.model.event_shape());
     let x = Tensor::f_rand(&shape[..], (sess.kind(), sess.device()))?.f_sub_scalar(0.5)?;
-    let labels = sess.model.n_classes().map(|_| Tensor::from_slice(&[0i64, 0]));
+    let labels = sess.model.n_classes().map(|_| Tensor::from_slice(&[0i64, 0]).to_device(sess.device()));
     let mut args = vec![IValue::Tensor(x.shallow_clone())];
     if let Some(l) = &labels {
         args.push(IValue::Tensor(l.shallow_clone()));

@@ -2,7 +2,7 @@
 //! model's outputs on given inputs, for comparing an exported module with the model it came
 //! from.
 use crate::io::{read_safetensors, write_safetensors};
-use crate::train::Session;
+use crate::session::Session;
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::Path;

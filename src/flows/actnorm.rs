@@ -83,7 +83,7 @@ impl ActNorm {
                 self.scale.shallow_clone().f_copy_(&scale.f_reshape(self.scale.size())?)?;
             }
         }
-        self.initialized.shallow_clone().f_fill_(1.0)?;
+        let _ = self.initialized.shallow_clone().f_fill_(1.0)?;
         Ok(())
     }
 
@@ -120,21 +120,18 @@ impl ActNorm {
     /// an exported model is trained, so its ActNorms are initialised).
     pub(crate) fn script(&self, ts: &mut crate::script::ScriptBuilder) -> Result<crate::script::ScriptFlow> {
         use crate::script::ts_spatial_size;
-        let (shift, scale) = (ts.tensor(&self.shift)?, ts.tensor(&self.scale)?);
-        let stem = ts.stem("actnorm", &[&self.shift, &self.scale]);
         // log|scale| summed in float64, then cast, as `logdet` does.
-        let (log_scale, mul, div) = match self.param {
-            ActNormParam::Log => ("scale".to_string(), "(t + shift) * torch.exp(scale)", "t * torch.exp(-scale) - shift"),
-            ActNormParam::Linear => ("torch.log(torch.abs(scale))".to_string(), "(t + shift) * scale", "t / scale - shift"),
+        let (kind, log_scale, mul, div) = match self.param {
+            ActNormParam::Log => ("ActNorm", "scale", "(t + shift) * torch.exp(scale)", "t * torch.exp(-scale) - shift"),
+            ActNormParam::Linear => ("ActNormLinear", "torch.log(torch.abs(scale))", "(t + shift) * scale", "t / scale - shift"),
         };
         let body = |input: &str, out: &str, neg: &str| {
             format!(
-                "t = {input}\nshift = {shift}\nscale = {scale}\nout = {out}\n{}\nld = torch.sum({log_scale}, dtype=7).to(t.dtype) * float(hw)\nreturn out, {neg}ld.expand([t.size(0)])",
+                "t = {input}\nshift = $shift\nscale = $scale\nout = {out}\n{}\nld = torch.sum({log_scale}, dtype=7).to(t.dtype) * float(hw)\nreturn out, {neg}ld.expand([t.size(0)])",
                 ts_spatial_size("hw", "t")
             )
         };
-        let f = body("x", mul, "");
-        let i = body("y", div, "-");
-        ts.define_flow(&stem, &f, &i)
+        let layer = crate::script::Layer::new(kind).tensor(ts, "shift", &self.shift)?.tensor(ts, "scale", &self.scale)?;
+        ts.add(layer.flow_methods(&body("x", mul, ""), &body("y", div, "-")))
     }
 }

@@ -41,30 +41,31 @@ impl Flow for BatchNormFlow {
     /// TorchScript of the eval-mode map (running statistics, which stay fixed in the exported
     /// module: fine-tuning there trains `log_gamma` and `beta` only).
     fn to_torchscript(&self, ts: &mut crate::script::ScriptBuilder) -> Result<crate::script::ScriptFlow> {
-        use crate::script::{ts_float, ts_spatial_size};
-        let (lg, beta) = (ts.tensor(&self.log_gamma)?, ts.tensor(&self.beta)?);
-        let (rm, rv) = (ts.tensor(&self.running_mean)?, ts.tensor(&self.running_var)?);
-        let stem = ts.stem("batchnorm", &[&self.log_gamma, &self.beta, &self.running_mean, &self.running_var]);
-        let eps = ts_float(self.eps)?;
+        use crate::script::{ts_check_channels, ts_spatial_size, Layer};
         let logdet = |t: &str, neg: &str| {
             format!(
-                "{}\nper = {lg} - torch.log({rv} + {eps}) * 0.5\nld = torch.sum(per, dtype={t}.dtype) * float(hw)\nld = {neg}ld.expand([{t}.size(0)])\n",
+                "{}\nper = $log_gamma - torch.log($running_var + $eps) * 0.5\nld = torch.sum(per, dtype={t}.dtype) * float(hw)\nld = {neg}ld.expand([{t}.size(0)])\n",
                 ts_spatial_size("hw", t)
             )
         };
         let f = format!(
-            "assert x.dim() >= 2 and x.size(1) == {c}, \"BatchNormFlow: expected input with {c} channels (dim 1), got \" + str(x.size())\n\
-             out = (x - {rm}) * torch.rsqrt({rv} + {eps}) * torch.exp({lg}) + {beta}\n{}return out, ld",
-            logdet("x", ""),
-            c = self.channels
+            "{}out = (x - $running_mean) * torch.rsqrt($running_var + $eps) * torch.exp($log_gamma) + $beta\n{}return out, ld",
+            ts_check_channels("BatchNormFlow", "x"),
+            logdet("x", "")
         );
         let i = format!(
-            "assert y.dim() >= 2 and y.size(1) == {c}, \"BatchNormFlow: expected input with {c} channels (dim 1), got \" + str(y.size())\n\
-             out = (y - {beta}) * torch.exp(-{lg}) * torch.sqrt({rv} + {eps}) + {rm}\n{}return out, ld",
-            logdet("y", "-"),
-            c = self.channels
+            "{}out = (y - $beta) * torch.exp(-$log_gamma) * torch.sqrt($running_var + $eps) + $running_mean\n{}return out, ld",
+            ts_check_channels("BatchNormFlow", "y"),
+            logdet("y", "-")
         );
-        ts.define_flow(&stem, &f, &i)
+        let layer = Layer::new("BatchNormFlow")
+            .tensor(ts, "log_gamma", &self.log_gamma)?
+            .tensor(ts, "beta", &self.beta)?
+            .tensor(ts, "running_mean", &self.running_mean)?
+            .tensor(ts, "running_var", &self.running_var)?
+            .int("channels", self.channels)
+            .float("eps", self.eps);
+        ts.add(layer.flow_methods(&f, &i))
     }
 
     fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<(Tensor, Tensor)> {
@@ -76,11 +77,11 @@ impl Flow for BatchNormFlow {
             let _g = tch::no_grad_guard();
             let m = self.momentum;
             let mut rm = self.running_mean.shallow_clone();
-            rm.f_mul_scalar_(1.0 - m)?;
-            rm.f_add_(&mean.f_detach()?.f_to_kind(rm.kind())?.f_mul_scalar(m)?)?;
+            let _ = rm.f_mul_scalar_(1.0 - m)?;
+            let _ = rm.f_add_(&mean.f_detach()?.f_to_kind(rm.kind())?.f_mul_scalar(m)?)?;
             let mut rv = self.running_var.shallow_clone();
-            rv.f_mul_scalar_(1.0 - m)?;
-            rv.f_add_(&var.f_detach()?.f_to_kind(rv.kind())?.f_mul_scalar(m)?)?;
+            let _ = rv.f_mul_scalar_(1.0 - m)?;
+            let _ = rv.f_add_(&var.f_detach()?.f_to_kind(rv.kind())?.f_mul_scalar(m)?)?;
             (mean, var)
         } else {
             (self.running_mean.shallow_clone(), self.running_var.shallow_clone())

@@ -59,19 +59,16 @@ impl Flow for InvConv1x1 {
     }
 
     fn to_torchscript(&self, ts: &mut crate::script::ScriptBuilder) -> Result<crate::script::ScriptFlow> {
-        let w = ts.tensor(&self.weight)?;
-        let stem = ts.stem("invconv", &[&self.weight]);
         // log|det W| by slogdet, times H·W, then cast (as `logdet`).
         let body = |input: &str, matrix: &str, neg: &str| {
             format!(
-                "t = {input}\nw = {w}\n{}\nld = (torch.linalg_slogdet(w)[1] * float(hw)).to(t.dtype)\nreturn {}, {neg}ld.expand([t.size(0)])",
+                "t = {input}\nw = $weight\n{}\nld = (torch.linalg_slogdet(w)[1] * float(hw)).to(t.dtype)\nreturn {}, {neg}ld.expand([t.size(0)])",
                 crate::script::ts_spatial_size("hw", "t"),
                 ts_apply_matrix("t", matrix)
             )
         };
-        let f = body("x", "w", "");
-        let i = body("y", "torch.linalg_inv(w)", "-");
-        ts.define_flow(&stem, &f, &i)
+        let layer = crate::script::Layer::new("InvConv1x1").tensor(ts, "weight", &self.weight)?;
+        ts.add(layer.flow_methods(&body("x", "w", ""), &body("y", "torch.linalg_inv(w)", "-")))
     }
 }
 
@@ -192,33 +189,27 @@ impl Flow for InvConv1x1Lu {
     }
 
     fn to_torchscript(&self, ts: &mut crate::script::ScriptBuilder) -> Result<crate::script::ScriptFlow> {
-        let (p, sign_s) = (ts.tensor(&self.p)?, ts.tensor(&self.sign_s)?);
-        let (lower, upper, log_s) = (ts.tensor(&self.lower)?, ts.tensor(&self.upper)?, ts.tensor(&self.log_s)?);
-        let stem = ts.stem("invconv", &[&self.p, &self.lower, &self.upper, &self.log_s]);
         // `weight()`: the masks are rebuilt in the parameters' dtype (exact 0/1 values).
-        let weight = ts.define_function(
-            &stem,
-            "weight",
-            "",
-            "Tensor",
-            &format!(
-                "lower = {lower}\nc = lower.size(0)\n\
-                 l_mask = torch.ones([c, c], dtype=lower.dtype, device=lower.device).tril(-1)\n\
-                 eye = torch.eye(c, dtype=lower.dtype, device=lower.device)\n\
-                 l = lower * l_mask + eye\n\
-                 u = {upper} * l_mask.t() + torch.diag_embed({sign_s} * torch.exp({log_s}), 0, -2, -1)\n\
-                 return torch.matmul(torch.matmul({p}, l), u)"
-            ),
-        )?;
+        let weight = "lower = $lower\nc = lower.size(0)\n\
+             l_mask = torch.ones([c, c], dtype=lower.dtype, device=lower.device).tril(-1)\n\
+             eye = torch.eye(c, dtype=lower.dtype, device=lower.device)\n\
+             l = lower * l_mask + eye\n\
+             u = $upper * l_mask.t() + torch.diag_embed($sign_s * torch.exp($log_s), 0, -2, -1)\n\
+             return torch.matmul(torch.matmul($p, l), u)";
         let body = |input: &str, matrix: &str, neg: &str| {
             format!(
-                "t = {input}\nw = self.{weight}()\n{}\nld = torch.sum({log_s}, dtype=t.dtype) * float(hw)\nreturn {}, {neg}ld.expand([t.size(0)])",
+                "t = {input}\nw = $self.weight()\n{}\nld = torch.sum($log_s, dtype=t.dtype) * float(hw)\nreturn {}, {neg}ld.expand([t.size(0)])",
                 crate::script::ts_spatial_size("hw", "t"),
                 ts_apply_matrix("t", matrix)
             )
         };
-        let f = body("x", "w", "");
-        let i = body("y", "torch.linalg_inv(w)", "-");
-        ts.define_flow(&stem, &f, &i)
+        let layer = crate::script::Layer::new("InvConv1x1Lu")
+            .tensor(ts, "p", &self.p)?
+            .tensor(ts, "sign_s", &self.sign_s)?
+            .tensor(ts, "lower", &self.lower)?
+            .tensor(ts, "upper", &self.upper)?
+            .tensor(ts, "log_s", &self.log_s)?
+            .method("weight", "", "Tensor", weight);
+        ts.add(layer.flow_methods(&body("x", "w", ""), &body("y", "torch.linalg_inv(w)", "-")))
     }
 }

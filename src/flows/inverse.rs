@@ -30,7 +30,8 @@ impl<F: Flow> Flow for Inverse<F> {
     /// The inner layer's two methods, swapped.
     fn to_torchscript(&self, ts: &mut ScriptBuilder) -> Result<ScriptFlow> {
         let inner = self.0.to_torchscript(ts)?;
-        Ok(ScriptFlow { forward: inner.inverse, inverse: inner.forward })
+        let layer = crate::script::Layer::new("Inverse").child("inner", &inner);
+        ts.add(layer.flow_methods("return $inner.inverse(x, cond)", "return $inner.forward(y, cond)"))
     }
     fn layer_name(&self) -> String {
         format!("Inverse({})", self.0.layer_name())

@@ -36,10 +36,8 @@ impl Flow for Permutation {
 
     fn to_torchscript(&self, ts: &mut crate::script::ScriptBuilder) -> Result<crate::script::ScriptFlow> {
         use crate::script::ts_zero_logdet;
-        let perm = ts.tensor(&self.perm)?;
-        let stem = ts.stem("permutation", &[&self.perm]);
-        let f = format!("return x.index_select(1, {perm}), {}", ts_zero_logdet("x"));
-        let i = format!("return y.index_select(1, torch.argsort({perm}, 0, False)), {}", ts_zero_logdet("y"));
-        ts.define_flow(&stem, &f, &i)
+        let f = format!("return x.index_select(1, $perm), {}", ts_zero_logdet("x"));
+        let i = format!("return y.index_select(1, torch.argsort($perm, 0, False)), {}", ts_zero_logdet("y"));
+        ts.add(crate::script::Layer::new("Permutation").tensor(ts, "perm", &self.perm)?.flow_methods(&f, &i))
     }
 }

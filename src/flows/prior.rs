@@ -10,7 +10,7 @@
 //! learned per position, constant over space with zero padding), plus, when conditional, a
 //! zero-initialised linear map of the one-hot class.
 use super::{sum_per_sample, Base, Ctx, ZeroConv2d};
-use crate::script::{ts_sum_per_sample, ScriptBuilder, ScriptFlow};
+use crate::script::{ts_sum_per_sample, Layer, ScriptBuilder, ScriptFlow};
 use anyhow::{bail, Result};
 use tch::{nn, Tensor};
 
@@ -132,58 +132,45 @@ impl Base for LearnedPrior {
 
     fn to_torchscript(&self, ts: &mut ScriptBuilder) -> Result<ScriptFlow> {
         let [c, h, w] = self.shape;
-        let mut tensors: Vec<&Tensor> = vec![];
-        if let Some(conv) = &self.conv {
-            tensors.extend([&conv.weight, &conv.bias, &conv.logs]);
-        }
-        if let Some((weight, bias, logs)) = &self.class_linear {
-            tensors.extend([weight, bias, logs]);
-        }
-        let stem = ts.stem("prior", &tensors);
+        let mut layer = Layer::new("LearnedPrior");
         // `mean_logs(batch, like, ctx)`.
         let mut body = match &self.conv {
-            Some(conv) => format!(
-                "p = self.{}(torch.zeros([1, {}, {h}, {w}], dtype=like.dtype, device=like.device))\n",
-                conv.to_torchscript(ts)?,
-                conv.weight.size()[1]
-            ),
-            None => format!("p = torch.zeros([1, {}, {h}, {w}], dtype=like.dtype, device=like.device)\n", 2 * c),
+            Some(conv) => {
+                layer = layer.child("conv", &conv.to_torchscript(ts)?).int("conv_in", conv.weight.size()[1]);
+                "p = $conv.forward(torch.zeros([1, $conv_in, $height, $width], dtype=like.dtype, device=like.device))\n".to_string()
+            }
+            None => "p = torch.zeros([1, 2 * $channels, $height, $width], dtype=like.dtype, device=like.device)\n".to_string(),
         };
         if let Some((weight, bias, logs)) = &self.class_linear {
-            let k = weight.size()[1];
-            let (weight, bias, logs) = (ts.tensor(weight)?, ts.tensor(bias)?, ts.tensor(logs)?);
-            body += &format!(
-                "assert cond is not None, \"LearnedPrior: this model is class-conditional; pass one-hot labels [B, {k}]\"\n\
+            layer = layer.tensor(ts, "class_weight", weight)?.tensor(ts, "class_bias", bias)?.tensor(ts, "class_logs", logs)?.int("n_classes", weight.size()[1]);
+            body += "assert cond is not None, \"LearnedPrior: this model is class-conditional; pass one-hot labels [B, \" + str($n_classes) + \"]\"\n\
                  y = cond\n\
                  b = like.size(0)\n\
-                 assert y.dim() == 2 and y.size(0) == b and y.size(1) == {k}, \"LearnedPrior: expected labels [\" + str(b) + \", {k}], got \" + str(y.size())\n\
-                 cls = torch.linear(y.to(like.dtype), {weight}, {bias}) * torch.exp({logs} * 3.0)\n\
-                 p = p + cls.reshape([b, {c2}, 1, 1])\n",
-                c2 = 2 * c
-            );
+                 assert y.dim() == 2 and y.size(0) == b and y.size(1) == $n_classes, \"LearnedPrior: expected labels [\" + str(b) + \", \" + str($n_classes) + \"], got \" + str(y.size())\n\
+                 cls = torch.linear(y.to(like.dtype), $class_weight, $class_bias) * torch.exp($class_logs * 3.0)\n\
+                 p = p + cls.reshape([b, 2 * $channels, 1, 1])\n";
         }
-        body += &format!("return p.narrow(1, 0, {c}), p.narrow(1, {c}, {c})");
-        let mean_logs = ts.define_function(&stem, "mean_logs", "like: Tensor, cond: Optional[Tensor]", "Tuple[Tensor, Tensor]", &body)?;
-        let (off, td) = (self.offset, self.top_dim());
-        let d = off + td;
-        let check = |t: &str| format!("assert {t}.dim() == 2 and {t}.size(1) == {d}, \"LearnedPrior: expected flat latents [B, {d}], got \" + str({t}.size())\n");
+        body += "return p.narrow(1, 0, $channels), p.narrow(1, $channels, $channels)";
+        let check = |t: &str| format!("assert {t}.dim() == 2 and {t}.size(1) == $offset + $top_dim, \"LearnedPrior: expected flat latents [B, \" + str($offset + $top_dim) + \"], got \" + str({t}.size())\n");
         // `map_top`: the top latent reshaped, mapped, flattened and put back.
         let map = |t: &str, expr: &str| {
-            let top = format!("top = {t}.narrow(1, {off}, {td}).reshape([{t}.size(0), {c}, {h}, {w}])\nout = ({expr}).reshape([{t}.size(0), -1])\n");
-            if off == 0 {
+            let top = format!("top = {t}.narrow(1, $offset, $top_dim).reshape([{t}.size(0), $channels, $height, $width])\nout = ({expr}).reshape([{t}.size(0), -1])\n");
+            if self.offset == 0 {
                 top
             } else {
-                format!("{top}out = torch.cat([{t}.narrow(1, 0, {off}), out], 1)\n")
+                format!("{top}out = torch.cat([{t}.narrow(1, 0, $offset), out], 1)\n")
             }
         };
-        let ld = ts_sum_per_sample(&format!("logs.expand([y.size(0), {c}, {h}, {w}])"));
-        let f = format!(
-            "{}mean, logs = self.{mean_logs}(x, cond)\n{}return out, -{}",
-            check("x"),
-            map("x", "(top - mean) * torch.exp(-logs)"),
-            ld.replace("y.size(0)", "x.size(0)")
-        );
-        let i = format!("{}mean, logs = self.{mean_logs}(y, cond)\n{}return out, {ld}", check("y"), map("y", "top * torch.exp(logs) + mean"));
-        ts.define_flow(&stem, &f, &i)
+        let ld = |t: &str| ts_sum_per_sample(&format!("logs.expand([{t}.size(0), $channels, $height, $width])"));
+        let f = format!("{}mean, logs = $self.mean_logs(x, cond)\n{}return out, -{}", check("x"), map("x", "(top - mean) * torch.exp(-logs)"), ld("x"));
+        let i = format!("{}mean, logs = $self.mean_logs(y, cond)\n{}return out, {}", check("y"), map("y", "top * torch.exp(logs) + mean"), ld("y"));
+        let layer = layer
+            .int("channels", c)
+            .int("height", h)
+            .int("width", w)
+            .int("offset", self.offset)
+            .int("top_dim", self.top_dim())
+            .method("mean_logs", "like: Tensor, cond: Optional[Tensor]", "Tuple[Tensor, Tensor]", &body);
+        ts.add(layer.flow_methods(&f, &i))
     }
 }

@@ -47,7 +47,8 @@ impl Flow for Sequential {
     }
 
     /// Calls the layers' methods in order (reversed for the inverse), summing the log-dets
-    /// from zero in the same order as above.
+    /// from zero in the same order as above: unrolled in TorchScript, a loop over the list in
+    /// Python.
     fn to_torchscript(&self, ts: &mut crate::script::ScriptBuilder) -> Result<crate::script::ScriptFlow> {
         use crate::script::ts_zero_logdet;
         use anyhow::Context;
@@ -59,16 +60,24 @@ impl Flow for Sequential {
             children.push(c);
         }
         let mut f = format!("h = x\ntotal = {}\n", ts_zero_logdet("x"));
-        for c in &children {
-            f += &format!("h, ld = {}\ntotal = total + ld\n", c.call_forward("h", "cond"));
+        for i in 0..children.len() {
+            f += &format!("h, ld = $layers{i}.forward(h, cond)\ntotal = total + ld\n");
         }
         f += "return h, total";
-        let mut i = format!("h = y\ntotal = {}\n", ts_zero_logdet("y"));
-        for c in children.iter().rev() {
-            i += &format!("h, ld = {}\ntotal = total + ld\n", c.call_inverse("h", "cond"));
+        let mut inv = format!("h = y\ntotal = {}\n", ts_zero_logdet("y"));
+        for i in (0..children.len()).rev() {
+            inv += &format!("h, ld = $layers{i}.inverse(h, cond)\ntotal = total + ld\n");
         }
-        i += "return h, total";
-        ts.define_flow("sequential", &f, &i)
+        inv += "return h, total";
+        let (p, r) = ("x: Tensor, cond: Optional[Tensor]", "Tuple[Tensor, Tensor]");
+        let py_f = format!("h = x\ntotal = {}\nfor layer in self.layers:\n    h, ld = layer.forward(h, cond)\n    total = total + ld\nreturn h, total", ts_zero_logdet("x"));
+        let py_i = format!("h = y\ntotal = {}\nfor layer in self.layers[::-1]:\n    h, ld = layer.inverse(h, cond)\n    total = total + ld\nreturn h, total", ts_zero_logdet("y"));
+        let layer = crate::script::Layer::new("Sequential")
+            .children("layers", &children)
+            .flow_methods(&f, &inv)
+            .python_method("forward", p, r, &py_f)
+            .python_method("inverse", &p.replace("x:", "y:"), r, &py_i);
+        ts.add(layer)
     }
 }
 
@@ -98,16 +107,13 @@ impl Flow for Flatten {
 
     fn to_torchscript(&self, ts: &mut crate::script::ScriptBuilder) -> Result<crate::script::ScriptFlow> {
         use crate::script::ts_zero_logdet;
-        let dims: Vec<String> = self.shape.iter().map(|d| d.to_string()).collect();
-        let d: i64 = self.shape.iter().product();
         let f = format!("return x.reshape([x.size(0), -1]), {}", ts_zero_logdet("x"));
         let i = format!(
-            "assert y.dim() == 2 and y.size(1) == {d}, \"Flatten: expected [B, {d}] to unflatten to {:?}, got \" + str(y.size())\n\
-             return y.reshape([y.size(0), {}]), {}",
-            self.shape,
-            dims.join(", "),
+            "assert y.dim() == 2 and y.size(1) == $dim, \"Flatten: expected [B, \" + str($dim) + \"] to unflatten to \" + str($shape) + \", got \" + str(y.size())\n\
+             return y.reshape([y.size(0)] + $shape), {}",
             ts_zero_logdet("y")
         );
-        ts.define_flow("flatten", &f, &i)
+        let layer = crate::script::Layer::new("Flatten").int("dim", self.shape.iter().product()).ints("shape", &self.shape);
+        ts.add(layer.flow_methods(&f, &i))
     }
 }

@@ -51,40 +51,45 @@ impl SplitPrior {
 
 impl Flow for SplitPrior {
     fn to_torchscript(&self, ts: &mut crate::script::ScriptBuilder) -> Result<crate::script::ScriptFlow> {
-        use crate::script::ts_sum_per_sample;
-        let stem = ts.stem("split", &[&self.prior.weight, &self.prior.bias, &self.prior.logs]);
+        use crate::script::{ts_check_channels, ts_sum_per_sample, Layer};
         let conv = self.prior.to_torchscript(ts)?;
-        let mean_logs = match self.layout {
-            ParamLayout::Interleaved => "mean = h[:, 0::2]\nlogs = h[:, 1::2]\n",
-            ParamLayout::Contiguous => "hc = h.size(1) // 2\nmean = h.narrow(1, 0, hc)\nlogs = h.narrow(1, hc, hc)\n",
+        let (kind, mean_logs) = match self.layout {
+            ParamLayout::Interleaved => ("SplitPrior", "mean = h[:, 0::2]\nlogs = h[:, 1::2]\n"),
+            ParamLayout::Contiguous => ("SplitPriorContiguous", "hc = h.size(1) // 2\nmean = h.narrow(1, 0, hc)\nlogs = h.narrow(1, hc, hc)\n"),
         };
         let inner = self.inner.to_torchscript(ts).context("the inner flow of a SplitPrior")?;
         let [c, hh, ww] = self.shape;
         let (c1, c2) = self.halves();
-        let n2 = self.factored_dim();
         let f = format!(
-            "assert x.dim() >= 2 and x.size(1) == {c}, \"SplitPrior: expected input with {c} channels (dim 1), got \" + str(x.size())\n\
-             z1 = x.narrow(1, 0, {c1})\n\
-             z2 = x.narrow(1, {c1}, {c2})\n\
-             h = self.{conv}(z1)\n{mean_logs}\
+            "{}z1 = x.narrow(1, 0, $c1)\n\
+             z2 = x.narrow(1, $c1, $c2)\n\
+             h = $conv.forward(z1)\n{mean_logs}\
              eps = (z2 - mean) * torch.exp(-logs)\n\
-             rest, ld_inner = {}\n\
+             rest, ld_inner = $inner.forward(z1, cond)\n\
              b = x.size(0)\n\
              return torch.cat([eps.reshape([b, -1]), rest], 1), ld_inner - {}",
-            inner.call_forward("z1", "cond"),
+            ts_check_channels("SplitPrior", "x"),
             ts_sum_per_sample("logs")
         );
         let i = format!(
-            "assert y.dim() == 2 and y.size(1) > {n2}, \"SplitPrior inverse: expected [B, D] with D > {n2}, got \" + str(y.size())\n\
-             eps = y.narrow(1, 0, {n2}).reshape([y.size(0), {c2}, {hh}, {ww}])\n\
-             z1, ld_inner = {}\n\
-             h = self.{conv}(z1)\n{mean_logs}\
+            "assert y.dim() == 2 and y.size(1) > $n2, \"SplitPrior inverse: expected [B, D] with D > \" + str($n2) + \", got \" + str(y.size())\n\
+             eps = y.narrow(1, 0, $n2).reshape([y.size(0), $c2, $height, $width])\n\
+             z1, ld_inner = $inner.inverse(y.narrow(1, $n2, y.size(1) - $n2), cond)\n\
+             h = $conv.forward(z1)\n{mean_logs}\
              z2 = eps * torch.exp(logs) + mean\n\
              return torch.cat([z1, z2], 1), ld_inner + {}",
-            inner.call_inverse(&format!("y.narrow(1, {n2}, y.size(1) - {n2})"), "cond"),
             ts_sum_per_sample("logs")
         );
-        ts.define_flow(&stem, &f, &i)
+        let layer = Layer::new(kind)
+            .int("channels", c)
+            .int("c1", c1)
+            .int("c2", c2)
+            .int("height", hh)
+            .int("width", ww)
+            .int("n2", self.factored_dim())
+            .child("conv", &conv)
+            .child("inner", &inner);
+        ts.add(layer.flow_methods(&f, &i))
     }
 
     fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<(Tensor, Tensor)> {

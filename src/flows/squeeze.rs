@@ -51,6 +51,6 @@ impl Flow for Squeeze {
              return out, {}",
             ts_zero_logdet("y")
         );
-        ts.define_flow("squeeze", &f, &i)
+        ts.add(crate::script::Layer::new("Squeeze").flow_methods(&f, &i))
     }
 }

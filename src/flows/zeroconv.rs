@@ -42,25 +42,28 @@ impl ZeroConv2d {
 }
 
 impl ZeroConv2d {
-    /// Defines `forward` as a TorchScript method `(self, x: Tensor) -> Tensor` of the module being
-    /// exported (see [`crate::script`]) and returns its name.
-    pub fn to_torchscript(&self, ts: &mut crate::script::ScriptBuilder) -> Result<String> {
-        use crate::script::ts_float;
-        let (w, b, logs) = (ts.tensor(&self.weight)?, ts.tensor(&self.bias)?, ts.tensor(&self.logs)?);
-        let stem = ts.stem("zeroconv", &[&self.weight, &self.bias, &self.logs]);
-        let factor = ts_float(self.logscale_factor)?;
-        let conv = if self.pad_value == 0.0 {
-            format!("h = torch.conv2d(x, {w}, {b}, [1, 1], [1, 1], [1, 1], 1)")
+    /// Describes `forward` as a method `forward(self, x: Tensor) -> Tensor` (see
+    /// [`crate::script`]).
+    pub fn to_torchscript(&self, ts: &mut crate::script::ScriptBuilder) -> Result<crate::script::ScriptFlow> {
+        let (kind, conv) = if self.pad_value == 0.0 {
+            ("ZeroConv2d", "h = torch.conv2d(x, $weight, $bias, [1, 1], [1, 1], [1, 1], 1)")
         } else {
-            format!(
+            (
+                "ZeroConv2dPadded",
                 "inside = torch.constant_pad_nd(torch.ones_like(x), [1, 1, 1, 1])\n\
-                 border = ((-inside) + 1.0) * {}\n\
+                 border = ((-inside) + 1.0) * $pad_value\n\
                  xp = torch.constant_pad_nd(x, [1, 1, 1, 1]) + border\n\
-                 h = torch.conv2d(xp, {w}, {b}, [1, 1], [0, 0], [1, 1], 1)",
-                ts_float(self.pad_value)?
+                 h = torch.conv2d(xp, $weight, $bias, [1, 1], [0, 0], [1, 1], 1)",
             )
         };
-        let body = format!("{conv}\nreturn h * torch.exp({logs} * {factor})");
-        ts.define_function(&stem, "zeroconv", "x: Tensor", "Tensor", &body)
+        let mut layer = crate::script::Layer::new(kind)
+            .tensor(ts, "weight", &self.weight)?
+            .tensor(ts, "bias", &self.bias)?
+            .tensor(ts, "logs", &self.logs)?
+            .float("logscale_factor", self.logscale_factor);
+        if self.pad_value != 0.0 {
+            layer = layer.float("pad_value", self.pad_value);
+        }
+        ts.add(layer.method("forward", "x: Tensor", "Tensor", &format!("{conv}\nreturn h * torch.exp($logs * $logscale_factor)")))
     }
 }

@@ -7,7 +7,5 @@ pub use atomic::atomic_write;
 pub use rundir::{Checkpoint, RunDir, RunState};
 pub use tensors::{load_into_varstore, read_safetensors, write_safetensors};
 pub mod png;
-/// `flowzoo import`: PyTorch Glow checkpoints (y0ast, rosinality) and flowzoo state dicts.
-pub mod import;
 /// PyTorch `.pt` files (zip + pickle) read without executing anything.
 pub mod pt;

@@ -1,42 +1,28 @@
-//! The TorchScript writer the layers describe themselves to: a leaf module that depends only
-//! on [`crate::ffi`], so the zoo can write its own TorchScript without knowing the exporter.
+//! The writer the layers describe themselves to: a leaf module that depends only on
+//! [`crate::ffi`], so the zoo can write its own export without knowing the exporter.
 //!
-//! There is no tracing. [`ScriptBuilder`] wraps the root [`ScriptModule`] (`src/ffi`): it first
-//! registers every variable of the model's `VarStore` under its dotted name, then asks the
-//! model's flow to write itself: a layer's `to_torchscript` defines its forward and inverse as
-//! TorchScript methods and returns their names ([`ScriptFlow`]). A layer reaches its tensors
-//! through [`ScriptBuilder::tensor`] (which finds the registered name of a tensor it holds);
-//! composites call their children's methods. Every method takes `(x, cond)` where `cond` is the
-//! conditioning tensor (`Optional[Tensor]`), like the zoo's `Ctx`. All methods live on the root
-//! module (names starting with `_`), so a composite can call any layer wherever its tensors
-//! live. [`crate::export`] then adds the model-level methods and writes the file.
+//! Each layer describes itself once as a [`Layer`] (its kind, constants, tensors, child layers
+//! and method bodies in TorchScript syntax with `$` placeholders, see [`layer`]) and hands it
+//! to [`ScriptBuilder::add`]. Two back ends are written from that one description, so they stay
+//! in step by construction:
+//! - TorchScript: every method becomes a flat method of the root [`ScriptModule`] (names start
+//!   with `_`), constants inlined, tensors read by their full registered path; the module is
+//!   compiled as it grows, so an error names the offending source;
+//! - plain PyTorch source ([`python`]): one `nn.Module` class per layer kind, constants as
+//!   attributes, each layer's tensors owned by its module at the layer's path (so
+//!   `state_dict()` keys are flowzoo's names), child layers referenced, not re-registered.
 //!
-//! A layer's TorchScript must mirror its Rust ops one for one: the Python tests compare the two
-//! to 1e-10 in float64. Every method source is also kept ([`ScriptBuilder::sources`]), so other
-//! back ends can reuse the same per-layer description.
+//! A layer's methods must compute what its Rust code computes, op for op: the tests compare
+//! both back ends with the Rust model.
+pub mod layer;
+pub mod python;
+
+pub use layer::{Const, Layer, Method, ScriptFlow};
+
 use crate::ffi::{torchscript_path, AttrKind, ScriptModule};
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::HashMap;
 use tch::Tensor;
-
-/// How to call a layer's exported forward and inverse: the names of two methods of the root
-/// module, each `(self, x: Tensor, cond: Optional[Tensor]) -> Tuple[Tensor, Tensor]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ScriptFlow {
-    pub forward: String,
-    pub inverse: String,
-}
-
-impl ScriptFlow {
-    /// `self.<forward>(x, cond)`.
-    pub fn call_forward(&self, x: &str, cond: &str) -> String {
-        format!("self.{}({x}, {cond})", self.forward)
-    }
-    /// `self.<inverse>(y, cond)`.
-    pub fn call_inverse(&self, y: &str, cond: &str) -> String {
-        format!("self.{}({y}, {cond})", self.inverse)
-    }
-}
 
 /// The error of a layer that has no TorchScript yet.
 pub fn not_exportable(layer: &str) -> anyhow::Error {
@@ -88,14 +74,26 @@ struct Registered {
     size: Vec<i64>,
 }
 
+/// A registered variable, for the Python back end's tensor table.
+#[derive(Clone, Debug)]
+pub struct Variable {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub kind: tch::Kind,
+    pub trainable: bool,
+}
+
 /// Builds one TorchScript module: registers the model's variables under their flowzoo names
 /// and collects the methods the layers define (see the module docs).
 pub struct ScriptBuilder {
     module: ScriptModule,
     /// Registered tensors by data pointer: how a layer's tensor finds its name.
     by_ptr: HashMap<usize, Registered>,
-    /// Method sources already defined (bodies of parameter-free layers are shared).
+    /// Parameter-free leaf layers already defined, by their description (shared).
     defined: HashMap<String, ScriptFlow>,
+    /// Every layer added, in order (children before parents), for the Python back end.
+    layers: Vec<(ScriptFlow, Layer)>,
+    variables: Vec<Variable>,
     counter: usize,
     /// The first floating-point tensor registered: dtype/device reference for `sample`.
     float_ref: Option<String>,
@@ -113,6 +111,8 @@ impl ScriptBuilder {
             counter: 0,
             float_ref: None,
             sources: vec![],
+            layers: vec![],
+            variables: vec![],
         })
     }
 
@@ -133,9 +133,10 @@ impl ScriptBuilder {
                 bail!("variables {} and {name} share storage; cannot export", prev.name);
             }
             if self.float_ref.is_none() && t.is_floating_point() {
-                self.float_ref = Some(torchscript_path("self", name));
+                self.float_ref = Some(name.clone());
             }
             self.by_ptr.insert(ptr, Registered { name: name.clone(), size: t.size() });
+            self.variables.push(Variable { name: name.clone(), shape: t.size(), kind: t.kind(), trainable: t.requires_grad() });
         }
         Ok(())
     }
@@ -161,27 +162,6 @@ impl ScriptBuilder {
     /// `getattr(getattr(self.levels, "0").steps, "1").actnorm.logs`.
     pub fn tensor(&self, t: &Tensor) -> Result<String> {
         Ok(torchscript_path("self", self.tensor_name(t)?))
-    }
-
-    /// A readable stem for a layer's methods: the common prefix of its tensors' names
-    /// (`levels.0.steps.1.actnorm` -> `levels_0_steps_1_actnorm`), else `kind`.
-    pub fn stem(&self, kind: &str, tensors: &[&Tensor]) -> String {
-        let names: Vec<Vec<&str>> = tensors
-            .iter()
-            .filter_map(|t| self.tensor_name(t).ok())
-            .map(|n| n.split('.').collect())
-            .collect();
-        let Some(first) = names.first() else { return kind.to_string() };
-        let mut len = first.len().saturating_sub(1);
-        for n in &names[1..] {
-            len = len.min(first.iter().zip(n.iter()).take_while(|(a, b)| a == b).count());
-            len = len.min(n.len().saturating_sub(1));
-        }
-        if len == 0 {
-            kind.to_string()
-        } else {
-            first[..len].join("_")
-        }
     }
 
     /// A method name not used yet in the module: `_<stem>_<suffix>`.
@@ -210,38 +190,67 @@ impl ScriptBuilder {
         &self.sources
     }
 
-    /// Defines a layer's forward and inverse from their bodies: the forward body reads
-    /// `x: Tensor` and `cond: Optional[Tensor]`, the inverse body `y` and `cond`; each ends with
-    /// `return out, logabsdet`. Identical bodies (parameter-free layers) share their methods.
-    pub fn define_flow(&mut self, stem: &str, forward_body: &str, inverse_body: &str) -> Result<ScriptFlow> {
-        let key = format!("{forward_body}\n\u{0}\n{inverse_body}");
-        if let Some(f) = self.defined.get(&key) {
-            return Ok(f.clone());
+    /// Adds a described layer: defines its methods as flat methods of the root (TorchScript)
+    /// and records it for the Python back end. Returns how to call it.
+    pub fn add(&mut self, layer: Layer) -> Result<ScriptFlow> {
+        let leaf = layer.tensors.is_empty() && layer.children.is_empty();
+        let key = format!("{layer:?}");
+        if leaf {
+            if let Some(f) = self.defined.get(&key) {
+                return Ok(f.clone());
+            }
         }
-        let f = self.fresh_name(stem, "fwd")?;
-        let i = self.fresh_name(stem, "inv")?;
-        let src = format!(
-            "def {f}(self, x: Tensor, cond: Optional[Tensor]) -> Tuple[Tensor, Tensor]:\n{}\n\n\
-             def {i}(self, y: Tensor, cond: Optional[Tensor]) -> Tuple[Tensor, Tensor]:\n{}\n",
-            indent(forward_body),
-            indent(inverse_body)
-        );
-        self.define(&src)?;
-        let flow = ScriptFlow { forward: f, inverse: i };
-        self.defined.insert(key, flow.clone());
+        let stem = match layer_path(&layer) {
+            Some(p) if !p.is_empty() => p.replace('.', "_"),
+            _ => layer.kind.to_lowercase(),
+        };
+        let mut methods = std::collections::BTreeMap::new();
+        for m in &layer.methods {
+            methods.insert(m.name.clone(), self.fresh_name(&stem, &m.name)?);
+        }
+        let flow = ScriptFlow { id: self.layers.len(), methods };
+        let mut src = String::new();
+        for m in &layer.methods {
+            let body = render_ts(&layer, &flow, &m.body).with_context(|| format!("layer {} method {}", layer.kind, m.name))?;
+            let sep = if m.params.is_empty() { "" } else { ", " };
+            src += &format!("def {}(self{sep}{}) -> {}:\n{}\n\n", flow.methods[&m.name], m.params, m.ret, indent(&body));
+        }
+        self.define(&src).with_context(|| format!("layer {}", layer.kind))?;
+        if leaf {
+            self.defined.insert(key, flow.clone());
+        }
+        self.layers.push((flow.clone(), layer));
         Ok(flow)
     }
 
-    /// Defines a helper method `(self, <params>) -> <ret>` with `body`; returns its name.
-    pub fn define_function(&mut self, stem: &str, suffix: &str, params: &str, ret: &str, body: &str) -> Result<String> {
-        let name = self.fresh_name(stem, suffix)?;
-        let sep = if params.is_empty() { "" } else { ", " };
-        self.define(&format!("def {name}(self{sep}{params}) -> {ret}:\n{}\n", indent(body)))?;
-        Ok(name)
+    /// Adds the model itself: its methods become the root module's own methods (`forward`,
+    /// `log_prob`, ...), and in Python the model class. Call it last.
+    pub fn add_root(&mut self, layer: Layer) -> Result<()> {
+        let flow = ScriptFlow { id: self.layers.len(), methods: layer.methods.iter().map(|m| (m.name.clone(), m.name.clone())).collect() };
+        let mut src = String::new();
+        for m in &layer.methods {
+            let body = render_ts(&layer, &flow, &m.body).with_context(|| format!("model method {}", m.name))?;
+            let sep = if m.params.is_empty() { "" } else { ", " };
+            src += &format!("def {}(self{sep}{}) -> {}:\n{}\n\n", m.name, m.params, m.ret, indent(&body));
+        }
+        self.define(&src)?;
+        self.layers.push((flow, layer));
+        Ok(())
     }
 
-    /// The expression of a floating-point variable (for the dtype and device of new tensors).
-    pub fn float_reference(&self) -> Result<&str> {
+    /// The layers added so far with their handles, children before parents.
+    pub fn layers(&self) -> &[(ScriptFlow, Layer)] {
+        &self.layers
+    }
+
+    /// Every registered variable, in registration order.
+    pub fn variables(&self) -> &[Variable] {
+        &self.variables
+    }
+
+    /// The registered name of a floating-point variable (for the dtype and device of new
+    /// tensors).
+    pub fn float_reference_name(&self) -> Result<&str> {
         self.float_ref.as_deref().ok_or_else(|| anyhow!("the model has no floating-point variable"))
     }
 
@@ -258,3 +267,59 @@ impl ScriptBuilder {
     }
 }
 
+
+/// The dotted prefix under which a layer's tensors live (the common prefix of their parent
+/// paths); `None` for a layer without tensors.
+pub fn layer_path(layer: &Layer) -> Option<String> {
+    let parents: Vec<Vec<&str>> = layer
+        .tensors
+        .iter()
+        .map(|(_, full)| {
+            let parts: Vec<&str> = full.split('.').collect();
+            parts[..parts.len().saturating_sub(1)].to_vec()
+        })
+        .collect();
+    let first = parents.first()?;
+    let mut len = first.len();
+    for p in &parents[1..] {
+        len = len.min(first.iter().zip(p.iter()).take_while(|(a, b)| a == b).count());
+    }
+    Some(first[..len].join("."))
+}
+
+/// A body with its placeholders filled in for the flat TorchScript module.
+fn render_ts(layer: &Layer, own: &ScriptFlow, body: &str) -> Result<String> {
+    let name = |n: &str| -> Result<String> {
+        if let Some(c) = layer.const_value(n) {
+            return c.literal();
+        }
+        if let Some(full) = layer.tensor_full(n) {
+            return Ok(torchscript_path("self", full));
+        }
+        bail!("`${n}` names no constant or tensor of layer {}", layer.kind)
+    };
+    layer::substitute(body, |p| match p {
+        layer::Placeholder::Name(n) => name(n),
+        layer::Placeholder::Call("self", m) => Ok(format!("self.{}", own.method(m)?)),
+        layer::Placeholder::Call(c, m) => match layer.child_of(c) {
+            Some(child) => Ok(format!("self.{}", child.method(m)?)),
+            None => Ok(format!("{}.{m}", name(c)?)),
+        },
+    })
+}
+
+impl Layer {
+    /// A tensor the layer holds, under `alias` in its bodies (`$alias`).
+    pub fn tensor(self, ts: &ScriptBuilder, alias: &str, t: &Tensor) -> Result<Self> {
+        let name = ts.tensor_name(t)?.to_string();
+        Ok(self.tensor_named(alias, &name))
+    }
+}
+
+/// TorchScript asserting that `t` has `$channels` channels (dim 1), with the message the Rust
+/// layers give (`check_channels`); the layer must define the constant `channels`.
+pub fn ts_check_channels(layer: &str, t: &str) -> String {
+    format!(
+        "assert {t}.dim() >= 2 and {t}.size(1) == $channels, \"{layer}: expected input with \" + str($channels) + \" channels (dim 1), got \" + str({t}.size())\n"
+    )
+}

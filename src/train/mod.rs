@@ -1,40 +1,32 @@
-//! Training: the loop, our own Adam, sessions (a model with its weights), checkpoints,
-//! metrics and plots.
+//! Training, split by job: one optimisation step and checkpoints (`step.rs`), the data and its
+//! batch order (`data.rs`), the loop (`train_loop.rs`), the metrics file (`metrics.rs`), our own
+//! Adam (`optim.rs`, its state is saved) and the plots (`plot.rs`).
+mod data;
+pub mod metrics;
 pub mod optim;
 pub mod plot;
-pub mod session;
-pub mod trainer;
+pub mod step;
+pub mod train_loop;
 
+pub use metrics::MetricsLog;
 pub use optim::Adam;
-pub use session::{Scores, Session};
-pub use trainer::{train, StepOutcome, TrainOptions, Trainer};
+pub use step::{StepOutcome, Trainer};
+pub use train_loop::{train, TrainOptions, TrainSummary};
 
-use anyhow::{bail, Result};
-use tch::Device;
-
-/// "auto" (CUDA when present), "cpu", "cuda", "cuda:N".
-pub fn parse_device(s: &str) -> Result<Device> {
-    Ok(match s {
-        "auto" => Device::cuda_if_available(),
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda(0),
-        _ => match s.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
-            Some(i) => Device::Cuda(i),
-            None => bail!("unknown device {s:?}: use auto, cpu, cuda or cuda:N"),
-        },
-    })
-}
-
-/// The device, checked to exist.
-pub fn resolve_device(s: &str) -> Result<Device> {
-    let d = parse_device(s)?;
-    if let Device::Cuda(i) = d {
-        if !tch::Cuda::is_available() {
-            bail!("device {s:?} requested but CUDA is not available on this machine (libtorch sees no GPU)");
-        }
-        if i >= tch::Cuda::device_count() as usize {
-            bail!("device cuda:{i} requested but only {} CUDA devices exist", tch::Cuda::device_count());
-        }
-    }
-    Ok(d)
+/// The purpose tags of `crate::rng::derive_seed`: each random draw of a run has its own stream,
+/// so adding a draw of one kind never shifts the others. Frozen: a resumed run and the shipped
+/// model's checks depend on them.
+pub(crate) mod streams {
+    /// The permutation of the training rows in each epoch.
+    pub const EPOCH_ORDER: u64 = 1;
+    /// The rows of the data-dependent (ActNorm) initialisation batch.
+    pub const INIT_BATCH: u64 = 2;
+    /// The dequantisation noise of that batch.
+    pub const INIT_NOISE: u64 = 3;
+    /// The dequantisation noise of every evaluation.
+    pub const EVAL: u64 = 4;
+    /// The noise of the sample grids written during training.
+    pub const SAMPLES: u64 = 5;
+    /// The dequantisation noise of each step.
+    pub const STEP_NOISE: u64 = 6;
 }

@@ -355,15 +355,8 @@ def test_pickled_code_is_not_executed(work, y0ast_sd):
 
 # ---------------------------------------------------------------------------------------------
 # round trip: export -> fine-tune in PyTorch -> import state-dict
-def _has_export():
-    p = flowzoo("export", "--help", check=False)
-    return p.returncode == 0 and "--torchscript" in p.stdout
-
-
 @pytest.mark.parametrize("name", ["y0ast-affine-lu", "rosinality-affine-lu"])
 def test_round_trip_export_finetune_import(name, imported, work):
-    if not _has_export():
-        pytest.skip("`flowzoo export --torchscript` is not in this flowzoo build yet")
     _, run, x, bpd_ref, _, _ = imported[name]
     ts = work / f"export-{name}.pt"
     flowzoo("export", "--model", run, "--torchscript", ts)

@@ -1,6 +1,6 @@
 //! Affine and additive elementwise maps (RealNVP, Glow, NICE).
 use super::{check_params, ElementwiseBijection};
-use crate::script::ScriptBuilder;
+use crate::script::{ScriptBuilder, ScriptFlow};
 use anyhow::Result;
 use tch::Tensor;
 
@@ -79,7 +79,7 @@ impl ElementwiseBijection for Affine {
         Ok((y.f_mul(&ls.f_neg()?.f_exp()?)?.f_sub(&shift)?, Some(ls)))
     }
 
-    fn script(&self, _ts: &mut ScriptBuilder, inverse: bool) -> Result<String> {
+    fn to_torchscript(&self, ts: &mut ScriptBuilder) -> Result<ScriptFlow> {
         let mut s = match self.layout {
             ParamLayout::Interleaved => "shift = h[:, 0::2]\nraw = h[:, 1::2]\n".to_string(),
             ParamLayout::Contiguous => "hc = h.size(1) // 2\nshift = h.narrow(1, hc, hc)\nraw = h.narrow(1, 0, hc)\n".to_string(),
@@ -88,8 +88,14 @@ impl ElementwiseBijection for Affine {
             ScaleFn::Sigmoid2 => "ld = torch.log_sigmoid(raw + 2.0)\n",
             ScaleFn::ExpTanh => "ld = torch.tanh(raw / 3.0) * 3.0\n",
         };
-        s += if inverse { "out = t * torch.exp(-ld) - shift\n" } else { "out = (t + shift) * torch.exp(ld)\n" };
-        Ok(s)
+        let f = format!("{s}return (t + shift) * torch.exp(ld), ld");
+        let i = format!("{s}return t * torch.exp(-ld) - shift, ld");
+        let kind = format!(
+            "Affine{}{}",
+            if self.scale == ScaleFn::ExpTanh { "ExpTanh" } else { "" },
+            if self.layout == ParamLayout::Contiguous { "Contiguous" } else { "" }
+        );
+        ts.add(super::script_methods(&kind, &f, &i))
     }
 
     fn name(&self) -> String {
@@ -113,8 +119,8 @@ impl ElementwiseBijection for Additive {
         check_params("Additive", y, h, 1)?;
         Ok((y.f_sub(h)?, None))
     }
-    fn script(&self, _ts: &mut ScriptBuilder, inverse: bool) -> Result<String> {
-        Ok(if inverse { "out = t - h\n" } else { "out = t + h\n" }.to_string())
+    fn to_torchscript(&self, ts: &mut ScriptBuilder) -> Result<ScriptFlow> {
+        ts.add(super::script_methods("Additive", "return t + h, None", "return t - h, None"))
     }
     fn volume_preserving(&self) -> bool {
         true

@@ -2,7 +2,7 @@
 //! parameters, the part of a coupling (or an autoregressive layer) that says *how* a feature
 //! changes. The conditioner that produces the parameters and the structure that says which
 //! features are transformed are separate parts (see [`super::coupling`]).
-use crate::script::ScriptBuilder;
+use crate::script::{Layer, ScriptBuilder, ScriptFlow};
 use anyhow::Result;
 use tch::Tensor;
 
@@ -28,11 +28,10 @@ pub trait ElementwiseBijection: Send {
     /// caller negates it for the inverse log-det.
     fn inverse(&self, y: &Tensor, h: &Tensor) -> Result<(Tensor, Option<Tensor>)>;
 
-    /// TorchScript statements computing what `forward` (or `inverse`) computes, op for op:
-    /// they read the input `t` and the parameters `h` and set `out` and, unless
-    /// [`volume_preserving`](Self::volume_preserving), the elementwise `ld`. `ts` is there for
-    /// bijections that need helper methods.
-    fn script(&self, ts: &mut ScriptBuilder, inverse: bool) -> Result<String>;
+    /// Describes `forward(self, t: Tensor, h: Tensor) -> Tuple[Tensor, Optional[Tensor]]` and
+    /// `inverse(...)` (same signature) computing what [`forward`](Self::forward) and
+    /// [`inverse`](Self::inverse) compute, op for op (see [`crate::script`]).
+    fn to_torchscript(&self, ts: &mut ScriptBuilder) -> Result<ScriptFlow>;
 
     /// Whether `log f'` is identically zero (the log-det is then not computed at all).
     fn volume_preserving(&self) -> bool {
@@ -57,4 +56,10 @@ pub(crate) fn check_params(name: &str, x: &Tensor, h: &Tensor, p: i64) -> Result
         });
     }
     Ok(())
+}
+
+/// The two methods of an elementwise bijection from their bodies (which read `t` and `h`).
+pub(crate) fn script_methods(kind: &str, forward_body: &str, inverse_body: &str) -> Layer {
+    let (p, r) = ("t: Tensor, h: Tensor", "Tuple[Tensor, Optional[Tensor]]");
+    Layer::new(kind).method("forward", p, r, forward_body).method("inverse", p, r, inverse_body)
 }

@@ -5,7 +5,7 @@
 //! to the first hidden layer, broadcast over space.
 use super::{context, script_context, Conditioner};
 use crate::flows::{actnorm::ActNormParam, fastconv, ActNorm, Ctx, Flow, ZeroConv2d};
-use crate::script::ScriptBuilder;
+use crate::script::{Layer, ScriptBuilder, ScriptFlow};
 use anyhow::Result;
 use tch::{nn, Kind, Tensor};
 
@@ -109,29 +109,35 @@ impl Conditioner for ConvNet {
 
     /// TorchScript of `forward` in the model's own dtype (a low-precision `ctx.compute_kind` is
     /// a speed setting of the caller and is not exported).
-    fn to_torchscript(&self, ts: &mut ScriptBuilder) -> Result<String> {
+    fn to_torchscript(&self, ts: &mut ScriptBuilder) -> Result<ScriptFlow> {
+        let mut layer = Layer::new("ConvNet");
         let mut body = String::new();
         let layers = [(&self.conv0, &self.bias0, &self.norm0, 1, "x"), (&self.conv2, &self.bias2, &self.norm2, 0, "h")];
         for (i, (w, b, norm, pad, input)) in layers.into_iter().enumerate() {
+            let k = 2 * i;
+            layer = layer.tensor(ts, &format!("w{k}"), w)?;
             let b = match b {
-                Some(b) => ts.tensor(b)?,
+                Some(b) => {
+                    layer = layer.tensor(ts, &format!("b{k}"), b)?;
+                    format!("$b{k}")
+                }
                 None => "None".to_string(),
             };
-            body += &format!("h = torch.conv2d({input}, {}, {b}, [1, 1], [{pad}, {pad}], [1, 1], 1)\n", ts.tensor(w)?);
+            body += &format!("h = torch.conv2d({input}, $w{k}, {b}, [1, 1], [{pad}, {pad}], [1, 1], 1)\n");
             if let Some(n) = norm {
-                let an = n.script(ts)?;
-                body += &format!("h = {}[0]\n", an.call_forward("h", "cond"));
+                layer = layer.child(&format!("norm{k}"), &n.script(ts)?);
+                body += &format!("h = $norm{k}.forward(h, cond)[0]\n");
             }
             if let (0, Some(cw)) = (i, &self.context) {
-                body += &script_context("ConvNet", cw.size()[1], "x");
-                body += &format!("h = h + torch.linear(c.to(h.dtype), {}).reshape([c.size(0), -1, 1, 1])\n", ts.tensor(cw)?);
+                layer = layer.tensor(ts, "context", cw)?.int("context_dim", cw.size()[1]);
+                body += &script_context("ConvNet", "x");
+                body += "h = h + torch.linear(c.to(h.dtype), $context).reshape([c.size(0), -1, 1, 1])\n";
             }
             body += "h = torch.relu(h)\n";
         }
-        let out = self.out.to_torchscript(ts)?;
-        body += &format!("return self.{out}(h)");
-        let stem = ts.stem("convnet", &[&self.conv0, &self.conv2, &self.out.weight]);
-        ts.define_function(&stem, "net", "x: Tensor, cond: Optional[Tensor]", "Tensor", &body)
+        layer = layer.child("out", &self.out.to_torchscript(ts)?);
+        body += "return $out.forward(h)";
+        ts.add(layer.method("forward", "x: Tensor, cond: Optional[Tensor]", "Tensor", &body))
     }
 }
 

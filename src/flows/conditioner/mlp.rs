@@ -4,7 +4,7 @@
 //! indices: `0.weight`, `2.weight`, ...
 use super::{context, script_context, Conditioner};
 use crate::flows::Ctx;
-use crate::script::ScriptBuilder;
+use crate::script::{Layer, ScriptBuilder, ScriptFlow};
 use anyhow::{bail, Result};
 use tch::{nn, Tensor};
 
@@ -105,22 +105,23 @@ impl Conditioner for MlpNet {
         self.context_dim
     }
 
-    fn to_torchscript(&self, ts: &mut ScriptBuilder) -> Result<String> {
+    fn to_torchscript(&self, ts: &mut ScriptBuilder) -> Result<ScriptFlow> {
+        let mut layer = Layer::new("MlpNet");
         let mut body = if self.context_dim > 0 {
-            format!("{}h = torch.cat([x, c.to(x.dtype)], 1)\n", script_context("MlpNet", self.context_dim, "x"))
+            layer = layer.int("context_dim", self.context_dim);
+            format!("{}h = torch.cat([x, c.to(x.dtype)], 1)\n", script_context("MlpNet", "x"))
         } else {
             "h = x\n".to_string()
         };
         let last = self.layers.len() - 1;
         for (i, (w, b)) in self.layers.iter().enumerate() {
-            body += &format!("h = torch.linear(h, {}, {})\n", ts.tensor(w)?, ts.tensor(b)?);
+            layer = layer.tensor(ts, &format!("w{i}"), w)?.tensor(ts, &format!("b{i}"), b)?;
+            body += &format!("h = torch.linear(h, $w{i}, $b{i})\n");
             if i < last {
                 body += &format!("h = {}\n", self.activation.script("h"));
             }
         }
         body += "return h";
-        let tensors: Vec<&Tensor> = self.layers.iter().map(|(w, _)| w).collect();
-        let stem = ts.stem("mlp", &tensors);
-        ts.define_function(&stem, "net", "x: Tensor, cond: Optional[Tensor]", "Tensor", &body)
+        ts.add(layer.method("forward", "x: Tensor, cond: Optional[Tensor]", "Tensor", &body))
     }
 }

@@ -5,7 +5,7 @@
 //! with `context_dim = 0` it ignores `ctx.cond` (a class-conditional Glow conditions only its
 //! prior).
 use super::Ctx;
-use crate::script::ScriptBuilder;
+use crate::script::{ScriptBuilder, ScriptFlow};
 use anyhow::{bail, Result};
 use tch::Tensor;
 
@@ -26,9 +26,9 @@ pub trait Conditioner: Send {
         0
     }
 
-    /// Defines `forward` as a TorchScript method `(self, x: Tensor, cond: Optional[Tensor]) ->
-    /// Tensor` of the module being exported (see [`crate::script`]) and returns its name.
-    fn to_torchscript(&self, ts: &mut ScriptBuilder) -> Result<String> {
+    /// Describes `forward(self, x: Tensor, cond: Optional[Tensor]) -> Tensor` (see
+    /// [`crate::script`]).
+    fn to_torchscript(&self, ts: &mut ScriptBuilder) -> Result<ScriptFlow> {
         let _ = ts;
         Err(crate::script::not_exportable(&crate::script::short_type_name(std::any::type_name::<Self>())))
     }
@@ -47,11 +47,12 @@ pub fn context<'a>(layer: &str, ctx: &Ctx<'a>, dim: i64, batch: i64) -> Result<O
     }
 }
 
-/// TorchScript statements checking `cond` as [`context`] does; they bind `c` to it.
-pub fn script_context(layer: &str, dim: i64, x: &str) -> String {
+/// TorchScript statements checking `cond` as [`context`] does; they bind `c` to it. The layer
+/// must define the constant `context_dim`.
+pub fn script_context(layer: &str, x: &str) -> String {
     format!(
-        "assert cond is not None, \"{layer}: this network is conditional: pass a context of shape [B, {dim}]\"\n\
+        "assert cond is not None, \"{layer}: this network is conditional: pass a context of shape [B, \" + str($context_dim) + \"]\"\n\
          c = cond\n\
-         assert c.dim() == 2 and c.size(0) == {x}.size(0) and c.size(1) == {dim}, \"{layer}: expected a context of shape [\" + str({x}.size(0)) + \", {dim}], got \" + str(c.size())\n"
+         assert c.dim() == 2 and c.size(0) == {x}.size(0) and c.size(1) == $context_dim, \"{layer}: expected a context of shape [\" + str({x}.size(0)) + \", \" + str($context_dim) + \"], got \" + str(c.size())\n"
     )
 }

@@ -6,7 +6,7 @@
 use super::{sum_per_sample, zero_logdet, ConvNet, Ctx, Flow};
 use crate::flows::bijection::ElementwiseBijection;
 use crate::flows::conditioner::Conditioner;
-use crate::script::{ts_sum_per_sample, ts_zero_logdet, ScriptBuilder, ScriptFlow};
+use crate::script::{ts_check_channels, ts_sum_per_sample, ts_zero_logdet, Layer, ScriptBuilder, ScriptFlow};
 use anyhow::{bail, Result};
 use tch::{nn, Tensor};
 
@@ -61,6 +61,24 @@ impl Coupling {
         Self::new(channels, partition, transform, Box::new(net))
     }
 
+    /// A coupling on vectors with an MLP conditioner (`depth` hidden layers of `width`) under
+    /// `p / "net"`, reading a `context_dim` context (0: none).
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_mlp(
+        p: nn::Path,
+        partition: Box<dyn Partition>,
+        transform: Box<dyn ElementwiseBijection>,
+        dim: i64,
+        context_dim: i64,
+        width: i64,
+        depth: i64,
+        activation: crate::flows::Activation,
+    ) -> Result<Self> {
+        let (c_in, c_out) = Self::net_features(partition.as_ref(), transform.as_ref(), dim);
+        let net = crate::flows::MlpNet::with_context(&p / "net", c_in, context_dim, width, depth, c_out, activation)?;
+        Self::new(dim, partition, transform, Box::new(net))
+    }
+
     /// Applies the transform to `x` (`inverse = false`) or undoes it, with the forward log-det.
     fn run(&self, x: &Tensor, ctx: &Ctx, inverse: bool) -> Result<(Tensor, Tensor)> {
         super::check_channels("Coupling", x, self.channels)?;
@@ -74,26 +92,6 @@ impl Coupling {
         };
         Ok((self.partition.merge(x, &parts, &out)?, ld))
     }
-
-    /// TorchScript of [`run`](Self::run) on `input` (`x` or `y`), returning `(out, log-det)`
-    /// with the log-det negated for the inverse, as [`Flow::inverse`] does.
-    fn script_run(&self, ts: &mut ScriptBuilder, net: &str, input: &str, inverse: bool) -> Result<String> {
-        let c = self.channels;
-        let (split, has_active) = self.partition.script_split(input, c);
-        let mut s = format!(
-            "assert {input}.dim() >= 2 and {input}.size(1) == {c}, \"Coupling: expected input with {c} channels (dim 1), got \" + str({input}.size())\n\
-             {split}h = self.{net}(a, cond)\n{}",
-            self.transform.script(ts, inverse)?
-        );
-        let ld = match (self.transform.volume_preserving(), has_active) {
-            (true, _) => ts_zero_logdet(input),
-            (false, true) => ts_sum_per_sample("ld * active"),
-            (false, false) => ts_sum_per_sample("ld"),
-        };
-        let neg = if inverse { "-" } else { "" };
-        s += &format!("lds = {ld}\nreturn {}, {neg}lds", self.partition.script_merge(input, c));
-        Ok(s)
-    }
 }
 
 impl Flow for Coupling {
@@ -105,14 +103,33 @@ impl Flow for Coupling {
         Ok((x, ld.f_neg()?))
     }
 
+    /// `run` as TorchScript: the partition, the network and the bijection are child layers.
     fn to_torchscript(&self, ts: &mut ScriptBuilder) -> Result<ScriptFlow> {
+        let partition = self.partition.to_torchscript(ts, self.channels)?;
         let net = self.net.to_torchscript(ts)?;
-        // Name the methods after the net's (`_levels_0_steps_1_coupling_net_net` -> `..._coupling`).
-        let stem = net.trim_start_matches('_').trim_end_matches("_net").trim_end_matches("_net").to_string();
-        let stem = if stem.is_empty() { "coupling".to_string() } else { stem };
-        let f = self.script_run(ts, &net, "x", false)?;
-        let i = self.script_run(ts, &net, "y", true)?;
-        ts.define_flow(&stem, &f, &i)
+        let transform = self.transform.to_torchscript(ts)?;
+        let body = |input: &str, method: &str, neg: &str| {
+            format!(
+                "{}a, t, active = $partition.split({input})\n\
+                 h = $net.forward(a, cond)\n\
+                 out, ld = $transform.{method}(t, h)\n\
+                 if ld is None:\n    lds = {}\n\
+                 elif active is None:\n    lds = {}\n\
+                 else:\n    lds = {}\n\
+                 return $partition.merge({input}, a, out, active), {neg}lds",
+                ts_check_channels("Coupling", input),
+                ts_zero_logdet(input),
+                ts_sum_per_sample("ld"),
+                ts_sum_per_sample("ld * active")
+            )
+        };
+        let layer = Layer::new("Coupling")
+            .int("channels", self.channels)
+            .child("partition", &partition)
+            .child("net", &net)
+            .child("transform", &transform)
+            .flow_methods(&body("x", "forward", ""), &body("y", "inverse", "-"));
+        ts.add(layer)
     }
 
     fn layer_name(&self) -> String {

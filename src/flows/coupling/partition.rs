@@ -1,8 +1,15 @@
 //! Partitions (a coupling's structure): which features condition which. A partition splits
 //! an input into the conditioner's input and the part to transform, and puts the transformed
 //! part back; it knows nothing about the map or the network.
+use crate::script::{Layer, ScriptBuilder, ScriptFlow};
 use anyhow::{bail, Result};
 use tch::{Kind, Tensor};
+
+fn script_methods(kind: &str, split: &str, merge: &str) -> Layer {
+    Layer::new(kind)
+        .method("split", "x: Tensor", "Tuple[Tensor, Tensor, Optional[Tensor]]", split)
+        .method("merge", "x: Tensor, a: Tensor, out: Tensor, active: Optional[Tensor]", "Tensor", merge)
+}
 
 /// One input split by a [`Partition`].
 pub struct Parts {
@@ -24,12 +31,10 @@ pub trait Partition: Send {
     fn split(&self, x: &Tensor, channels: i64) -> Result<Parts>;
     /// `x` with `parts.part` replaced by `out`.
     fn merge(&self, x: &Tensor, parts: &Parts, out: &Tensor) -> Result<Tensor>;
-    /// TorchScript statements reading `input` that set `a` (conditioner input), `t` (the part)
-    /// and, when the second value is true, `active`.
-    fn script_split(&self, input: &str, channels: i64) -> (String, bool);
-    /// A TorchScript expression for `merge`, reading `input`, the names set by
-    /// [`script_split`](Self::script_split) and `out`.
-    fn script_merge(&self, input: &str, channels: i64) -> String;
+    /// Describes `split(self, x) -> (cond, part, active)` and `merge(self, x, cond, out,
+    /// active) -> Tensor`, as [`split`](Self::split) and [`merge`](Self::merge) compute them
+    /// (see [`crate::script`]).
+    fn to_torchscript(&self, ts: &mut ScriptBuilder, channels: i64) -> Result<ScriptFlow>;
     fn name(&self) -> String;
 }
 
@@ -64,13 +69,11 @@ impl Partition for ChannelHalves {
         let pieces = if self.flip { [out, &parts.cond] } else { [&parts.cond, out] };
         Ok(Tensor::f_cat(&pieces, 1)?)
     }
-    fn script_split(&self, input: &str, channels: i64) -> (String, bool) {
+    fn to_torchscript(&self, ts: &mut ScriptBuilder, channels: i64) -> Result<ScriptFlow> {
+        let split = "p0 = x.narrow(1, 0, $c1)\np1 = x.narrow(1, $c1, $c2)\nif $flip:\n    return p1, p0, None\nreturn p0, p1, None";
+        let merge = "if $flip:\n    return torch.cat([out, a], 1)\nreturn torch.cat([a, out], 1)";
         let c1 = channels / 2;
-        let (a, t) = if self.flip { ("p1", "p0") } else { ("p0", "p1") };
-        (format!("p0 = {input}.narrow(1, 0, {c1})\np1 = {input}.narrow(1, {c1}, {})\na = {a}\nt = {t}\n", channels - c1), false)
-    }
-    fn script_merge(&self, _input: &str, _channels: i64) -> String {
-        if self.flip { "torch.cat([out, a], 1)" } else { "torch.cat([a, out], 1)" }.to_string()
+        ts.add(script_methods("ChannelHalves", split, merge).int("c1", c1).int("c2", channels - c1).bool("flip", self.flip))
     }
     fn name(&self) -> String {
         format!("ChannelHalves(flip={})", self.flip)
@@ -121,31 +124,26 @@ impl Partition for Checkerboard {
         let (Some(b), Some(keep)) = (&parts.mask, &parts.active) else { bail!("checkerboard merge: parts of another partition") };
         Ok(x.f_mul(b)?.f_add(&out.f_mul(keep)?)?)
     }
-    fn script_split(&self, input: &str, _channels: i64) -> (String, bool) {
-        let p = self.parity;
-        (
-            format!(
-                "if {input}.dim() == 4:\n    \
-                     hh = {input}.size(2)\n    \
-                     ww = {input}.size(3)\n    \
-                     ii = torch.arange(hh, dtype=4, device={input}.device).reshape([hh, 1])\n    \
-                     jj = torch.arange(ww, dtype=4, device={input}.device).reshape([1, ww])\n    \
-                     bm = torch.remainder(ii + jj, 2).eq({p}).to({input}.dtype).reshape([1, 1, hh, ww])\n\
-                 elif {input}.dim() == 2:\n    \
-                     dd = {input}.size(1)\n    \
-                     bm = torch.remainder(torch.arange(dd, dtype=4, device={input}.device), 2).eq({p}).to({input}.dtype).reshape([1, dd])\n\
-                 else:\n    \
-                     assert False, \"checkerboard coupling: expected [B, C, H, W] or [B, D], got \" + str({input}.size())\n    \
-                     bm = {input}\n\
-                 active = (-bm) + 1.0\n\
-                 a = {input} * bm\n\
-                 t = {input}\n"
-            ),
-            true,
-        )
-    }
-    fn script_merge(&self, input: &str, _channels: i64) -> String {
-        format!("{input} * bm + out * active")
+    fn to_torchscript(&self, ts: &mut ScriptBuilder, _channels: i64) -> Result<ScriptFlow> {
+        let split = "if x.dim() == 4:\n    \
+                 hh = x.size(2)\n    \
+                 ww = x.size(3)\n    \
+                 ii = torch.arange(hh, dtype=4, device=x.device).reshape([hh, 1])\n    \
+                 jj = torch.arange(ww, dtype=4, device=x.device).reshape([1, ww])\n    \
+                 bm = torch.remainder(ii + jj, 2).eq($parity).to(x.dtype).reshape([1, 1, hh, ww])\n\
+             elif x.dim() == 2:\n    \
+                 dd = x.size(1)\n    \
+                 bm = torch.remainder(torch.arange(dd, dtype=4, device=x.device), 2).eq($parity).to(x.dtype).reshape([1, dd])\n\
+             else:\n    \
+                 assert False, \"checkerboard coupling: expected [B, C, H, W] or [B, D], got \" + str(x.size())\n    \
+                 bm = x\n\
+             active = (-bm) + 1.0\n\
+             return x * bm, x, active";
+        // `1 - active` is the mask itself (exact 0/1 values).
+        let merge = "assert active is not None, \"checkerboard merge: parts of another partition\"\n\
+             keep = active\n\
+             return x * ((-keep) + 1.0) + out * keep";
+        ts.add(script_methods("Checkerboard", split, merge).int("parity", self.parity))
     }
     fn name(&self) -> String {
         format!("Checkerboard(parity={})", self.parity)
@@ -182,19 +180,11 @@ impl Partition for Alternating {
         let idx = Tensor::f_arange_start_step(1 - self.parity, x.size()[1], 2, (Kind::Int64, x.device()))?;
         Ok(x.f_index_copy(1, &idx, out)?)
     }
-    fn script_split(&self, input: &str, _channels: i64) -> (String, bool) {
-        let (p, q) = (self.parity, 1 - self.parity);
-        (
-            format!(
-                "assert {input}.dim() == 2, \"alternating coupling: expected [B, D], got \" + str({input}.size())\n\
-                 a = {input}[:, {p}::2]\n\
-                 t = {input}[:, {q}::2]\n"
-            ),
-            false,
-        )
-    }
-    fn script_merge(&self, input: &str, channels: i64) -> String {
-        format!("{input}.index_copy(1, torch.arange({}, {channels}, 2, dtype=4, device={input}.device), out)", 1 - self.parity)
+    fn to_torchscript(&self, ts: &mut ScriptBuilder, _channels: i64) -> Result<ScriptFlow> {
+        let split = "assert x.dim() == 2, \"alternating coupling: expected [B, D], got \" + str(x.size())\n\
+             return x[:, $parity::2], x[:, 1 - $parity::2], None";
+        let merge = "return x.index_copy(1, torch.arange(1 - $parity, x.size(1), 2, dtype=4, device=x.device), out)";
+        ts.add(script_methods("Alternating", split, merge).int("parity", self.parity))
     }
     fn name(&self) -> String {
         format!("Alternating(parity={})", self.parity)

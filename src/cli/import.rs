@@ -1,10 +1,19 @@
-//! The `flowzoo import` sub-commands (their names and options are a contract: keep them).
-use super::{import_state_dict, rosinality, y0ast, Imported};
+//! `flowzoo import`: PyTorch Glow checkpoints (y0ast, rosinality) and flowzoo state dicts into
+//! run directories. The sub-commands' names and options are a contract: keep them.
+use super::DEVICE_HELP;
 use anyhow::Result;
-use clap::Subcommand;
+use flowzoo::import::{import_state_dict, rosinality, y0ast, Imported};
 use std::path::PathBuf;
 
-#[derive(Subcommand, Debug)]
+/// Bring a PyTorch Glow checkpoint (y0ast, rosinality) or flowzoo weights saved from Python
+/// into a run directory.
+#[derive(clap::Args)]
+pub struct ImportArgs {
+    #[command(subcommand)]
+    from: ImportCmd,
+}
+
+#[derive(clap::Subcommand, Debug)]
 pub enum ImportCmd {
     /// A y0ast/Glow-PyTorch checkpoint and the hparams.json its train.py wrote beside it.
     Y0ast {
@@ -21,12 +30,15 @@ pub enum ImportCmd {
         /// Image channels (default: from "dataset", cifar10/svhn = 3, else from the checkpoint).
         #[arg(long)]
         channels: Option<i64>,
-        /// The run directory to create.
+        /// The run directory to create (must not exist, or be empty).
         #[arg(short = 'o', long = "out", value_name = "RUN_DIR")]
         out: PathBuf,
+        #[arg(long, default_value = "auto", help = DEVICE_HELP)]
+        device: String,
     },
     /// A rosinality/glow-pytorch checkpoint (its model_*.pt).
     Rosinality {
+        /// The checkpoint: a torch.save .pt (model_*.pt) or .safetensors.
         #[arg(long)]
         weights: PathBuf,
         /// Flows per block (train.py's --n_flow).
@@ -47,51 +59,64 @@ pub enum ImportCmd {
         /// Bits per pixel the model was trained with (train.py's --n_bits).
         #[arg(long, default_value_t = 5)]
         n_bits: i64,
+        /// The run directory to create (must not exist, or be empty).
         #[arg(short = 'o', long = "out", value_name = "RUN_DIR")]
         out: PathBuf,
+        #[arg(long, default_value = "auto", help = DEVICE_HELP)]
+        device: String,
     },
     /// flowzoo weights saved from Python (torch.save(m.state_dict()) of a module `flowzoo export`
     /// wrote, or its torch.jit.save file), into the architecture of an existing run.
     StateDict {
+        /// The weights: a torch.save .pt, a torch.jit.save module or a .safetensors file.
         #[arg(long)]
         weights: PathBuf,
         /// The run whose architecture (config) the weights belong to.
         #[arg(long, value_name = "RUN_DIR")]
         like: PathBuf,
+        /// The run directory to create (must not exist, or be empty).
         #[arg(short = 'o', long = "out", value_name = "RUN_DIR")]
         out: PathBuf,
+        #[arg(long, default_value = "auto", help = DEVICE_HELP)]
+        device: String,
     },
 }
 
 /// Runs one `flowzoo import` command and prints what it made.
-pub fn run_cli(cmd: ImportCmd) -> Result<()> {
+pub fn run(a: ImportArgs) -> Result<()> {
+    let cmd = a.from;
     let out = match &cmd {
         ImportCmd::Y0ast { out, .. } | ImportCmd::Rosinality { out, .. } | ImportCmd::StateDict { out, .. } => out.clone(),
     };
-    let result: Result<(Imported, String, &str)> = (|| Ok(match &cmd {
-        ImportCmd::Y0ast { weights, hparams, image_size, channels, out } => {
-            let (i, w) = y0ast::import(&y0ast::Args { weights, hparams, image_size: *image_size, channels: *channels, out })?;
-            (i, w, "y0ast/Glow-PyTorch")
-        }
-        ImportCmd::Rosinality { weights, n_flow, n_block, affine, no_lu, image_size, n_bits, out } => {
-            let args = rosinality::Args {
-                weights,
-                n_flow: *n_flow,
-                n_block: *n_block,
-                affine: *affine,
-                no_lu: *no_lu,
-                image_size: *image_size,
-                n_bits: *n_bits,
-                out,
-            };
-            let (i, w) = rosinality::import(&args)?;
-            (i, w, "rosinality/glow-pytorch")
-        }
-        ImportCmd::StateDict { weights, like, out } => {
-            let (i, w) = import_state_dict(weights, like, out)?;
-            (i, w, "flowzoo state_dict")
-        }
-    }))();
+    let result: Result<(Imported, String, &str)> = (|| {
+        Ok(match &cmd {
+            ImportCmd::Y0ast { weights, hparams, image_size, channels, out, device } => {
+                let device = flowzoo::runtime::parse_device(device)?;
+                let args = y0ast::Args { weights, hparams, image_size: *image_size, channels: *channels, out, device };
+                let (i, w) = y0ast::import(&args)?;
+                (i, w, "y0ast/Glow-PyTorch")
+            }
+            ImportCmd::Rosinality { weights, n_flow, n_block, affine, no_lu, image_size, n_bits, out, device } => {
+                let args = rosinality::Args {
+                    weights,
+                    n_flow: *n_flow,
+                    n_block: *n_block,
+                    affine: *affine,
+                    no_lu: *no_lu,
+                    image_size: *image_size,
+                    n_bits: *n_bits,
+                    out,
+                    device: flowzoo::runtime::parse_device(device)?,
+                };
+                let (i, w) = rosinality::import(&args)?;
+                (i, w, "rosinality/glow-pytorch")
+            }
+            ImportCmd::StateDict { weights, like, out, device } => {
+                let (i, w) = import_state_dict(weights, like, out, flowzoo::runtime::parse_device(device)?)?;
+                (i, w, "flowzoo state_dict")
+            }
+        })
+    })();
     let (imp, what, kind) = result.map_err(|e| {
         if format!("{e:#}").contains("nothing was written") {
             e

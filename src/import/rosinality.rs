@@ -15,9 +15,9 @@
 //! | `.coupling.net.4.{conv.*, scale [1,C,1,1]}`       | `.coupling.net.4.{conv.*, logs [C,1,1]}`  |
 //! | `blocks.{i}.prior.*` (i < n_block-1)              | `levels.{i}.split.*`                      |
 //! | `blocks.{n_block-1}.prior.*`                      | `prior.learn_top.*`                       |
-use super::{convert, indices, model_variables, parse_level, write_run, Fixed, Imported, KeyMap, LevelPart, Source};
+use super::{convert, indices, model_variables, parse_level, write_run_on, Fixed, Imported, KeyMap, LevelPart, Source};
 use crate::config::{Config, CouplingChoice, GlowStyle, PermutationChoice};
-use crate::train::Session;
+use crate::session::Session;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -32,6 +32,8 @@ pub struct Args<'a> {
     pub image_size: i64,
     pub n_bits: i64,
     pub out: &'a Path,
+    /// Where the finished run is reopened and checked.
+    pub device: Device,
 }
 
 /// What the checkpoint's keys and shapes say.
@@ -56,9 +58,10 @@ fn inspect(t: &BTreeMap<String, Tensor>) -> Seen {
     let f = "blocks.0.flows.0.";
     let c = t.get(&format!("{f}actnorm.loc")).map(|x| x.size()).filter(|s| s.len() == 4).map(|s| s[1]);
     s.channels = c.map(|c| c / 4);
-    s.width = t.get(&format!("{f}coupling.net.0.weight")).map(|w| w.size()[0]);
+    // `first()`: a checkpoint may hold a scalar where a weight should be (then convert() names it).
+    s.width = t.get(&format!("{f}coupling.net.0.weight")).and_then(|w| w.size().first().copied());
     if let (Some(c), Some(w)) = (c, t.get(&format!("{f}coupling.net.4.conv.weight"))) {
-        s.affine = Some(w.size()[0] == c);
+        s.affine = w.size().first().map(|&o| o == c);
     }
     if s.n_block.unwrap_or(0) > 1 {
         s.lu = Some(t.contains_key(&format!("{f}invconv.w_l")));
@@ -192,6 +195,6 @@ pub fn import(a: &Args) -> Result<(Imported, String)> {
     let origin = format!("{} ({})", a.weights.display(), file.what);
     let weights = convert(&vars, &map, &file.tensors, &origin, hint(a, &seen))?;
     drop(sess);
-    let imp = write_run(a.out, &cfg, super::unlabelled(), &weights, &format!("rosinality:{}", a.weights.display()))?;
+    let imp = write_run_on(a.out, &cfg, super::unlabelled(), &weights, &format!("rosinality:{}", a.weights.display()), a.device)?;
     Ok((imp, file.what))
 }

@@ -15,9 +15,9 @@
 //!
 //! ActNorm's `inited` flag is not in y0ast's state_dict (their `set_actnorm_init()` after
 //! loading); flowzoo stores it, and an imported ActNorm is initialised (`initialized = 1`).
-use super::{convert, indices, model_variables, parse_level, write_run, Fixed, Imported, KeyMap, LevelPart, Source};
+use super::{convert, indices, model_variables, parse_level, write_run_on, Fixed, Imported, KeyMap, LevelPart, Source};
 use crate::config::{Config, CouplingChoice, GlowStyle, PermutationChoice};
-use crate::train::Session;
+use crate::session::Session;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -117,9 +117,10 @@ fn inspect(t: &BTreeMap<String, Tensor>) -> Seen {
     let j = steps[0];
     let c = t.get(&format!("flow.layers.{j}.actnorm.bias")).map(|b| b.size()).filter(|s| s.len() == 4).map(|s| s[1]);
     s.channels = c.map(|c| c / 4);
-    s.hidden = t.get(&format!("flow.layers.{j}.block.0.conv.weight")).map(|w| w.size()[0]);
+    // `first()`: a checkpoint may hold a scalar where a weight should be (then convert() names it).
+    s.hidden = t.get(&format!("flow.layers.{j}.block.0.conv.weight")).and_then(|w| w.size().first().copied());
     if let (Some(c), Some(w)) = (c, t.get(&format!("flow.layers.{j}.block.4.conv.weight"))) {
-        s.affine = Some(w.size()[0] == c);
+        s.affine = w.size().first().map(|&o| o == c);
     }
     s.lu = Some(t.contains_key(&format!("flow.layers.{j}.invconv.lower")));
     if let (Some(p), Some(l)) = (t.get("prior_h").map(|p| p.size()), s.l) {
@@ -227,6 +228,8 @@ pub struct Args<'a> {
     pub image_size: Option<i64>,
     pub channels: Option<i64>,
     pub out: &'a Path,
+    /// Where the finished run is reopened and checked.
+    pub device: Device,
 }
 
 /// `flowzoo import y0ast`.
@@ -256,6 +259,6 @@ pub fn import(a: &Args) -> Result<(Imported, String)> {
     let origin = format!("{} ({})", a.weights.display(), file.what);
     let weights = convert(&vars, &map, &file.tensors, &origin, hint(&hp, image_size, channels, &seen))?;
     drop(sess);
-    let imp = write_run(a.out, &cfg, super::unlabelled(), &weights, &format!("y0ast:{}", a.weights.display()))?;
+    let imp = write_run_on(a.out, &cfg, super::unlabelled(), &weights, &format!("y0ast:{}", a.weights.display()), a.device)?;
     Ok((imp, file.what))
 }

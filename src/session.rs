@@ -36,6 +36,14 @@ impl Scores {
     }
 }
 
+/// The batch size of `t` (its first dimension), or an error for a tensor without one.
+fn leading_dim(t: &Tensor, what: &str) -> Result<i64> {
+    match t.size().first() {
+        Some(&n) => Ok(n),
+        None => bail!("expected {what} with a batch dimension, got a scalar tensor"),
+    }
+}
+
 impl Session {
     /// A freshly initialised image model (libtorch's generator seeded from `train.seed`).
     pub fn new(cfg: &Config, classes: Vec<String>, device: Device) -> Result<Session> {
@@ -50,7 +58,7 @@ impl Session {
         if let Some(dup) = vs.variables().keys().find(|k| k.contains("__")) {
             bail!("internal error: duplicate parameter name {dup}");
         }
-        let compute_kind = cfg.train.precision.parse::<crate::bench::Precision>()?.compute_kind();
+        let compute_kind = crate::runtime::compute_kind(cfg.train.precision);
         Ok(Session { cfg: cfg.clone(), vs, model, classes: info.classes, columns: info.columns, compute_kind })
     }
 
@@ -83,7 +91,7 @@ impl Session {
     /// draws of the configured uniform noise (one pass when there is none).
     pub fn score_rows(&self, rows: &Tensor, noise: f64, draws: i64, batch: i64, seed: i64) -> Result<Vec<f64>> {
         let draws = if noise > 0.0 { draws } else { 1 };
-        let lp = self.mean_log_prob(rows.size()[0], batch, draws, seed, |start, len| {
+        let lp = self.mean_log_prob(leading_dim(rows, "rows")?, batch, draws, seed, |start, len| {
             let x = rows.f_narrow(0, start, len)?.f_to_device(self.device())?.f_to_kind(self.kind())?;
             let x = if noise > 0.0 { x.f_add(&x.f_rand_like()?.f_mul_scalar(noise)?)? } else { x };
             Ok((x, None))
@@ -174,7 +182,7 @@ impl Session {
     /// Per-image bits/dim and log-density (nats, of the dequantised image in model space) of
     /// uint8 images, each averaged over `draws` dequantisation draws seeded from `seed`.
     pub fn score_pixels(&self, pixels: &Tensor, labels: &Tensor, draws: i64, batch: i64, seed: i64) -> Result<Scores> {
-        let n = pixels.size()[0];
+        let n = leading_dim(pixels, "images")?;
         let n_bits = self.cfg.data.n_bits;
         let dims = self.model.dim();
         let lp = self.mean_log_prob(n, batch, draws, seed, |start, len| {
@@ -191,7 +199,7 @@ impl Session {
         if labels.is_none() && self.model.n_classes().is_some() {
             bail!("this model is class-conditional: labels are needed");
         }
-        let lp = self.mean_log_prob(x.size()[0], batch, 1, 0, |start, len| {
+        let lp = self.mean_log_prob(leading_dim(x, "points")?, batch, 1, 0, |start, len| {
             let xb = x.f_narrow(0, start, len)?.f_to_device(self.device())?.f_to_kind(self.kind())?;
             let cond = match labels {
                 Some(l) => self.one_hot(&l.f_narrow(0, start, len)?)?,

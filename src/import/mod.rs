@@ -1,4 +1,7 @@
-//! Bringing PyTorch Glow checkpoints into flowzoo run directories (`flowzoo import`).
+//! Bringing PyTorch Glow checkpoints into flowzoo run directories (`flowzoo import`; its flags
+//! are in the binary's `src/cli/import.rs`). A top-level module beside `export`: it builds a
+//! [`Session`] and writes a run, so it sits above `session` and `io` (it was once `io::import`,
+//! a cycle io -> train -> io).
 //!
 //! An imported model is a native flowzoo Glow: y0ast/Glow-PyTorch's math is flowzoo's own
 //! (`model.style = "flowzoo"`), and rosinality/glow-pytorch's is flowzoo's Glow with the switches
@@ -20,17 +23,14 @@ use crate::config::Config;
 use crate::io::pt::{read_weights, WeightsFile};
 use crate::io::tensors::named_variables;
 use crate::io::{write_safetensors, Checkpoint, RunDir, RunState};
-use crate::train::Session;
+use crate::session::Session;
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
-mod cli;
 pub mod rosinality;
 pub mod y0ast;
-
-pub use cli::{run_cli, ImportCmd};
 
 /// Where a flowzoo variable's value comes from.
 pub enum Source {
@@ -181,8 +181,14 @@ pub struct Imported {
 }
 
 /// Writes a complete run directory at `out` for `cfg` with `weights` (flowzoo names), as a
-/// whole: built next to it under a temporary name, reopened and checked, then renamed.
+/// whole: built next to it under a temporary name, reopened and checked on the CPU, then renamed.
 pub fn write_run(out: &Path, cfg: &Config, classes: Vec<String>, weights: &BTreeMap<String, Tensor>, source: &str) -> Result<Imported> {
+    write_run_on(out, cfg, classes, weights, source, Device::Cpu)
+}
+
+/// [`write_run`] with the check (reopening the run and scoring an image) on `device`, so an
+/// import for a GPU is checked where it will run.
+pub fn write_run_on(out: &Path, cfg: &Config, classes: Vec<String>, weights: &BTreeMap<String, Tensor>, source: &str, device: Device) -> Result<Imported> {
     if out.exists() {
         let empty_dir = out.is_dir() && std::fs::read_dir(out).map(|mut d| d.next().is_none()).unwrap_or(false);
         if !empty_dir {
@@ -226,11 +232,11 @@ pub fn write_run(out: &Path, cfg: &Config, classes: Vec<String>, weights: &BTree
         let state = RunState { step: 0, classes, flowzoo_version: env!("CARGO_PKG_VERSION").into(), ..RunState::default() };
         run.save_state(&state)?;
         // Reopen it as eval would, and score one image.
-        let check = Session::open(&RunDir::open(&tmp)?, Checkpoint::Best, Device::Cpu).context("reopening the imported run")?;
+        let check = Session::open(&RunDir::open(&tmp)?, Checkpoint::Best, device).context("reopening the imported run")?;
         let shape = check.model.event_shape();
         let mut full = vec![1];
         full.extend(&shape);
-        let x = Tensor::f_full(&full[..], 1.0 / (1u64 << (cfg.data.n_bits + 1)) as f64, (check.kind(), Device::Cpu))?;
+        let x = Tensor::f_full(&full[..], 1.0 / (1u64 << (cfg.data.n_bits + 1)) as f64, (check.kind(), device))?;
         let labels = check.model.n_classes().map(|_| Tensor::zeros([1], (Kind::Int64, Device::Cpu)));
         let scores = check.score_tensor(&x, labels.as_ref(), 1)?;
         let bpd = scores.bpd[0];
@@ -261,7 +267,7 @@ pub fn read_checkpoint(path: &Path) -> Result<WeightsFile> {
 
 /// `flowzoo import state-dict`: flowzoo-named weights saved from Python, in the architecture of
 /// the run `like`.
-pub fn import_state_dict(weights: &Path, like: &Path, out: &Path) -> Result<(Imported, String)> {
+pub fn import_state_dict(weights: &Path, like: &Path, out: &Path, device: Device) -> Result<(Imported, String)> {
     let like_run = RunDir::open(like)?;
     let cfg = like_run.load_config()?;
     let classes = like_run.load_state()?.classes;
@@ -275,7 +281,7 @@ pub fn import_state_dict(weights: &Path, like: &Path, out: &Path) -> Result<(Imp
     let converted = convert(&vars, &map, &file.tensors, &origin, hint)?;
     drop(sess);
     let source = format!("state-dict:{}", weights.display());
-    let imp = write_run(out, &cfg, classes, &converted, &source)?;
+    let imp = write_run_on(out, &cfg, classes, &converted, &source, device)?;
     Ok((imp, file.what))
 }
 

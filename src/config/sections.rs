@@ -1,0 +1,189 @@
+//! The three sections of a config (`[data]`, `[model]`, `[train]`) with their defaults. Every
+//! field's range is checked by `Config::validate` (src/config/validate.rs).
+use super::choices::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// "images" (a folder) or "tabular" (a CSV / .npy / .npz file).
+    pub kind: DataKind,
+    /// Images: a folder (recursive; class sub-folders become labels; `train/` + `test/` give the
+    /// split). Tabular: a `.csv`, `.npy` or `.npz` file. `${VAR}` and `${VAR:-default}` are
+    /// replaced from the environment; a relative path in a config file is looked up in the
+    /// current directory, then in the config file's folder (see `Config::data_path`).
+    pub path: String,
+    /// Images are resized (shorter side) and centre-cropped to `image_size × image_size`.
+    pub image_size: i64,
+    /// 1 (grayscale) or 3 (RGB).
+    pub channels: i64,
+    /// Bits of depth the model sees (1–8): `x = k / 2^n_bits - 0.5` plus uniform noise.
+    pub n_bits: i64,
+    /// Held-out fraction when the folder has no `train/`/`test/` split.
+    pub test_fraction: f64,
+    pub bad_images: BadImages,
+    /// Tabular: columns to use, by header name or 0-based index (empty = all).
+    pub columns: Vec<String>,
+    /// Tabular CSV: whether the first line is a header ("auto" = when it is not numeric).
+    pub header: Header,
+    /// Tabular: what to do with non-numeric, NaN or short rows.
+    pub bad_rows: BadRows,
+    /// Tabular: held-out validation fraction (early stopping and the best checkpoint).
+    pub val_fraction: f64,
+    /// Tabular: width of the uniform noise added to every value (dequantisation of integer
+    /// data such as the 64-d digits); 0 for continuous data.
+    pub uniform_noise: f64,
+    /// Tabular: standardise with training-set mean/std, as the model's first (fixed) layer.
+    pub standardize: bool,
+    /// Tabular `.npz`: the array to read.
+    pub npz_key: String,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            kind: DataKind::Images,
+            path: "data/digits".into(),
+            image_size: 8,
+            channels: 1,
+            n_bits: 5,
+            test_fraction: 0.2,
+            bad_images: BadImages::Skip,
+            columns: vec![],
+            header: Header::Auto,
+            bad_rows: BadRows::Fail,
+            val_fraction: 0.1,
+            uniform_noise: 0.0,
+            standardize: true,
+            npz_key: String::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Model family: "glow", "realnvp" or "nice".
+    pub kind: ModelKind,
+    /// L: number of levels (squeeze + K steps [+ split]).
+    pub levels: i64,
+    /// K: flow steps per level.
+    pub steps: i64,
+    /// Hidden channels of the coupling networks.
+    pub width: i64,
+    pub coupling: CouplingChoice,
+    pub permutation: PermutationChoice,
+    /// Learned mean/std for the top latent.
+    pub learn_top: bool,
+    /// Class-conditional prior (labels from class sub-folders).
+    pub conditional: bool,
+    /// ActNorm's target std after data-dependent initialisation.
+    pub actnorm_scale: f64,
+    /// Glow layer conventions: "flowzoo" (native; the same as y0ast/Glow-PyTorch) or
+    /// "rosinality" (rosinality/glow-pytorch, set by `flowzoo import rosinality`).
+    pub style: GlowStyle,
+    /// RealNVP / NICE on vectors: number of coupling blocks.
+    pub blocks: i64,
+    /// Hidden layers of the MLP conditioners.
+    pub depth: i64,
+    /// Activation of the MLP conditioners.
+    pub activation: crate::flows::Activation,
+    /// Normalisation after each coupling block on vectors: "batchnorm" | "actnorm" | "none".
+    pub norm: NormChoice,
+    /// Coupling masks on vectors: "alternating" (even/odd features) or "halves".
+    pub mask: MaskChoice,
+    /// Base distribution: "normal" (N(0, I)) or "diag_gaussian" (learned mean and std).
+    pub base: BaseChoice,
+    /// FFJORD's continuous flows (`[model.cnf]`); FFJORD also reads `blocks` and `norm`.
+    pub cnf: super::cnf::CnfConfig,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            kind: ModelKind::Glow,
+            levels: 2,
+            steps: 8,
+            width: 128,
+            coupling: CouplingChoice::Affine,
+            permutation: PermutationChoice::InvconvLu,
+            learn_top: true,
+            conditional: false,
+            actnorm_scale: 1.0,
+            style: GlowStyle::Flowzoo,
+            blocks: 8,
+            depth: 2,
+            activation: crate::flows::Activation::Relu,
+            norm: NormChoice::Batchnorm,
+            mask: MaskChoice::Alternating,
+            base: BaseChoice::Normal,
+            cnf: super::cnf::CnfConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub batch_size: i64,
+    pub lr: f64,
+    /// Linear learning-rate warm-up from 0 over this many steps.
+    pub warmup_steps: i64,
+    pub max_steps: i64,
+    /// Max global gradient norm (0 = no clipping).
+    pub grad_clip: f64,
+    pub seed: u64,
+    /// Steps between evaluations (0 = only at the end).
+    pub eval_every: i64,
+    /// Steps between sample grids (0 = only at the end).
+    pub sample_every: i64,
+    /// Steps between checkpoints (0 = only at the end).
+    pub checkpoint_every: i64,
+    /// "auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
+    pub device: DeviceChoice,
+    /// CPU threads for libtorch (0 = libtorch's default).
+    pub threads: i64,
+    /// Polyak/EMA decay of the weights used for eval and samples (0 = off).
+    pub ema: f64,
+    /// Dequantisation draws averaged per test image at evaluation.
+    pub eval_draws: i64,
+    /// Consecutive non-finite steps after which training stops.
+    pub max_nonfinite: i64,
+    /// Temperature of the sample grids written during training.
+    pub sample_temperature: f64,
+    /// Images in each sample grid.
+    pub n_samples: i64,
+    /// Steps between metrics rows (train loss averaged over them).
+    pub log_every: i64,
+    /// Stop after this many evaluations without a better validation score (0 = never).
+    pub patience: i64,
+    /// "fp32", "tf32" (TF32 matmuls/convs on CUDA) or "bf16" (the coupling networks' convs in
+    /// bfloat16; log-dets and priors stay float32).
+    pub precision: Precision,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            batch_size: 64,
+            lr: 1e-3,
+            warmup_steps: 100,
+            max_steps: 1000,
+            grad_clip: 50.0,
+            seed: 0,
+            eval_every: 250,
+            sample_every: 500,
+            checkpoint_every: 250,
+            device: DeviceChoice::Auto,
+            threads: 0,
+            ema: 0.0,
+            eval_draws: 1,
+            max_nonfinite: 20,
+            sample_temperature: 0.7,
+            n_samples: 64,
+            log_every: 10,
+            patience: 0,
+            precision: Precision::Fp32,
+        }
+    }
+}

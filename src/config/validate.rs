@@ -1,0 +1,190 @@
+//! `Config::validate`: one pass over every key, for every data kind. Each problem is an
+//! [`Invalid`] naming its key, so a config file's error can point at the key's line and a
+//! `--set`'s at the override.
+use super::choices::{DataKind, ModelKind, PermutationChoice};
+use super::Config;
+use std::fmt;
+
+/// The most levels a model may have: 2^levels must divide the image size, and no image
+/// flowzoo reads (u32 sides) has more than 2^31 pixels a side.
+pub const MAX_LEVELS: i64 = 30;
+
+/// A value out of its range (or two keys that do not fit together).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invalid {
+    /// The dotted key the problem is about, e.g. `train.lr`.
+    pub key: &'static str,
+    /// The whole message, starting with the key and its value.
+    pub message: String,
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Invalid {}
+
+fn invalid(key: &'static str, message: String) -> Invalid {
+    Invalid { key, message }
+}
+
+fn at_least(key: &'static str, v: i64, min: i64, meaning: &str) -> Result<(), Invalid> {
+    if v < min {
+        return Err(invalid(key, format!("{key} = {v}: must be >= {min}{meaning}")));
+    }
+    Ok(())
+}
+
+/// An interval in steps: >= 1, or 0 when 0 has a meaning (`zero_means`).
+fn interval(key: &'static str, v: i64, zero_means: Option<&str>) -> Result<(), Invalid> {
+    match zero_means {
+        Some(z) if v < 0 => Err(invalid(key, format!("{key} = {v}: must be >= 1 (steps between them), or 0 = {z}"))),
+        None if v < 1 => Err(invalid(key, format!("{key} = {v}: must be >= 1 (steps between them)"))),
+        _ => Ok(()),
+    }
+}
+
+fn finite(key: &'static str, v: f64) -> Result<(), Invalid> {
+    if !v.is_finite() {
+        return Err(invalid(key, format!("{key} = {v}: must be a finite number")));
+    }
+    Ok(())
+}
+
+fn non_negative(key: &'static str, v: f64, meaning: &str) -> Result<(), Invalid> {
+    finite(key, v)?;
+    if v < 0.0 {
+        return Err(invalid(key, format!("{key} = {v}: must be >= 0{meaning}")));
+    }
+    Ok(())
+}
+
+fn positive(key: &'static str, v: f64) -> Result<(), Invalid> {
+    finite(key, v)?;
+    if v <= 0.0 {
+        return Err(invalid(key, format!("{key} = {v}: must be > 0")));
+    }
+    Ok(())
+}
+
+/// In `[0, 1)`.
+fn unit_interval(key: &'static str, v: f64, meaning: &str) -> Result<(), Invalid> {
+    if !(0.0..1.0).contains(&v) {
+        return Err(invalid(key, format!("{key} = {v}: must be in [0, 1){meaning}")));
+    }
+    Ok(())
+}
+
+/// Every range and every combination; the first problem found.
+pub fn check(cfg: &Config) -> Result<(), Invalid> {
+    let (d, m, t) = (&cfg.data, &cfg.model, &cfg.train);
+
+    // [data]
+    super::data_path::check_syntax(&d.path).map_err(|e| invalid("data.path", e.to_string()))?;
+    at_least("data.image_size", d.image_size, 1, " (pixels a side)")?;
+    if d.channels != 1 && d.channels != 3 {
+        return Err(invalid("data.channels", format!("data.channels = {}: must be 1 (grayscale) or 3 (RGB)", d.channels)));
+    }
+    if !(1..=8).contains(&d.n_bits) {
+        return Err(invalid("data.n_bits", format!("data.n_bits = {}: must be between 1 and 8", d.n_bits)));
+    }
+    unit_interval("data.test_fraction", d.test_fraction, "")?;
+    unit_interval("data.val_fraction", d.val_fraction, "")?;
+    if d.test_fraction + d.val_fraction >= 1.0 {
+        return Err(invalid(
+            "data.val_fraction",
+            format!(
+                "data.test_fraction + data.val_fraction = {} + {} must be below 1 (rows must be left for training)",
+                d.test_fraction, d.val_fraction
+            ),
+        ));
+    }
+    non_negative("data.uniform_noise", d.uniform_noise, " (0 = no noise)")?;
+    if let Some(i) = d.columns.iter().position(|c| c.is_empty()) {
+        return Err(invalid("data.columns", format!("data.columns[{i}] is empty: name a column or give its 0-based index")));
+    }
+
+    // [model]
+    at_least("model.levels", m.levels, 1, "")?;
+    if m.levels > MAX_LEVELS {
+        return Err(invalid("model.levels", format!("model.levels = {}: must be at most {MAX_LEVELS}", m.levels)));
+    }
+    at_least("model.steps", m.steps, 1, "")?;
+    at_least("model.width", m.width, 1, "")?;
+    at_least("model.blocks", m.blocks, 1, "")?;
+    at_least("model.depth", m.depth, 1, "")?;
+    positive("model.actnorm_scale", m.actnorm_scale)?;
+
+    // [train]
+    at_least("train.batch_size", t.batch_size, 1, "")?;
+    positive("train.lr", t.lr)?;
+    at_least("train.warmup_steps", t.warmup_steps, 0, " (0 = no warm-up)")?;
+    at_least("train.max_steps", t.max_steps, 0, "")?;
+    non_negative("train.grad_clip", t.grad_clip, " (0 = no clipping)")?;
+    interval("train.eval_every", t.eval_every, Some("only at the end"))?;
+    interval("train.sample_every", t.sample_every, Some("only at the end"))?;
+    interval("train.checkpoint_every", t.checkpoint_every, Some("only at the end"))?;
+    interval("train.log_every", t.log_every, None)?;
+    if !(0..=i32::MAX as i64).contains(&t.threads) {
+        return Err(invalid("train.threads", format!("train.threads = {}: must be >= 0 (0 = libtorch's default)", t.threads)));
+    }
+    unit_interval("train.ema", t.ema, " (a decay rate; 0 = off)")?;
+    at_least("train.eval_draws", t.eval_draws, 1, "")?;
+    at_least("train.max_nonfinite", t.max_nonfinite, 1, "")?;
+    non_negative("train.sample_temperature", t.sample_temperature, "")?;
+    at_least("train.n_samples", t.n_samples, 1, "")?;
+    at_least("train.patience", t.patience, 0, " (0 = never stop early)")?;
+    if t.patience > 0 && t.eval_every == 0 {
+        return Err(invalid(
+            "train.patience",
+            format!("train.patience = {} counts evaluations, but train.eval_every = 0 evaluates only at the end: set train.eval_every >= 1", t.patience),
+        ));
+    }
+
+    // What fits together.
+    match (m.kind, d.kind) {
+        (ModelKind::Glow, DataKind::Tabular) => {
+            return Err(invalid(
+                "model.kind",
+                "model.kind = \"glow\" models images: use data.kind = \"images\" (or model.kind = \"realnvp\" / \"nice\" for tabular data)".into(),
+            ))
+        }
+        (ModelKind::Nice, DataKind::Images) => {
+            return Err(invalid("model.kind", "model.kind = \"nice\" is for tabular data (data.kind = \"tabular\")".into()))
+        }
+        (ModelKind::Ffjord, DataKind::Images) => {
+            return Err(invalid(
+                "model.kind",
+                "model.kind = \"ffjord\" models vectors: use data.kind = \"tabular\" (the multi-scale image variant is not built)".into(),
+            ))
+        }
+        (ModelKind::Ffjord, DataKind::Tabular) => {
+            if let Err(e) = m.cnf.validate() {
+                return Err(invalid("model.cnf", e.to_string()));
+            }
+        }
+        _ => {}
+    }
+    if d.kind == DataKind::Images {
+        if m.kind == ModelKind::Glow && m.permutation == PermutationChoice::None {
+            return Err(invalid(
+                "model.permutation",
+                "model.permutation = \"none\": Glow's couplings always transform the second half, so it needs a permutation".into(),
+            ));
+        }
+        // Each level squeezes 2×2 pixels into channels: the image must halve `levels` times.
+        let div = 1i64 << m.levels;
+        if d.image_size % div != 0 {
+            return Err(invalid(
+                "data.image_size",
+                format!(
+                    "data.image_size = {} is not divisible by 2^model.levels = {div} (model.levels = {}): use a multiple of {div}, or fewer levels",
+                    d.image_size, m.levels
+                ),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,76 @@
+//! Every process-wide libtorch switch in one place: which device, how many CPU threads, which
+//! arithmetic precision (TF32, bf16 conditioners), and which libtorch this process runs on.
+//!
+//! The config holds plain choices ([`DeviceChoice`], [`Precision`]); this module turns them
+//! into `tch` devices and switches, so `crate::config` needs no runtime code.
+use anyhow::{bail, Result};
+use tch::{Device, Kind};
+
+pub use crate::config::{DeviceChoice, Precision};
+
+/// The device a choice names, checked to exist: `auto` is CUDA when libtorch sees a GPU, else
+/// the CPU; `cuda:N` must be one of the GPUs.
+pub fn device(choice: DeviceChoice) -> Result<Device> {
+    Ok(match choice {
+        DeviceChoice::Auto => Device::cuda_if_available(),
+        DeviceChoice::Cpu => Device::Cpu,
+        DeviceChoice::Cuda(i) => {
+            if !tch::Cuda::is_available() {
+                bail!("device {:?} requested but CUDA is not available on this machine (libtorch sees no GPU)", choice.to_string());
+            }
+            let n = tch::Cuda::device_count();
+            if i as i64 >= n {
+                bail!("device cuda:{i} requested but only {n} CUDA devices exist");
+            }
+            Device::Cuda(i)
+        }
+    })
+}
+
+/// [`device`] of a spelling (`--device auto|cpu|cuda|cuda:N`).
+pub fn parse_device(s: &str) -> Result<Device> {
+    device(s.parse()?)
+}
+
+/// libtorch's intra-op CPU threads; 0 leaves libtorch's default.
+pub fn set_threads(threads: i64) -> Result<()> {
+    if threads < 0 || threads > i32::MAX as i64 {
+        bail!("{threads} threads: must be between 0 (libtorch's default) and {}", i32::MAX);
+    }
+    if threads > 0 {
+        tch::set_num_threads(threads as i32);
+    }
+    Ok(())
+}
+
+/// Sets libtorch's process-wide TF32 switches for `precision` (through the C++ shim); the
+/// conditioners' dtype is per call ([`compute_kind`], carried by `flows::Ctx`).
+pub fn apply_precision(precision: Precision) -> Result<()> {
+    crate::ffi::switches::set_allow_tf32(precision == Precision::Tf32)
+}
+
+/// The dtype conditioner networks compute in at `precision` (`flows::Ctx::compute_kind`):
+/// bf16 runs their convolutions in bfloat16; fp32 and tf32 in the parameters' dtype.
+pub fn compute_kind(precision: Precision) -> Option<Kind> {
+    match precision {
+        Precision::Bf16 => Some(Kind::BFloat16),
+        Precision::Fp32 | Precision::Tf32 => None,
+    }
+}
+
+/// libtorch's cuBLAS TF32 switch (read back, for the record).
+pub fn allow_tf32_cublas() -> bool {
+    crate::ffi::switches::allow_tf32_cublas()
+}
+
+/// The version of the libtorch this process runs on, read from the `torch/version.py` next to
+/// the loaded `libtorch_cpu.so` (PyTorch wheels), e.g. "2.11.0+cu130".
+pub fn libtorch_version() -> Option<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let lib = maps.lines().filter_map(|l| l.split_whitespace().nth(5)).find(|p| p.ends_with("/libtorch_cpu.so"))?;
+    let torch_dir = std::path::Path::new(lib).parent()?.parent()?;
+    let text = std::fs::read_to_string(torch_dir.join("version.py")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("__version__ = "))
+        .map(|v| v.trim().trim_matches(|c| c == '\'' || c == '"').to_string())
+}

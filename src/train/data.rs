@@ -1,0 +1,116 @@
+//! The training data and the order in which a run visits it.
+use super::streams;
+use crate::config::{Config, DataKind};
+use crate::data::tabular::{load_table, split_table, standardization};
+use crate::data::{dequantize, load_split, to_model_space, ImageSet};
+use crate::rng::{derive_seed, seeded_permutation};
+use anyhow::Result;
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+/// The training data and how a batch of it becomes model-space input.
+pub(super) enum TrainData {
+    Images { train: ImageSet, test: ImageSet, n_bits: i64 },
+    Tabular { train: Tensor, val: Tensor, noise: f64 },
+}
+
+impl TrainData {
+    pub(super) fn len(&self) -> i64 {
+        match self {
+            TrainData::Images { train, .. } => train.len(),
+            TrainData::Tabular { train, .. } => train.size()[0],
+        }
+    }
+    pub(super) fn classes(&self) -> Vec<String> {
+        match self {
+            TrainData::Images { train, .. } => train.classes.clone(),
+            TrainData::Tabular { .. } => vec![],
+        }
+    }
+    /// Model-space input and labels for the given rows (noise drawn from the global generator).
+    pub(super) fn batch(&self, idx: &Tensor, device: Device) -> Result<(Tensor, Tensor)> {
+        match self {
+            TrainData::Images { train, n_bits, .. } => {
+                let idx_here = idx.f_to_device(train.images.device())?;
+                let px = train.images.f_index_select(0, &idx_here)?.f_to_device(device)?;
+                let x = dequantize(&to_model_space(&px, *n_bits, Kind::Float)?, *n_bits)?;
+                Ok((x, train.labels.f_index_select(0, idx)?))
+            }
+            TrainData::Tabular { train, noise, .. } => {
+                let mut x = train.f_index_select(0, &idx.f_to_device(train.device())?)?.f_to_device(device)?.f_to_kind(Kind::Float)?;
+                if *noise > 0.0 {
+                    x = x.f_add(&x.f_rand_like()?.f_mul_scalar(*noise)?)?;
+                }
+                Ok((x, Tensor::f_zeros([idx.size()[0]], (Kind::Int64, Device::Cpu))?))
+            }
+        }
+    }
+}
+
+/// The training data of `cfg` (its `data.path` already resolved), the tabular columns and, for
+/// tabular data, the standardisation statistics of the training split.
+pub(super) fn load_train_data(cfg: &Config, verbose: bool) -> Result<(TrainData, Vec<String>, Option<(Tensor, Tensor)>)> {
+    let seed = cfg.train.seed;
+    match cfg.data.kind {
+        DataKind::Images => {
+            let (train_set, test_set, report) = load_split(Path::new(&cfg.data.path), &cfg.data, seed)?;
+            if verbose {
+                eprintln!(
+                    "data: {} train / {} test images from {} ({} classes){}",
+                    train_set.len(),
+                    test_set.len(),
+                    cfg.data.path,
+                    train_set.classes.len(),
+                    if report.skipped.is_empty() { String::new() } else { format!(", {} bad files skipped", report.skipped.len()) }
+                );
+            }
+            Ok((TrainData::Images { train: train_set, test: test_set, n_bits: cfg.data.n_bits }, vec![], None))
+        }
+        DataKind::Tabular => {
+            let table = load_table(Path::new(&cfg.data.path), &cfg.data)?;
+            let split = split_table(&table, &cfg.data, seed)?;
+            if verbose {
+                eprintln!(
+                    "data: {} train / {} validation / {} test rows of {} columns from {}{}",
+                    split.train.size()[0],
+                    split.val.size()[0],
+                    split.test.size()[0],
+                    split.columns.len(),
+                    cfg.data.path,
+                    if split.dropped > 0 { format!(", {} bad rows dropped", split.dropped) } else { String::new() }
+                );
+            }
+            let (mean, std) = standardization(&split.train, cfg.data.uniform_noise)?;
+            let columns = split.columns.clone();
+            Ok((TrainData::Tabular { train: split.train, val: split.val, noise: cfg.data.uniform_noise }, columns, Some((mean, std))))
+        }
+    }
+}
+
+/// The row indices of every step: a seeded permutation per epoch, cut in order.
+pub(super) struct Batches {
+
+    pub seed: u64,
+    pub batch: i64,
+    pub n: i64,
+    pub epoch: i64,
+    pub perm: Vec<i64>,
+}
+
+impl Batches {
+    fn steps_per_epoch(&self) -> i64 {
+        (self.n / self.batch).max(1)
+    }
+    /// Row indices of a given step: a seeded per-epoch permutation, cut in order.
+    pub fn at(&mut self, step: i64) -> Result<Tensor> {
+        let spe = self.steps_per_epoch();
+        let epoch = step / spe;
+        if epoch != self.epoch || self.perm.is_empty() {
+            self.perm = seeded_permutation(self.n as usize, derive_seed(self.seed, streams::EPOCH_ORDER, epoch) as u64);
+            self.epoch = epoch;
+        }
+        let b = self.batch.min(self.n);
+        let start = ((step % spe) * b) as usize;
+        Ok(Tensor::f_from_slice(&self.perm[start..start + b as usize])?)
+    }
+}

@@ -1,0 +1,106 @@
+//! `metrics.csv`: one row per `train.log_every` steps (and at each evaluation), read back on
+//! `--resume` (the rows after the checkpoint are dropped, the run rewrites them) and drawn as
+//! `curves.png`. Written and read with the `csv` crate, so any column name or value (a comma,
+//! a quote) round-trips; written atomically like the checkpoints.
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+
+/// A metrics table: named columns, rows of already formatted fields. The first column is the
+/// step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricsLog {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+impl MetricsLog {
+    /// The columns of an image run (losses in bits/dim).
+    pub const IMAGE_COLUMNS: &'static [&'static str] =
+        &["step", "lr", "train_bpd", "grad_norm", "test_bpd", "steps_per_s", "elapsed_s", "skipped_steps"];
+    /// The columns of a tabular run (negative log-likelihoods in nats).
+    pub const TABULAR_COLUMNS: &'static [&'static str] =
+        &["step", "lr", "train_nll", "grad_norm", "val_nll", "steps_per_s", "elapsed_s", "skipped_steps"];
+
+    pub fn new(columns: &[&str]) -> MetricsLog {
+        MetricsLog { columns: columns.iter().map(|c| c.to_string()).collect(), rows: vec![] }
+    }
+
+    /// The rows of `path` up to step `upto` (none when the file does not exist yet). The file
+    /// must have `columns`; a row whose step is not a number is an error naming its line.
+    pub fn read(path: &Path, columns: &[&str], upto: i64) -> Result<MetricsLog> {
+        let mut log = MetricsLog::new(columns);
+        if !path.exists() {
+            return Ok(log);
+        }
+        let mut rdr = csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let header: Vec<String> = rdr.headers().with_context(|| format!("{}: line 1", path.display()))?.iter().map(str::to_string).collect();
+        if header != log.columns {
+            bail!("{} has the columns {:?}, expected {:?}", path.display(), header, log.columns);
+        }
+        for (i, rec) in rdr.records().enumerate() {
+            let line = i + 2;
+            let rec = rec.with_context(|| format!("{}: line {line}", path.display()))?;
+            let step: i64 = rec.get(0).unwrap_or("").parse().with_context(|| format!("{}: line {line}: the step {:?} is not a number", path.display(), rec.get(0).unwrap_or("")))?;
+            if step <= upto {
+                log.push(rec.iter().map(str::to_string).collect())?;
+            }
+        }
+        Ok(log)
+    }
+
+    /// Appends a row (one field per column).
+    pub fn push(&mut self, row: Vec<String>) -> Result<()> {
+        if row.len() != self.columns.len() {
+            bail!("internal error: a metrics row of {} fields for {} columns", row.len(), self.columns.len());
+        }
+        self.rows.push(row);
+        Ok(())
+    }
+
+    /// Writes the whole table atomically.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        crate::io::atomic::atomic_write(path, |f| {
+            let mut w = csv::Writer::from_writer(f);
+            w.write_record(&self.columns)?;
+            for r in &self.rows {
+                w.write_record(r)?;
+            }
+            w.flush()?;
+            Ok(())
+        })
+    }
+
+    /// `(step, value)` of every row where the column holds a number (an empty field is a step
+    /// without that measurement, e.g. no evaluation).
+    pub fn curve(&self, column: &str) -> Vec<(f64, f64)> {
+        let Some(j) = self.columns.iter().position(|c| c == column) else { return vec![] };
+        self.rows
+            .iter()
+            .filter_map(|r| Some((r.first()?.parse::<f64>().ok()?, r.get(j)?.parse::<f64>().ok()?)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_with_commas_and_quotes_round_trip() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("m.csv");
+        let cols = ["step", "loss, nats", "say \"hi\""];
+        let mut log = MetricsLog::new(&cols);
+        log.push(vec!["1".into(), "0.5".into(), "a,b".into()]).unwrap();
+        log.push(vec!["2".into(), "".into(), "c".into()]).unwrap();
+        log.push(vec!["3".into(), "0.25".into(), "d".into()]).unwrap();
+        log.write(&p).unwrap();
+        let back = MetricsLog::read(&p, &cols, 2).unwrap();
+        assert_eq!(back.columns, log.columns);
+        assert_eq!(back.rows, log.rows[..2].to_vec());
+        assert_eq!(MetricsLog::read(&p, &cols, 10).unwrap().curve("loss, nats"), vec![(1.0, 0.5), (3.0, 0.25)]);
+        let e = format!("{:#}", MetricsLog::read(&p, &["step", "other"], 10).unwrap_err());
+        assert!(e.contains("columns") && e.contains("other"), "{e}");
+        assert!(log.clone().push(vec!["1".into()]).is_err());
+    }
+}

@@ -1,0 +1,258 @@
+//! The training loop: data in, steps, evaluations, samples, checkpoints, metrics, plots.
+//! Every random draw is seeded from `(seed, stream, step or epoch)` (`crate::rng::derive_seed`),
+//! and the optimizer state is ours and saved, so a resumed run continues exactly where the
+//! uninterrupted one would be.
+use super::data::{load_train_data, Batches, TrainData};
+use super::metrics::MetricsLog;
+use super::{streams, StepOutcome, Trainer};
+use crate::config::Config;
+use crate::io::png::save_grid;
+use crate::io::RunDir;
+use crate::models::DataInfo;
+use crate::rng::{derive_seed, seeded_permutation};
+use crate::session::Session;
+use anyhow::{bail, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+pub struct TrainOptions {
+    pub out: PathBuf,
+    pub resume: bool,
+    pub device: Device,
+    /// Print progress (bar on a terminal, lines otherwise).
+    pub verbose: bool,
+}
+
+pub struct TrainSummary {
+    pub steps: i64,
+    /// Images: test bits/dim. Tabular: validation negative log-likelihood (nats).
+    pub final_eval: f64,
+    pub best_eval: f64,
+    pub best_step: i64,
+    pub steps_per_s: f64,
+    pub parameters: i64,
+    pub skipped_steps: i64,
+    /// "bits/dim" or "nats (validation NLL)".
+    pub unit: &'static str,
+    /// Training stopped early (no better validation score for `patience` evaluations).
+    pub stopped_early: bool,
+}
+
+/// Trains the model of `cfg` on its data, writing the run directory `opts.out`.
+pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
+    cfg.validate()?;
+    // The run records where its data was found (its config.toml then means the same data).
+    let cfg = &cfg.with_resolved_data_path()?;
+    let t_cfg = cfg.train.clone();
+    crate::runtime::set_threads(t_cfg.threads)?;
+    crate::runtime::apply_precision(t_cfg.precision)?;
+    let (mut data, columns, stats) = load_train_data(cfg, opts.verbose)?;
+    if opts.device.is_cuda() {
+        // The decoded training set lives on the GPU (uint8 images are small), so a step never
+        // waits on a host-to-device copy.
+        match &mut data {
+            TrainData::Images { train, .. } => train.images = train.images.f_to_device(opts.device)?,
+            TrainData::Tabular { train, .. } => *train = train.f_to_kind(Kind::Float)?.f_to_device(opts.device)?,
+        }
+    }
+    let tabular = matches!(data, TrainData::Tabular { .. });
+    let unit = if tabular { "nats (validation NLL)" } else { "bits/dim" };
+    let run = if opts.resume { RunDir::open(&opts.out)? } else { RunDir::create(&opts.out)? };
+    let classes = data.classes();
+    let sess = Session::new_for(cfg, DataInfo { classes: classes.clone(), columns }, opts.device)?;
+    let n_params = sess.parameter_count();
+    let mut tr = Trainer::new(sess, classes.clone())?;
+    let mut batches = Batches { seed: t_cfg.seed, batch: t_cfg.batch_size, n: data.len(), epoch: -1, perm: vec![] };
+    if opts.resume {
+        tr.load_checkpoint(&run)?;
+        // Only a class-conditional model depends on the class list; tabular ones on the columns.
+        if cfg.model.conditional && tr.state.classes != classes {
+            bail!("--resume: the data's classes {classes:?} differ from the run's {:?}", tr.state.classes);
+        }
+        if tr.state.columns != tr.sess.columns {
+            bail!("--resume: the data's columns {:?} differ from the run's {:?}", tr.sess.columns, tr.state.columns);
+        }
+        if opts.verbose {
+            eprintln!("resuming {} at step {}", run.path.display(), tr.state.step);
+        }
+    } else {
+        if let Some((mean, std)) = &stats {
+            tr.sess.set_standardization(mean, std)?;
+        }
+        // Data-dependent initialisation (ActNorm) on one seeded batch of up to 512 rows.
+        let n = data.len().min(t_cfg.batch_size.max(512));
+        let idx = Tensor::f_from_slice(&seeded_permutation(data.len() as usize, derive_seed(t_cfg.seed, streams::INIT_BATCH, 0) as u64)[..n as usize])?;
+        tch::manual_seed(derive_seed(t_cfg.seed, streams::INIT_NOISE, 0));
+        let (x, labels) = data.batch(&idx, opts.device)?;
+        let cond = tr.sess.one_hot(&labels)?;
+        tr.data_init(&x, cond.as_ref())?;
+        tr.reset_ema();
+    }
+    run.save_config(cfg)?;
+    if opts.verbose {
+        eprintln!("{} | {} parameters | device {:?}", tr.sess.model.describe(), n_params, opts.device);
+    }
+
+    let columns = if tabular { MetricsLog::TABULAR_COLUMNS } else { MetricsLog::IMAGE_COLUMNS };
+    let mut metrics = MetricsLog::read(&run.metrics_path(), columns, tr.state.step)?;
+    let eval_seed = derive_seed(t_cfg.seed, streams::EVAL, 0);
+    // Lower is better: test bits/dim (images) or validation NLL in nats (tabular).
+    let evaluate = |tr: &Trainer| -> Result<f64> {
+        match &data {
+            TrainData::Images { test, .. } if test.is_empty() => Ok(f64::NAN),
+            TrainData::Images { test, .. } => tr.with_eval_weights(|s| {
+                Ok(s.score_pixels(&test.images, &test.labels, t_cfg.eval_draws, 256, eval_seed)?.mean_bpd())
+            }),
+            TrainData::Tabular { val, .. } if val.size()[0] == 0 => Ok(f64::NAN),
+            TrainData::Tabular { val, noise, .. } => tr.with_eval_weights(|s| {
+                let lp = s.score_rows(val, *noise, t_cfg.eval_draws, 1024, eval_seed)?;
+                Ok(-lp.iter().sum::<f64>() / lp.len() as f64)
+            }),
+        }
+    };
+    let write_samples = |tr: &Trainer, name: &str| -> Result<()> {
+        if tabular {
+            if tr.sess.model.dim() == 2 {
+                let png = run.samples_dir().join(name);
+                tr.with_eval_weights(|s| super::plot::plot_2d_model(s, &png, 2000, t_cfg.sample_temperature, derive_seed(t_cfg.seed, streams::SAMPLES, 0)))?;
+            }
+            return Ok(());
+        }
+        let px = tr.with_eval_weights(|s| s.sample_pixels(t_cfg.n_samples, t_cfg.sample_temperature, derive_seed(t_cfg.seed, streams::SAMPLES, 0), None))?;
+        save_grid(&px, &run.samples_dir().join(name))
+    };
+
+    let start_step = tr.state.step;
+    let bar = if opts.verbose { ProgressBar::new(t_cfg.max_steps as u64) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}, {per_sec}]")
+            .expect("static template"),
+    );
+    bar.set_position(start_step as u64);
+    let is_tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let t0 = Instant::now();
+    let mut window = (0.0f64, 0.0f64, 0i64);
+    let mut last_log = (Instant::now(), tr.state.step);
+    let mut last_eval = f64::NAN;
+    let mut stopped_early = false;
+    let short = if tabular { "nats" } else { "bpd" };
+    while tr.state.step < t_cfg.max_steps {
+        let step = tr.state.step;
+        let idx = batches.at(step)?;
+        tch::manual_seed(derive_seed(t_cfg.seed, streams::STEP_NOISE, step));
+        let (x, labels) = data.batch(&idx, opts.device)?;
+        let cond = tr.sess.one_hot(&labels)?;
+        match tr.train_step(&x, cond.as_ref())? {
+            StepOutcome::Updated { loss, grad_norm } => {
+                window.0 += loss;
+                window.1 += grad_norm;
+                window.2 += 1;
+            }
+            StepOutcome::Skipped { loss, grad_norm } => {
+                log(&bar, format!("step {}: non-finite loss {loss} / gradient norm {grad_norm}: update skipped", step + 1));
+            }
+        }
+        let done = tr.state.step;
+        let mut last = done == t_cfg.max_steps;
+        let eval_now = last || (t_cfg.eval_every > 0 && done % t_cfg.eval_every == 0);
+        let mut eval_field = String::new();
+        if eval_now {
+            last_eval = evaluate(&tr)?;
+            eval_field = format!("{last_eval:.6}");
+            if last_eval.is_finite() && tr.state.best_test_bpd.is_none_or(|b| last_eval < b) {
+                if tr.sess.non_finite_variables().is_empty() {
+                    tr.with_eval_weights(|s| s.save_weights(&run.best_path(), done))?;
+                    tr.state.best_test_bpd = Some(last_eval);
+                    tr.state.best_step = Some(done);
+                }
+            }
+            if t_cfg.patience > 0 && t_cfg.eval_every > 0 {
+                if let Some(best_step) = tr.state.best_step {
+                    if (done - best_step) / t_cfg.eval_every >= t_cfg.patience && !last {
+                        stopped_early = true;
+                        last = true;
+                        log(&bar, format!("early stop at step {done}: no better validation score for {} evaluations (best at step {best_step})", t_cfg.patience));
+                    }
+                }
+            }
+            if !is_tty && opts.verbose {
+                eprintln!(
+                    "step {done}/{}: train {:.4} {short}, {} {last_eval:.4} {short} (best {:.4} at step {})",
+                    t_cfg.max_steps,
+                    window.0 / window.2.max(1) as f64,
+                    if tabular { "validation" } else { "test" },
+                    tr.state.best_test_bpd.unwrap_or(f64::NAN),
+                    tr.state.best_step.unwrap_or(0)
+                );
+            }
+        }
+        if eval_now || done % t_cfg.log_every == 0 {
+            let dt = last_log.0.elapsed().as_secs_f64();
+            let sps = (done - last_log.1) as f64 / dt.max(1e-9);
+            let train_loss = window.0 / window.2.max(1) as f64;
+            metrics.push(vec![
+                done.to_string(),
+                format!("{:.6e}", tr.lr_at(step)),
+                format!("{train_loss:.6}"),
+                format!("{:.4}", window.1 / window.2.max(1) as f64),
+                eval_field.clone(),
+                format!("{sps:.3}"),
+                format!("{:.2}", tr.state.train_seconds + t0.elapsed().as_secs_f64()),
+                tr.state.skipped_steps.to_string(),
+            ])?;
+            bar.set_message(format!("loss {train_loss:.3} {short} | eval {last_eval:.3} | {sps:.1} steps/s"));
+            window = (0.0, 0.0, 0);
+            last_log = (Instant::now(), done);
+        }
+        if last || (t_cfg.sample_every > 0 && done % t_cfg.sample_every == 0) {
+            write_samples(&tr, &format!("step_{done:07}.png"))?;
+        }
+        if last || (t_cfg.checkpoint_every > 0 && done % t_cfg.checkpoint_every == 0) {
+            let elapsed = t0.elapsed().as_secs_f64();
+            tr.state.train_seconds += elapsed;
+            let saved = tr.save_checkpoint(&run);
+            tr.state.train_seconds -= elapsed;
+            saved?;
+            metrics.write(&run.metrics_path())?;
+            let (a, b) = (metrics.curve(columns[2]), metrics.curve(columns[4]));
+            let title = if tabular { "negative log-likelihood (nats)" } else { "bits/dim" };
+            let eval_label = if tabular { "validation" } else { "test" };
+            if let Err(e) = super::plot::plot_curves(&run.path.join("curves.png"), title, eval_label, &a, &b) {
+                log(&bar, format!("warning: could not draw curves.png: {e}"));
+            }
+        }
+        bar.set_position(done as u64);
+        if stopped_early {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    let elapsed = t0.elapsed().as_secs_f64();
+    tr.state.train_seconds += elapsed;
+    write_samples(&tr, "final.png")?;
+    run.save_state(&tr.state)?;
+    metrics.write(&run.metrics_path())?;
+    let steps = tr.state.step - start_step;
+    Ok(TrainSummary {
+        steps: tr.state.step,
+        final_eval: if last_eval.is_nan() { evaluate(&tr)? } else { last_eval },
+        best_eval: tr.state.best_test_bpd.unwrap_or(f64::NAN),
+        best_step: tr.state.best_step.unwrap_or(0),
+        steps_per_s: steps as f64 / elapsed.max(1e-9),
+        parameters: n_params,
+        skipped_steps: tr.state.skipped_steps,
+        unit,
+        stopped_early,
+    })
+}
+
+/// A line above the progress bar on a terminal, on stderr otherwise.
+fn log(bar: &ProgressBar, msg: String) {
+    if bar.is_hidden() {
+        eprintln!("{msg}");
+    } else {
+        bar.println(msg);
+    }
+}
