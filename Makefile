@@ -59,10 +59,12 @@ test-python:
 	  $(PYTHON) -m pytest -q python/tests_ref $(wildcard tests/python)
 
 # One invocation, one table per part: Glow against the PyTorch reference (bench/run.sh), then
-# tabular RealNVP against nflows (bench/tabular.sh installs nflows into the venv on first use).
+# tabular RealNVP against nflows (bench/tabular.sh installs nflows into the venv on first use),
+# then FFJORD against zuko's CNF (bench/cnf.sh installs zuko on first use).
 bench: setup build
 	PYTHON=$(PYTHON) FLOWZOO_BIN=$(BIN) THREADS=$(THREADS) bash bench/run.sh
 	PYTHON=$(PYTHON) FLOWZOO_BIN=$(BIN) THREADS=$(THREADS) bash bench/tabular.sh
+	PYTHON=$(PYTHON) THREADS=$(THREADS) bash bench/cnf.sh
 
 # bench/gpu.sh on a tiny model on the CPU (under a minute), so the H200 script never rots.
 test-gpu-script:

@@ -67,9 +67,10 @@ impl Session {
         Ctx::eval().with_cond(cond).with_compute_kind(self.compute_kind)
     }
 
-    /// A training context with this session's compute dtype.
+    /// A training context with this session's compute dtype. Layers may return unbiased
+    /// stochastic log-dets in it (a continuous flow's Hutchinson trace); evaluation stays exact.
     pub fn ctx_train<'a>(&self, cond: Option<&'a Tensor>) -> Ctx<'a> {
-        Ctx::train().with_cond(cond).with_compute_kind(self.compute_kind)
+        Ctx { stochastic_logdet: true, ..Ctx::train() }.with_cond(cond).with_compute_kind(self.compute_kind)
     }
 
     pub fn is_tabular(&self) -> bool {

@@ -98,17 +98,20 @@ pub enum ModelKind {
     Realnvp,
     /// NICE (Dinh et al. 2015): tabular data.
     Nice,
+    /// FFJORD (Grathwohl et al. 2019), continuous flows: tabular data.
+    Ffjord,
 }
 
 impl ModelKind {
-    pub const ALL: [ModelKind; 3] = [ModelKind::Glow, ModelKind::Realnvp, ModelKind::Nice];
+    pub const ALL: [ModelKind; 4] = [ModelKind::Glow, ModelKind::Realnvp, ModelKind::Nice, ModelKind::Ffjord];
 
-    /// The config spelling ("glow", "realnvp", "nice").
+    /// The config spelling ("glow", "realnvp", "nice", "ffjord").
     pub fn as_str(self) -> &'static str {
         match self {
             ModelKind::Glow => "glow",
             ModelKind::Realnvp => "realnvp",
             ModelKind::Nice => "nice",
+            ModelKind::Ffjord => "ffjord",
         }
     }
 }

@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+pub mod cnf;
 mod choices;
 pub mod data_path;
 mod overrides;
@@ -21,6 +22,7 @@ mod sections;
 mod validate;
 
 pub use choices::*;
+pub use cnf::CnfConfig;
 pub use sections::{DataConfig, ModelConfig, TrainConfig};
 pub use validate::{Invalid, MAX_LEVELS};
 

@@ -94,6 +94,8 @@ pub struct ModelConfig {
     pub mask: MaskChoice,
     /// Base distribution: "normal" (N(0, I)) or "diag_gaussian" (learned mean and std).
     pub base: BaseChoice,
+    /// FFJORD's continuous flows (`[model.cnf]`); FFJORD also reads `blocks` and `norm`.
+    pub cnf: super::cnf::CnfConfig,
 }
 
 impl Default for ModelConfig {
@@ -115,6 +117,7 @@ impl Default for ModelConfig {
             norm: NormChoice::Batchnorm,
             mask: MaskChoice::Alternating,
             base: BaseChoice::Normal,
+            cnf: super::cnf::CnfConfig::default(),
         }
     }
 }

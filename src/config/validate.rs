@@ -154,6 +154,17 @@ pub fn check(cfg: &Config) -> Result<(), Invalid> {
         (ModelKind::Nice, DataKind::Images) => {
             return Err(invalid("model.kind", "model.kind = \"nice\" is for tabular data (data.kind = \"tabular\")".into()))
         }
+        (ModelKind::Ffjord, DataKind::Images) => {
+            return Err(invalid(
+                "model.kind",
+                "model.kind = \"ffjord\" models vectors: use data.kind = \"tabular\" (the multi-scale image variant is not built)".into(),
+            ))
+        }
+        (ModelKind::Ffjord, DataKind::Tabular) => {
+            if let Err(e) = m.cnf.validate() {
+                return Err(invalid("model.cnf", e.to_string()));
+            }
+        }
         _ => {}
     }
     if d.kind == DataKind::Images {

@@ -12,6 +12,9 @@
 //! - a [`Conditioner`]: a network from the conditioning features and the context to those raw
 //!   parameters ([`ConvNet`], [`MlpNet`]).
 //!
+//! A continuous flow ([`Cnf`], FFJORD) integrates a neural ODE with the solvers of
+//! [`crate::ode`]; its log-det is the integrated trace of the field's Jacobian.
+//!
 //! Whatever a layer needs beyond `(x, ctx)` comes from [`Ctx`]: the context tensor, the
 //! train / data-initialisation switches, the conditioners' compute dtype, and a [`Sink`]
 //! for regularisers and counters. Continuous flows use the last two: in training
@@ -25,7 +28,7 @@
 //! stable dotted names), an `impl Flow`, and `to_torchscript` mirroring the Rust ops through
 //! [`crate::script`]. Test it with [`testing::check_flow`] (inverse to 1e-10 in float64,
 //! log-det against the brute-force Jacobian). The zoo imports nothing but itself,
-//! `crate::script` and `crate::ffi`.
+//! `crate::script`, `crate::ffi` and the ODE solvers of `crate::ode` (a leaf).
 //!
 //! # Example
 //! ```no_run
@@ -44,6 +47,7 @@ pub mod actnorm;
 pub mod base;
 pub mod batchnorm;
 pub mod bijection;
+pub mod cnf;
 pub mod conditioner;
 pub mod coupling;
 pub mod ctx;
@@ -62,6 +66,7 @@ pub mod zeroconv;
 pub use actnorm::{ActNorm, ActNormParam};
 pub use base::{standard_normal_log_prob, Base, DiagGaussian, StandardNormal};
 pub use batchnorm::BatchNormFlow;
+pub use cnf::{Cnf, CnfOptions, LayerType, Noise, OdeActivation, OdeNet, TraceChoice};
 pub use bijection::{Additive, Affine, ElementwiseBijection, ParamLayout, ScaleFn};
 pub use conditioner::{Activation, Conditioner, ConvNet, MlpNet};
 pub use coupling::{Alternating, ChannelHalves, Checkerboard, Coupling, Partition};

@@ -12,10 +12,12 @@ use crate::flows::{Base, Ctx, Flow};
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
+pub mod ffjord;
 pub mod glow;
 pub mod nice;
 pub mod realnvp;
 
+pub use ffjord::Ffjord;
 pub use glow::Glow;
 pub use nice::Nice;
 pub use realnvp::{RealNvp, RealNvpImage};
@@ -72,6 +74,13 @@ pub trait DensityModel: Send {
         let eps = Tensor::f_randn([n, self.dim()], like)?;
         let (x, ld) = self.from_noise(&eps, ctx)?;
         Ok((x, standard_normal_log_prob(&eps)?.f_sub(&ld)?))
+    }
+
+    /// The conditional flow-matching loss (a scalar) on data `x`, for models that have one
+    /// (FFJORD with one block); the objective `train.objective = "flow_matching"` calls it.
+    fn flow_matching_loss(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let _ = (x, ctx);
+        anyhow::bail!("{}: this model has no flow-matching objective (only FFJORD with model.blocks = 1 does)", self.describe())
     }
 
     fn check_input(&self, x: &Tensor) -> Result<()> {
@@ -140,6 +149,7 @@ pub fn build_for(cfg: &crate::config::Config, root: tch::nn::Path, info: &DataIn
         ("realnvp", DataKind::Images) => Ok(Box::new(RealNvpImage::build(root, cfg)?)),
         ("realnvp", DataKind::Tabular) => Ok(Box::new(RealNvp::build(root, cfg, &spec())?)),
         ("nice", DataKind::Tabular) => Ok(Box::new(Nice::build(root, cfg, &spec())?)),
+        ("ffjord", DataKind::Tabular) => Ok(Box::new(Ffjord::build(root, cfg, &spec())?)),
         (kind, data) => anyhow::bail!("model.kind {kind:?} cannot model data.kind {data:?}"),
     }
 }
