@@ -11,8 +11,7 @@
 //! - [`flows`]: the layer zoo; every bijection implements [`flows::Flow`]; a coupling is a
 //!   partition × an elementwise bijection × a conditioner; a model's base is a
 //!   [`flows::Base`]. A new layer (or partition, bijection, conditioner) is a new file here.
-//! - [`ode`]: ODE solvers on tensors (Dormand–Prince, RK4, Euler) for continuous flows; a leaf
-//!   that the zoo's continuous flow uses.
+//!   Its ODE solvers (Dormand–Prince, RK4, Euler on tensors, `flows::ode`) are a leaf inside it.
 //! - [`config`]: the run configuration (plain serde structs, validated); knows no runtime.
 //! - [`models`]: models composed only of the zoo (Glow, RealNVP, NICE), built from a config. A
 //!   new model is a new file there plus its `model.kind` in `config`.
@@ -44,7 +43,6 @@ pub mod import;
 pub mod io;
 pub mod jobs;
 pub mod models;
-pub mod ode;
 pub mod script;
 pub mod rng;
 pub mod runtime;

@@ -4,7 +4,7 @@
 use flowzoo::flows::testing::{brute_force_logdet, perturb};
 use flowzoo::flows::cnf::flow_matching_loss;
 use flowzoo::flows::*;
-use flowzoo::ode::{Method, SolverOptions};
+use flowzoo::flows::ode::{Method, SolverOptions};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 const F64: (Kind, Device) = (Kind::Double, Device::Cpu);
@@ -43,8 +43,11 @@ fn a_linear_field_has_closed_form_flow_and_log_det() {
     tch::manual_seed(0);
     let mut vs = VarStore::new(Device::Cpu);
     let a = random_matrix(3);
-    let t_end = 0.8;
-    let cnf = linear_cnf(&mut vs, &a, t_end, options(SolverOptions::dopri5(1e-9, 1e-9)));
+    let cnf_t = 0.8;
+    let cnf = linear_cnf(&mut vs, &a, cnf_t, options(SolverOptions::dopri5(1e-9, 1e-9)));
+    // The end time is stored as sqrt(T) in float32 before the store turns double: compare with the T it holds.
+    let t_end = cnf.end_time().unwrap().double_value(&[]);
+    assert!((t_end - 0.8).abs() < 1e-6);
     let x = Tensor::randn([5, 3], F64);
     let _g = tch::no_grad_guard();
     let (z, ld) = cnf.forward(&x, &Ctx::eval()).unwrap();
@@ -56,7 +59,7 @@ fn a_linear_field_has_closed_form_flow_and_log_det() {
     let (x2, ld2) = cnf.inverse(&z, &Ctx::eval()).unwrap();
     assert!(max_abs(&(&x2 - &x)) < 1e-7 && max_abs(&(&ld2 + tr)) < 1e-7);
     // Fixed-step RK4 at 50 steps is accurate to ~1e-8 here too.
-    let rk4 = linear_cnf(&mut vs, &a, t_end, options(SolverOptions::fixed(Method::Rk4, 50)));
+    let rk4 = linear_cnf(&mut vs, &a, cnf_t, options(SolverOptions::fixed(Method::Rk4, 50)));
     let (z4, ld4) = rk4.forward(&x, &Ctx::eval()).unwrap();
     assert!(max_abs(&(&z4 - &want)) < 1e-7 && max_abs(&(&ld4 - tr)) < 1e-7);
 }

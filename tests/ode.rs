@@ -1,7 +1,7 @@
 //! The ODE solvers on problems with closed-form solutions: Dormand–Prince meets its tolerance
 //! (forward and backward in time), RK4 and Euler converge at their orders, gradients flow through
 //! the solve, and every limit fails with an error naming it and the time.
-use flowzoo::ode::{solve, ErrorNorm, Method, OdeError, SolverOptions};
+use flowzoo::flows::ode::{solve, ErrorNorm, Method, OdeError, SolverOptions};
 use tch::{Device, Kind, Tensor};
 
 const F64: (Kind, Device) = (Kind::Double, Device::Cpu);

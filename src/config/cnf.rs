@@ -22,18 +22,18 @@ pub struct CnfConfig {
     /// Learn T (FFJORD's `train_T`).
     pub train_time: bool,
     /// "dopri5" (adaptive) | "rk4" | "euler" (fixed steps).
-    pub solver: crate::ode::Method,
+    pub solver: crate::flows::ode::Method,
     pub rtol: f64,
     pub atol: f64,
     /// Steps per solve of the fixed-step solvers.
     pub steps: i64,
     /// Adaptive error norm: "rms" (Hairer, torchdiffeq, FFJORD) or "max" (zuko).
-    pub error_norm: crate::ode::ErrorNorm,
+    pub error_norm: crate::flows::ode::ErrorNorm,
     /// Step attempts after which an adaptive solve fails (never a hang).
     pub max_steps: i64,
     /// A proposed step below this (of the unit interval) fails an adaptive solve.
     pub min_step: f64,
-    pub eval_solver: crate::ode::Method,
+    pub eval_solver: crate::flows::ode::Method,
     pub eval_rtol: f64,
     pub eval_atol: f64,
     pub eval_steps: i64,
@@ -56,14 +56,14 @@ impl Default for CnfConfig {
             activation: crate::flows::OdeActivation::Tanh,
             time_length: 0.5,
             train_time: true,
-            solver: crate::ode::Method::Dopri5,
+            solver: crate::flows::ode::Method::Dopri5,
             rtol: 1e-5,
             atol: 1e-5,
             steps: 20,
-            error_norm: crate::ode::ErrorNorm::Rms,
+            error_norm: crate::flows::ode::ErrorNorm::Rms,
             max_steps: 1000,
             min_step: 1e-8,
-            eval_solver: crate::ode::Method::Dopri5,
+            eval_solver: crate::flows::ode::Method::Dopri5,
             eval_rtol: 1e-5,
             eval_atol: 1e-5,
             eval_steps: 20,
@@ -76,8 +76,8 @@ impl Default for CnfConfig {
 }
 
 impl CnfConfig {
-    fn solver_options(&self, method: crate::ode::Method, rtol: f64, atol: f64, steps: i64) -> crate::ode::SolverOptions {
-        crate::ode::SolverOptions {
+    fn solver_options(&self, method: crate::flows::ode::Method, rtol: f64, atol: f64, steps: i64) -> crate::flows::ode::SolverOptions {
+        crate::flows::ode::SolverOptions {
             method,
             rtol,
             atol,
@@ -88,10 +88,10 @@ impl CnfConfig {
             first_step: None,
         }
     }
-    pub fn train_solver(&self) -> crate::ode::SolverOptions {
+    pub fn train_solver(&self) -> crate::flows::ode::SolverOptions {
         self.solver_options(self.solver, self.rtol, self.atol, self.steps)
     }
-    pub fn eval_solver(&self) -> crate::ode::SolverOptions {
+    pub fn eval_solver(&self) -> crate::flows::ode::SolverOptions {
         self.solver_options(self.eval_solver, self.eval_rtol, self.eval_atol, self.eval_steps)
     }
 

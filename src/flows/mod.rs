@@ -13,7 +13,7 @@
 //!   parameters ([`ConvNet`], [`MlpNet`]).
 //!
 //! A continuous flow ([`Cnf`], FFJORD) integrates a neural ODE with the solvers of
-//! [`crate::ode`]; its log-det is the integrated trace of the field's Jacobian.
+//! [`crate::flows::ode`]; its log-det is the integrated trace of the field's Jacobian.
 //!
 //! Whatever a layer needs beyond `(x, ctx)` comes from [`Ctx`]: the context tensor, the
 //! train / data-initialisation switches, the conditioners' compute dtype, and a [`Sink`]
@@ -28,7 +28,7 @@
 //! stable dotted names), an `impl Flow`, and `to_torchscript` mirroring the Rust ops through
 //! [`crate::script`]. Test it with [`testing::check_flow`] (inverse to 1e-10 in float64,
 //! log-det against the brute-force Jacobian). The zoo imports nothing but itself,
-//! `crate::script`, `crate::ffi` and the ODE solvers of `crate::ode` (a leaf).
+//! `crate::script` and `crate::ffi`; its ODE solvers ([`ode`]) import nothing at all.
 //!
 //! # Example
 //! ```no_run
@@ -55,6 +55,7 @@ pub mod elementwise;
 pub(crate) mod fastconv;
 pub mod inverse;
 pub mod invconv;
+pub mod ode;
 pub mod permutation;
 pub mod prior;
 pub mod sequential;

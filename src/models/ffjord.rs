@@ -106,8 +106,8 @@ impl Ffjord {
                 NormChoice::None => None,
             });
         }
-        let solver = |s: &crate::ode::SolverOptions| match s.method {
-            crate::ode::Method::Dopri5 => format!("dopri5 rtol {:e} atol {:e}", s.rtol, s.atol),
+        let solver = |s: &crate::flows::ode::SolverOptions| match s.method {
+            crate::flows::ode::Method::Dopri5 => format!("dopri5 rtol {:e} atol {:e}", s.rtol, s.atol),
             other => format!("{} {} steps", other.name(), s.steps),
         };
         let desc = format!(

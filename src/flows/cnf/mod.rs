@@ -33,7 +33,7 @@
 //! Parameters: `net.*` ([`OdeNet`]: FFJORD's concat-squash layers or zuko's MLP with time
 //! features) and `sqrt_end_time` (trainable only with `train_time`).
 use super::{check_channels, Ctx, Flow};
-use crate::ode::{self, SolverOptions};
+use crate::flows::ode::{self, SolverOptions};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
