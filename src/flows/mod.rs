@@ -41,6 +41,7 @@ use anyhow::Result;
 use tch::Tensor;
 
 pub mod actnorm;
+pub mod autoregressive;
 pub mod base;
 pub mod batchnorm;
 pub mod bijection;
@@ -60,10 +61,11 @@ pub mod testing;
 pub mod zeroconv;
 
 pub use actnorm::{ActNorm, ActNormParam};
+pub use autoregressive::{Autoregressive, InverseMethod};
 pub use base::{standard_normal_log_prob, Base, DiagGaussian, StandardNormal};
 pub use batchnorm::BatchNormFlow;
-pub use bijection::{Additive, Affine, ElementwiseBijection, ParamLayout, ScaleFn};
-pub use conditioner::{Activation, Conditioner, ConvNet, MlpNet};
+pub use bijection::{Additive, Affine, ElementwiseBijection, ParamLayout, RationalQuadraticSpline, ScaleFn};
+pub use conditioner::{Activation, Conditioner, ConvNet, HiddenDegrees, Made, MadeOptions, MadeOrder, MlpNet};
 pub use coupling::{Alternating, ChannelHalves, Checkerboard, Coupling, Partition};
 pub use ctx::{Ctx, Sink};
 pub use elementwise::ElementwiseAffine;
