@@ -265,7 +265,7 @@ impl ElementwiseBijection for RationalQuadraticSpline {
         s += &knots(&format!("rq_h.narrow(-1, {k}, {k})"), self.min_bin_height, "rq_y")?;
         let search = if inverse { "rq_ys" } else { "rq_xs" };
         s += &format!(
-            "rq_d = torch.nn.functional.softplus(rq_h.narrow(-1, {}, {}) + {}) + {}\n\
+            "rq_d = torch.softplus(rq_h.narrow(-1, {}, {}) + {}) + {}\n\
              rq_ds = torch.constant_pad_nd(rq_d, [1, 1], 1.0)\n\
              rq_idx = torch.sum(rq_v >= {search}.narrow(-1, 1, {}), [-1], True, dtype=4)\n\
              rq_xk = torch.gather(rq_xs, -1, rq_idx)\n\
