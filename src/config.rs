@@ -132,7 +132,8 @@ pub enum PermutationChoice {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// Model family: "glow".
+    /// Model family: "glow" | "realnvp" (images or tabular) | "nice" | "maf" | "iaf" | "nsf"
+    /// (tabular).
     pub kind: String,
     /// L: number of levels (squeeze + K steps [+ split]).
     pub levels: i64,
@@ -163,6 +164,59 @@ pub struct ModelConfig {
     pub mask: MaskChoice,
     /// Base distribution: "normal" (N(0, I)) or "diag_gaussian" (learned mean and std).
     pub base: BaseChoice,
+    /// NSF: K, the rational-quadratic spline's bins (2..=256).
+    pub bins: i64,
+    /// NSF: B, the splines cover [-B, B] (the identity outside); > 0.
+    pub tail_bound: f64,
+    /// NSF: "autoregressive" (NSF-AR, a MADE conditioner) or "coupling" (NSF-C, an MLP
+    /// conditioner on `mask`ed halves).
+    pub structure: StructureChoice,
+    /// MAF / IAF / NSF-AR: each MADE's feature order: "natural", "reversed", "random" (seeded
+    /// by `train.seed`, saved with the weights) or "alternating" (natural, reversed, natural, ...;
+    /// zuko's default, with `permutation = "none"` the same model as natural orders with
+    /// reversals between the layers).
+    pub made_order: MadeOrderChoice,
+    /// MAF / IAF / NSF-AR: the MADEs' hidden degrees: "cyclic" or "random" (not with `residual`).
+    pub made_degrees: DegreesChoice,
+    /// MAF / IAF / NSF-AR: residual MADE blocks (the NSF paper's); `depth` counts the blocks.
+    pub residual: bool,
+    /// MAF / IAF / NSF-AR: how the autoregressive layers invert (sampling a MAF, density of an
+    /// IAF): "sequential" (D passes, one feature each) or "jacobi" (fixed-point iteration over all
+    /// features, stopping at `jacobi_tol`, at most D iterations).
+    pub inverse: InverseChoice,
+    /// Jacobi inverse: stop when no feature moves by more than this (>= 0; 0 = always D
+    /// iterations).
+    pub jacobi_tol: f64,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StructureChoice {
+    Autoregressive,
+    Coupling,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MadeOrderChoice {
+    Natural,
+    Reversed,
+    Random,
+    Alternating,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DegreesChoice {
+    Cyclic,
+    Random,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum InverseChoice {
+    Sequential,
+    Jacobi,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -206,6 +260,14 @@ impl Default for ModelConfig {
             norm: NormChoice::Batchnorm,
             mask: MaskChoice::Alternating,
             base: BaseChoice::Normal,
+            bins: 8,
+            tail_bound: 3.0,
+            structure: StructureChoice::Autoregressive,
+            made_order: MadeOrderChoice::Natural,
+            made_degrees: DegreesChoice::Cyclic,
+            residual: false,
+            inverse: InverseChoice::Sequential,
+            jacobi_tol: 1e-6,
         }
     }
 }
@@ -330,10 +392,11 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         let d = &self.data;
         let m = &self.model;
-        let known = ["glow", "realnvp", "nice"];
+        let known = ["glow", "realnvp", "nice", "maf", "iaf", "nsf"];
         if !known.contains(&m.kind.as_str()) {
             bail!("model.kind = {:?}: known kinds are {}", m.kind, known.join(", "));
         }
+        self.validate_autoregressive()?;
         if m.blocks < 1 || m.depth < 1 || m.width < 1 {
             bail!("model.blocks, model.depth and model.width must be >= 1");
         }
@@ -348,7 +411,7 @@ impl Config {
         }
         if d.kind == DataKind::Tabular {
             if m.kind == "glow" {
-                bail!("model.kind = \"glow\" models images: use data.kind = \"images\" (or model.kind = \"realnvp\" / \"nice\" for tabular data)");
+                bail!("model.kind = \"glow\" models images: use data.kind = \"images\" (or model.kind = \"realnvp\", \"nice\", \"maf\", \"iaf\" or \"nsf\" for tabular data)");
             }
             let t = &self.train;
             if t.batch_size < 1 || t.max_steps < 0 || t.lr <= 0.0 {
@@ -357,8 +420,8 @@ impl Config {
             crate::train::parse_device(&t.device).context("train.device")?;
             return Ok(());
         }
-        if m.kind == "nice" {
-            bail!("model.kind = \"nice\" is for tabular data (data.kind = \"tabular\")");
+        if ["nice", "maf", "iaf", "nsf"].contains(&m.kind.as_str()) {
+            bail!("model.kind = {:?} is for tabular data (data.kind = \"tabular\")", m.kind);
         }
         if !(1..=8).contains(&d.n_bits) {
             bail!("data.n_bits = {} must be between 1 and 8", d.n_bits);
@@ -391,6 +454,27 @@ impl Config {
         }
         crate::train::parse_device(&t.device).context("train.device")?;
         t.precision.parse::<crate::bench::Precision>().context("train.precision")?;
+        Ok(())
+    }
+
+    /// The keys of the MAF / IAF / NSF families, each range-checked with its name.
+    fn validate_autoregressive(&self) -> Result<()> {
+        let m = &self.model;
+        if !(2..=256).contains(&m.bins) {
+            bail!("model.bins = {} must be between 2 and 256", m.bins);
+        }
+        if !(m.tail_bound.is_finite() && m.tail_bound > 0.0) {
+            bail!("model.tail_bound = {} must be a positive number", m.tail_bound);
+        }
+        if !(m.jacobi_tol.is_finite() && m.jacobi_tol >= 0.0) {
+            bail!("model.jacobi_tol = {} must be a number >= 0", m.jacobi_tol);
+        }
+        if m.residual && m.made_degrees == DegreesChoice::Random {
+            bail!("model.residual = true needs model.made_degrees = \"cyclic\": a residual block keeps its degrees, so random hidden degrees are not allowed");
+        }
+        if m.kind == "iaf" && m.structure == StructureChoice::Coupling {
+            bail!("model.structure = \"coupling\" is for model.kind = \"nsf\" (an IAF is autoregressive)");
+        }
         Ok(())
     }
 }
