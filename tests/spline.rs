@@ -124,7 +124,7 @@ fn parameters_at_their_minimum() {
     let _ = h.narrow(1, 2 * k, k - 1).fill_(-1e4);
     check(&s, &x, &h, "derivatives at their minimum", 1e-10);
     let (xs, _) = s.knots_of(&x, &h).unwrap();
-    let knot = xs.get(0).narrow(-1, 4, 1); // an interior knot (bins equal: x_4 = 0), [1, 1]
+    let knot = xs.get(0).narrow(0, 4, 1); // an interior knot (bins equal: x_4 = 0), [1, 1]
     let (_, ld) = s.forward(&knot, &h.narrow(0, 0, 1)).unwrap();
     assert!((ld.unwrap().double_value(&[0, 0]) - (1e-3f64).ln()).abs() < 1e-9, "derivative at a knot is not the minimum");
     // Widths and heights at their minimum except one bin each, derivatives at their minimum.
@@ -155,8 +155,8 @@ fn a_discriminant_that_rounds_negative() {
     let _ = h.narrow(1, 2 * k, k - 1).fill_(-1e4); // every interior derivative at its minimum
     let h = &h + Tensor::randn([n, p], F32) * 1e-3;
     let y0 = Tensor::zeros([n, 1], F32);
-    let (_, ys) = s.knots_of(&y0, &h).unwrap();
-    let (top, bottom) = (ys.narrow(-1, 4, 1).reshape([n, 1]), ys.narrow(-1, 3, 1).reshape([n, 1]));
+    let (_, ys) = s.knots_of(&y0, &h).unwrap(); // [n, K+1, 1]
+    let (top, bottom) = (ys.narrow(1, 4, 1).reshape([n, 1]), ys.narrow(1, 3, 1).reshape([n, 1]));
     let y = &top - (&top - &bottom) * Tensor::rand([n, 1], F32) * 1e-6;
     let disc = s.discriminant(&y, &h).unwrap();
     let negative = i64::try_from(disc.lt(0.0).sum(Kind::Int64)).unwrap();

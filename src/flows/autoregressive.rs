@@ -4,8 +4,9 @@
 //!
 //! - `forward` (the density direction of a MAF) is one pass: every `θ_i` from `x` at once.
 //! - `inverse` needs `x_<i` before `x_i`. [`InverseMethod::Sequential`] makes `D` passes, the
-//!   `k`-th computing only the parameters of the `k`-th feature in the ordering (one block of
-//!   output rows) and inverting that feature. [`InverseMethod::Jacobi`] iterates the fixed point
+//!   `k`-th computing only what the `k`-th feature's parameters read (the hidden units of degree
+//!   at most `k`, a prefix of each layer, and that feature's block of output rows) and
+//!   inverting that feature. [`InverseMethod::Jacobi`] iterates the fixed point
 //!   `x ← f⁻¹(y; θ(x))` from `x = 0` on all features at once, and stops when no feature moves by
 //!   more than `tol`, or after `D` iterations: after `t` iterations the first `t` features in
 //!   the ordering are exact, so `D` iterations always give the sequential result. Each
@@ -78,11 +79,15 @@ impl Autoregressive {
 
     fn inverse_sequential(&self, y: &Tensor, ctx: &Ctx) -> Result<(Tensor, Tensor)> {
         let ws = self.made.masked_weights()?;
+        let sizes = self.made.prefix_sizes()?;
         let mut x = y.f_zeros_like()?;
         let mut total = zero_logdet(y)?;
         for (k, i) in self.made.order_vec()?.into_iter().enumerate() {
-            let hid = self.made.hidden(&ws, &x, ctx)?;
-            let h = self.made.output_of(&ws, &hid, i)?;
+            // The k-th feature has degree k + 1: its parameters read units of degree <= k only.
+            let h = match &sizes {
+                Some(sz) => self.made.output_of_prefix(&ws, &self.made.hidden_prefix(&ws, &x, ctx, sz, k)?, i)?,
+                None => self.made.output_of(&ws, &self.made.hidden(&ws, &x, ctx)?, i)?,
+            };
             let (xi, ld) = self.transform.inverse(&y.f_narrow(1, i, 1)?, &h)?;
             x = x.f_index_copy(1, &self.made.order.f_narrow(0, k as i64, 1)?, &xi)?;
             if let Some(l) = ld {

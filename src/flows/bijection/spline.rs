@@ -40,12 +40,13 @@ pub struct RationalQuadraticSpline {
     pub bins: i64,
     /// B: the spline covers `[-B, B]`; the identity outside.
     pub tail_bound: f64,
-    pub min_bin_width: f64,
-    pub min_bin_height: f64,
+    /// The smallest bin width and height, as a fraction of `2B`.
+    pub min_bin_size: f64,
     pub min_derivative: f64,
 }
 
-/// Per-bin quantities of one spline evaluation, each `[..., 1]` (gathered at the input's bin).
+/// Per-bin quantities of one spline evaluation, each `[B, 1, N]` (gathered at each input's
+/// bin; `N` counts the features).
 struct Bin {
     /// Left knot `x_k` and width `w_k`.
     x_k: Tensor,
@@ -61,7 +62,7 @@ struct Bin {
 impl RationalQuadraticSpline {
     /// K bins on `[-tail_bound, tail_bound]`, minimum bin size and derivative 1e-3.
     pub fn new(bins: i64, tail_bound: f64) -> Result<Self> {
-        let s = RationalQuadraticSpline { bins, tail_bound, min_bin_width: 1e-3, min_bin_height: 1e-3, min_derivative: 1e-3 };
+        let s = RationalQuadraticSpline { bins, tail_bound, min_bin_size: 1e-3, min_derivative: 1e-3 };
         s.validate()?;
         Ok(s)
     }
@@ -72,15 +73,14 @@ impl RationalQuadraticSpline {
     }
 
     pub fn validate(&self) -> Result<()> {
-        let k = self.bins as f64;
         if self.bins < 1 {
             bail!("rational-quadratic spline: bins = {} must be >= 1", self.bins);
         }
         if !(self.tail_bound.is_finite() && self.tail_bound > 0.0) {
             bail!("rational-quadratic spline: tail_bound = {} must be a positive number", self.tail_bound);
         }
-        if !(self.min_bin_width > 0.0 && self.min_bin_width * k < 1.0 && self.min_bin_height > 0.0 && self.min_bin_height * k < 1.0) {
-            bail!("rational-quadratic spline: the minimum bin width and height must be positive and below 1/bins");
+        if !(self.min_bin_size > 0.0 && self.min_bin_size * (self.bins as f64) < 1.0) {
+            bail!("rational-quadratic spline: the minimum bin size {} must be positive and below 1/bins", self.min_bin_size);
         }
         if !(self.min_derivative > 0.0 && self.min_derivative < 1.0) {
             bail!("rational-quadratic spline: min_derivative = {} must be in (0, 1)", self.min_derivative);
@@ -93,50 +93,54 @@ impl RationalQuadraticSpline {
         (1.0 - self.min_derivative).exp_m1().ln()
     }
 
-    /// `h` `[B, P·C, ...]` as `[B, C, ..., P]` (each feature's parameters on the last dim).
-    fn grouped(&self, t: &Tensor, h: &Tensor) -> Result<Tensor> {
-        let p = self.params_per_feature();
+    /// `h` `[B, P·C, ...]` (grouped per feature) as `[B, P, N]` with the `N = C·...` features
+    /// innermost: the per-bin reductions (softmax, cumsum, gather) then run over a middle
+    /// dimension with contiguous features, instead of over rows of K values.
+    fn by_parameter(&self, t: &Tensor, h: &Tensor) -> Result<Tensor> {
         let s = t.size();
-        let mut shape = vec![s[0], s[1], p];
-        shape.extend(&s[2..]);
-        let hv = h.f_reshape(&shape[..])?;
-        Ok(if s.len() > 2 { hv.f_movedim_int(2, -1)? } else { hv })
+        Ok(h.f_reshape([s[0], s[1], self.params_per_feature(), -1])?.f_transpose(1, 2)?.f_reshape([s[0], self.params_per_feature(), -1])?)
     }
 
-    /// Knots `[..., K+1]` from -B to B exactly, and the bin sizes `[..., K]`, from raw sizes.
-    fn knots(&self, raw: &Tensor, min_size: f64) -> Result<(Tensor, Tensor)> {
-        let (k, b) = (self.bins, self.tail_bound);
-        let sizes = raw.f_softmax(-1, None::<Kind>)?.f_mul_scalar(1.0 - min_size * k as f64)?.f_add_scalar(min_size)?;
-        let inner = sizes.f_cumsum(-1, None::<Kind>)?.f_narrow(-1, 0, k - 1)?;
-        let unit = inner.f_pad([1, 0], "constant", Some(0.0))?.f_pad([0, 1], "constant", Some(1.0))?;
+    /// Knots `[B, 2, K+1, N]` (x then y, from -B to B exactly) and bin sizes `[B, 2, K, N]`
+    /// (widths then heights) from `hp` `[B, P, N]`.
+    fn knots(&self, hp: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (k, b, m) = (self.bins, self.tail_bound, self.min_bin_size);
+        let s = hp.size();
+        let raw = hp.f_narrow(1, 0, 2 * k)?.f_view([s[0], 2, k, s[2]])?;
+        let sizes = raw.f_softmax(2, None::<Kind>)?.f_mul_scalar(1.0 - m * k as f64)?.f_add_scalar(m)?;
+        let inner = sizes.f_cumsum(2, None::<Kind>)?.f_narrow(2, 0, k - 1)?;
+        let unit = inner.f_pad([0, 0, 1, 0], "constant", Some(0.0))?.f_pad([0, 0, 0, 1], "constant", Some(1.0))?;
         let knots = unit.f_mul_scalar(2.0 * b)?.f_sub_scalar(b)?;
-        let widths = knots.f_narrow(-1, 1, k)?.f_sub(&knots.f_narrow(-1, 0, k)?)?;
-        Ok((knots, widths))
+        let sizes = knots.f_narrow(2, 1, k)?.f_sub(&knots.f_narrow(2, 0, k)?)?;
+        Ok((knots, sizes))
     }
 
-    /// The bin of every (clamped) `v` `[..., 1]` among `knots` and its quantities.
-    fn bin(&self, hv: &Tensor, v: &Tensor, by_height: bool) -> Result<Bin> {
+    /// The bin of every (clamped) `v` `[B, 1, N]` among the x knots (forward) or the y knots
+    /// (inverse), and its quantities.
+    fn bin(&self, hp: &Tensor, v: &Tensor, by_height: bool) -> Result<Bin> {
         let k = self.bins;
-        let (xs, ws) = self.knots(&hv.f_narrow(-1, 0, k)?, self.min_bin_width)?;
-        let (ys, hs) = self.knots(&hv.f_narrow(-1, k, k)?, self.min_bin_height)?;
-        let ud = hv.f_narrow(-1, 2 * k, k - 1)?;
-        let d = ud.f_add_scalar(self.derivative_offset())?.f_softplus()?.f_add_scalar(self.min_derivative)?;
-        let ds = d.f_pad([1, 1], "constant", Some(1.0))?;
-        let search = if by_height { &ys } else { &xs };
+        let (knots, sizes) = self.knots(hp)?;
+        let d = hp.f_narrow(1, 2 * k, k - 1)?.f_add_scalar(self.derivative_offset())?.f_softplus()?.f_add_scalar(self.min_derivative)?;
+        let ds = d.f_pad([0, 0, 1, 1], "constant", Some(1.0))?;
         // Number of interior knots at or below v: the bin index in 0..K (v is clamped into [-B, B]).
-        let idx = v.f_ge_tensor(&search.f_narrow(-1, 1, k - 1)?)?.f_sum_dim_intlist(Some(&[-1i64][..]), true, Kind::Int64)?;
-        let at = |t: &Tensor| t.f_gather(-1, &idx, false);
+        let search = knots.f_select(1, by_height as i64)?.f_narrow(1, 1, k - 1)?;
+        let idx = v.f_ge_tensor(&search)?.f_sum_dim_intlist(Some(&[1i64][..]), true, Kind::Int64)?;
+        let s = v.size();
+        let idx2 = idx.f_unsqueeze(1)?.f_expand([s[0], 2, 1, s[2]], false)?;
+        let at_knot = knots.f_gather(2, &idx2, false)?;
+        let at_size = sizes.f_gather(2, &idx2, false)?;
+        let at_d = ds.f_gather(1, &Tensor::f_cat(&[&idx, &idx.f_add_scalar(1)?], 1)?, false)?;
         Ok(Bin {
-            x_k: at(&xs)?,
-            w_k: at(&ws)?,
-            y_k: at(&ys)?,
-            h_k: at(&hs)?,
-            d_k: at(&ds)?,
-            d_k1: at(&ds.f_narrow(-1, 1, k)?)?,
+            x_k: at_knot.f_select(1, 0)?,
+            y_k: at_knot.f_select(1, 1)?,
+            w_k: at_size.f_select(1, 0)?,
+            h_k: at_size.f_select(1, 1)?,
+            d_k: at_d.f_narrow(1, 0, 1)?,
+            d_k1: at_d.f_narrow(1, 1, 1)?,
         })
     }
 
-    /// `log f'` at `θ` in a bin with slope `delta`: `log(δ²(d₁θ² + 2δθ(1−θ) + d₀(1−θ)²)) − 2 log(den)`.
+    /// `log f'` at `θ` in a bin with slope `delta`: `log(δ²(d₁θ² + 2δθ(1−θ) + d₀(1−θ)²) / den²)`.
     fn log_derivative(bin: &Bin, delta: &Tensor, theta: &Tensor, t1: &Tensor, den: &Tensor) -> Result<Tensor> {
         let omt = theta.f_neg()?.f_add_scalar(1.0)?;
         let inner = bin
@@ -144,12 +148,11 @@ impl RationalQuadraticSpline {
             .f_mul(&theta.f_square()?)?
             .f_add(&delta.f_mul(t1)?.f_mul_scalar(2.0)?)?
             .f_add(&bin.d_k.f_mul(&omt.f_square()?)?)?;
-        let num = delta.f_square()?.f_mul(&inner)?;
-        Ok(num.f_log()?.f_sub(&den.f_log()?.f_mul_scalar(2.0)?)?)
+        Ok(delta.f_square()?.f_mul(&inner)?.f_div(&den.f_square()?)?.f_log()?)
     }
 
     /// The quadratic `a θ² + b θ + c = 0` whose root in [0, 1] is the inverse's position in
-    /// its bin, for clamped `v` `[..., 1]`: `(a, b, c)`.
+    /// its bin, for clamped `v`: `(a, b, c)`.
     fn quadratic(bin: &Bin, delta: &Tensor, slope_sum: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let s = v.f_sub(&bin.y_k)?;
         let a = s.f_mul(slope_sum)?.f_add(&bin.h_k.f_mul(&delta.f_sub(&bin.d_k)?)?)?;
@@ -158,18 +161,23 @@ impl RationalQuadraticSpline {
         Ok((a, b, c))
     }
 
+    /// The bin's slope `δ = h/w` and `d_k + d_{k+1} − 2δ`.
     fn slopes(bin: &Bin) -> Result<(Tensor, Tensor)> {
         let delta = bin.h_k.f_div(&bin.w_k)?;
         let slope_sum = bin.d_k.f_add(&bin.d_k1)?.f_sub(&delta.f_mul_scalar(2.0)?)?;
         Ok((delta, slope_sum))
     }
 
+    /// The input clamped into `[-B, B]`, as `[B, 1, N]`.
+    fn clamped(&self, t: &Tensor) -> Result<Tensor> {
+        Ok(t.f_clamp(-self.tail_bound, self.tail_bound)?.f_reshape([t.size()[0], 1, -1])?)
+    }
+
     fn run(&self, t: &Tensor, h: &Tensor, inverse: bool) -> Result<(Tensor, Option<Tensor>)> {
         check_spline_params(self, t, h)?;
-        let b = self.tail_bound;
-        let hv = self.grouped(t, h)?;
-        let v = t.f_clamp(-b, b)?.f_unsqueeze(-1)?;
-        let bin = self.bin(&hv, &v, inverse)?;
+        let hp = self.by_parameter(t, h)?;
+        let v = self.clamped(t)?;
+        let bin = self.bin(&hp, &v, inverse)?;
         let (delta, slope_sum) = Self::slopes(&bin)?;
         let (out, theta, t1, den) = if inverse {
             let (a, bq, c) = Self::quadratic(&bin, &delta, &slope_sum, &v)?;
@@ -189,32 +197,29 @@ impl RationalQuadraticSpline {
             (bin.y_k.f_add(&num.f_div(&den)?)?, theta, t1, den)
         };
         let ld = Self::log_derivative(&bin, &delta, &theta, &t1, &den)?;
-        let inside = t.f_abs()?.f_le(b)?;
-        let out = out.f_squeeze_dim(-1)?.f_where_self(&inside, t)?;
-        let ld = ld.f_squeeze_dim(-1)?.f_where_scalarother(&inside, 0.0)?;
+        let inside = t.f_abs()?.f_le(self.tail_bound)?;
+        let out = out.f_view_as(t)?.f_where_self(&inside, t)?;
+        let ld = ld.f_view_as(t)?.f_where_scalarother(&inside, 0.0)?;
         Ok((out, Some(ld)))
     }
 
-    /// Diagnostics: the knots `(x_0..x_K, y_0..y_K)`, each `[B, C, ..., K+1]`, that the
-    /// parameters `h` give for an input shaped like `t`.
+    /// Diagnostics: the knots `(x_0..x_K, y_0..y_K)`, each `[B, K+1, N]` with `N` the features
+    /// of `t` (row-major), that the parameters `h` give for an input shaped like `t`.
     pub fn knots_of(&self, t: &Tensor, h: &Tensor) -> Result<(Tensor, Tensor)> {
         check_spline_params(self, t, h)?;
-        let hv = self.grouped(t, h)?;
-        let k = self.bins;
-        Ok((self.knots(&hv.f_narrow(-1, 0, k)?, self.min_bin_width)?.0, self.knots(&hv.f_narrow(-1, k, k)?, self.min_bin_height)?.0))
+        let (knots, _) = self.knots(&self.by_parameter(t, h)?)?;
+        Ok((knots.f_select(1, 0)?, knots.f_select(1, 1)?))
     }
 
-    /// Diagnostics: the inverse's discriminant `b² − 4ac` at `y` before it is floored
-    /// (rounding can make it negative), shaped like `y`.
+    /// Diagnostics: the inverse's discriminant `b² − 4ac` at `y` before it is floored, shaped
+    /// like `y`.
     pub fn discriminant(&self, y: &Tensor, h: &Tensor) -> Result<Tensor> {
         check_spline_params(self, y, h)?;
-        let b = self.tail_bound;
-        let hv = self.grouped(y, h)?;
-        let v = y.f_clamp(-b, b)?.f_unsqueeze(-1)?;
-        let bin = self.bin(&hv, &v, true)?;
+        let v = self.clamped(y)?;
+        let bin = self.bin(&self.by_parameter(y, h)?, &v, true)?;
         let (delta, slope_sum) = Self::slopes(&bin)?;
         let (a, bq, c) = Self::quadratic(&bin, &delta, &slope_sum, &v)?;
-        Ok(bq.f_square()?.f_sub(&a.f_mul(&c)?.f_mul_scalar(4.0)?)?.f_squeeze_dim(-1)?)
+        Ok(bq.f_square()?.f_sub(&a.f_mul(&c)?.f_mul_scalar(4.0)?)?.f_view_as(y)?)
     }
 }
 
@@ -238,61 +243,57 @@ impl ElementwiseBijection for RationalQuadraticSpline {
     /// [`run`](Self::run) op for op; temporaries are prefixed `rq_` so that callers' names
     /// (an autoregressive inverse loop) are not overwritten.
     fn script(&self, _ts: &mut ScriptBuilder, inverse: bool) -> Result<String> {
-        let (k, p) = (self.bins, self.params_per_feature());
+        let (k, p, m) = (self.bins, self.params_per_feature(), self.min_bin_size);
         let b = ts_float(self.tail_bound)?;
-        let nb = ts_float(-self.tail_bound)?;
-        let two_b = ts_float(2.0 * self.tail_bound)?;
-        let knots = |raw: &str, min: f64, name: &str| -> Result<String> {
-            Ok(format!(
-                "rq_sz = torch.softmax({raw}, -1) * {} + {}\n\
-                 rq_in = torch.cumsum(rq_sz, -1).narrow(-1, 0, {km1})\n\
-                 rq_unit = torch.constant_pad_nd(torch.constant_pad_nd(rq_in, [1, 0], 0.0), [0, 1], 1.0)\n\
-                 {name}s = rq_unit * {two_b} - {b}\n\
-                 {name}w = {name}s.narrow(-1, 1, {k}) - {name}s.narrow(-1, 0, {k})\n",
-                ts_float(1.0 - min * k as f64)?,
-                ts_float(min)?,
-                km1 = k - 1
-            ))
-        };
         let mut s = format!(
             "assert t.dim() >= 2 and h.dim() == t.dim() and h.size(0) == t.size(0) and h.size(1) == {p} * t.size(1), \"RationalQuadraticSpline: expected {p} parameters per feature for input \" + str(t.size()) + \", got \" + str(h.size())\n\
-             rq_shape = [t.size(0), t.size(1), {p}] + t.size()[2:]\n\
-             rq_h = h.reshape(rq_shape)\n\
-             if t.dim() > 2:\n    rq_h = torch.movedim(rq_h, 2, -1)\n\
-             rq_v = torch.clamp(t, {nb}, {b}).unsqueeze(-1)\n"
-        );
-        s += &knots(&format!("rq_h.narrow(-1, 0, {k})"), self.min_bin_width, "rq_x")?;
-        s += &knots(&format!("rq_h.narrow(-1, {k}, {k})"), self.min_bin_height, "rq_y")?;
-        let search = if inverse { "rq_ys" } else { "rq_xs" };
-        s += &format!(
-            "rq_d = torch.softplus(rq_h.narrow(-1, {}, {}) + {}) + {}\n\
-             rq_ds = torch.constant_pad_nd(rq_d, [1, 1], 1.0)\n\
-             rq_idx = torch.sum(rq_v >= {search}.narrow(-1, 1, {}), [-1], True, dtype=4)\n\
-             rq_xk = torch.gather(rq_xs, -1, rq_idx)\n\
-             rq_wk = torch.gather(rq_xw, -1, rq_idx)\n\
-             rq_yk = torch.gather(rq_ys, -1, rq_idx)\n\
-             rq_hk = torch.gather(rq_yw, -1, rq_idx)\n\
-             rq_dk = torch.gather(rq_ds, -1, rq_idx)\n\
-             rq_dk1 = torch.gather(rq_ds.narrow(-1, 1, {k}), -1, rq_idx)\n\
+             rq_hp = h.reshape([t.size(0), t.size(1), {p}, -1]).transpose(1, 2).reshape([t.size(0), {p}, -1])\n\
+             rq_v = torch.clamp(t, {nb}, {b}).reshape([t.size(0), 1, -1])\n\
+             rq_raw = rq_hp.narrow(1, 0, {k2}).view([rq_hp.size(0), 2, {k}, rq_hp.size(2)])\n\
+             rq_sz = torch.softmax(rq_raw, 2) * {scale} + {min}\n\
+             rq_in = torch.cumsum(rq_sz, 2).narrow(2, 0, {km1})\n\
+             rq_knots = torch.constant_pad_nd(torch.constant_pad_nd(rq_in, [0, 0, 1, 0], 0.0), [0, 0, 0, 1], 1.0) * {two_b} - {b}\n\
+             rq_sizes = rq_knots.narrow(2, 1, {k}) - rq_knots.narrow(2, 0, {k})\n\
+             rq_d = torch.softplus(rq_hp.narrow(1, {k2}, {km1}) + {offset}) + {mind}\n\
+             rq_ds = torch.constant_pad_nd(rq_d, [0, 0, 1, 1], 1.0)\n\
+             rq_idx = torch.sum(rq_v >= rq_knots.select(1, {which}).narrow(1, 1, {km1}), [1], True, dtype=4)\n\
+             rq_idx2 = rq_idx.unsqueeze(1).expand([rq_v.size(0), 2, 1, rq_v.size(2)])\n\
+             rq_at_knot = torch.gather(rq_knots, 2, rq_idx2)\n\
+             rq_at_size = torch.gather(rq_sizes, 2, rq_idx2)\n\
+             rq_at_d = torch.gather(rq_ds, 1, torch.cat([rq_idx, rq_idx + 1], 1))\n\
+             rq_xk = rq_at_knot.select(1, 0)\n\
+             rq_yk = rq_at_knot.select(1, 1)\n\
+             rq_wk = rq_at_size.select(1, 0)\n\
+             rq_hk = rq_at_size.select(1, 1)\n\
+             rq_dk = rq_at_d.narrow(1, 0, 1)\n\
+             rq_dk1 = rq_at_d.narrow(1, 1, 1)\n\
              rq_delta = rq_hk / rq_wk\n\
              rq_ss = rq_dk + rq_dk1 - rq_delta * 2.0\n",
-            2 * k,
-            k - 1,
-            ts_float(self.derivative_offset())?,
-            ts_float(self.min_derivative)?,
-            k - 1
+            nb = ts_float(-self.tail_bound)?,
+            two_b = ts_float(2.0 * self.tail_bound)?,
+            scale = ts_float(1.0 - m * k as f64)?,
+            min = ts_float(m)?,
+            offset = ts_float(self.derivative_offset())?,
+            mind = ts_float(self.min_derivative)?,
+            k2 = 2 * k,
+            km1 = k - 1,
+            which = inverse as i64,
         );
         if inverse {
-            s += &format!("rq_s = rq_v - rq_yk\n\
-                  rq_a = rq_s * rq_ss + rq_hk * (rq_delta - rq_dk)\n\
-                  rq_b = rq_hk * rq_dk - rq_s * rq_ss\n\
-                  rq_c = -(rq_delta * rq_s)\n\
-                  rq_floor = {f64_floor} if t.dtype == 7 else {f32_floor}\n\
-                  rq_disc = torch.clamp_min(rq_b.square() - rq_a * rq_c * 4.0, rq_floor)\n\
-                  rq_theta = torch.clamp(rq_c * 2.0 / (-rq_b - torch.sqrt(rq_disc)), 0.0, 1.0)\n\
-                  rq_out = rq_theta * rq_wk + rq_xk\n\
-                  rq_t1 = rq_theta * (-rq_theta + 1.0)\n\
-                  rq_den = rq_delta + rq_ss * rq_t1\n", f64_floor = ts_float(f64::MIN_POSITIVE)?, f32_floor = ts_float(f32::MIN_POSITIVE as f64)?);
+            s += &format!(
+                "rq_s = rq_v - rq_yk\n\
+                 rq_a = rq_s * rq_ss + rq_hk * (rq_delta - rq_dk)\n\
+                 rq_b = rq_hk * rq_dk - rq_s * rq_ss\n\
+                 rq_c = -(rq_delta * rq_s)\n\
+                 rq_floor = {f64_floor} if t.dtype == 7 else {f32_floor}\n\
+                 rq_disc = torch.clamp_min(rq_b.square() - rq_a * rq_c * 4.0, rq_floor)\n\
+                 rq_theta = torch.clamp(rq_c * 2.0 / (-rq_b - torch.sqrt(rq_disc)), 0.0, 1.0)\n\
+                 rq_out = rq_theta * rq_wk + rq_xk\n\
+                 rq_t1 = rq_theta * (-rq_theta + 1.0)\n\
+                 rq_den = rq_delta + rq_ss * rq_t1\n",
+                f64_floor = ts_float(f64::MIN_POSITIVE)?,
+                f32_floor = ts_float(f32::MIN_POSITIVE as f64)?
+            );
         } else {
             s += "rq_theta = (rq_v - rq_xk) / rq_wk\n\
                   rq_t1 = rq_theta * (-rq_theta + 1.0)\n\
@@ -300,13 +301,13 @@ impl ElementwiseBijection for RationalQuadraticSpline {
                   rq_num = rq_hk * (rq_delta * rq_theta.square() + rq_dk * rq_t1)\n\
                   rq_out = rq_yk + rq_num / rq_den\n";
         }
-        s += "rq_omt = -rq_theta + 1.0\n\
-              rq_inner = rq_dk1 * rq_theta.square() + rq_delta * rq_t1 * 2.0 + rq_dk * rq_omt.square()\n\
-              rq_ld = torch.log(rq_delta.square() * rq_inner) - torch.log(rq_den) * 2.0\n";
         s += &format!(
-            "rq_inside = torch.abs(t) <= {b}\n\
-             out = torch.where(rq_inside, rq_out.squeeze(-1), t)\n\
-             ld = torch.where(rq_inside, rq_ld.squeeze(-1), 0.0)\n"
+            "rq_omt = -rq_theta + 1.0\n\
+             rq_inner = rq_dk1 * rq_theta.square() + rq_delta * rq_t1 * 2.0 + rq_dk * rq_omt.square()\n\
+             rq_ld = torch.log(rq_delta.square() * rq_inner / rq_den.square())\n\
+             rq_inside = torch.abs(t) <= {b}\n\
+             out = torch.where(rq_inside, rq_out.view_as(t), t)\n\
+             ld = torch.where(rq_inside, rq_ld.view_as(t), 0.0)\n"
         );
         Ok(s)
     }

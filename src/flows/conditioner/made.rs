@@ -19,8 +19,11 @@
 //! `h + W₂·act(W₁·act(h))` whose two layers keep the degrees (so random hidden degrees are not
 //! allowed), the second initialised near zero, then `act` and the output layer.
 //!
-//! The masks, the ordering and the hidden degrees they come from are saved with the weights as
-//! buffers (`order`, `*.mask`), so a random ordering reloads as it was drawn. Parameter names:
+//! The masks, the ordering and the degrees they come from are saved with the weights as buffers
+//! (`order`, `*.mask`, `*.degrees`), so a random ordering reloads as it was drawn. Hidden
+//! degrees are kept in ascending order, so the sequential inverse can compute, for each
+//! feature, only the prefix of every layer its parameters depend on
+//! ([`Made::hidden_prefix`]). Parameter names:
 //! plain `0.{weight,bias,mask}`, `2.*`, ... (as `nn.Sequential` with activations between);
 //! residual `initial.*`, `blocks.{b}.{0,1}.*`, `final.*`; `context.weight`; `order`.
 use super::{context, script_context, Activation, Conditioner};
@@ -74,18 +77,24 @@ pub struct MaskedLinear {
     pub weight: Tensor,
     pub bias: Tensor,
     pub mask: Tensor,
+    /// Buffer (int64): the degree of each output unit.
+    pub degrees: Tensor,
 }
 
 impl MaskedLinear {
-    /// `mask[j][i] = 1` when output `j` may read input `i`; `weight_init` for the weight, the
-    /// bias uniform in ±1/√fan_in (as `nn.Linear`), or zero when `zero_bias`.
-    fn new(p: nn::Path, mask: Tensor, weight_init: nn::Init, zero_bias: bool) -> Self {
-        let (o, i) = (mask.size()[0], mask.size()[1]);
+    /// Outputs of degrees `out` reading inputs of degrees `inp` (`>=`, or `>` when `strict`);
+    /// `weight_init` for the weight, the bias uniform in ±1/√fan_in (as `nn.Linear`), or zero
+    /// when `zero_bias`.
+    fn new(p: nn::Path, out: &[i64], inp: &[i64], strict: bool, weight_init: nn::Init, zero_bias: bool) -> Self {
+        let (o, i) = (out.len() as i64, inp.len() as i64);
         let bound = 1.0 / (i as f64).sqrt();
         let weight = p.var("weight", &[o, i], weight_init);
         let bias = if zero_bias { p.zeros("bias", &[o]) } else { p.var("bias", &[o], nn::Init::Uniform { lo: -bound, up: bound }) };
-        let mask = p.add("mask", mask.to_kind(Kind::Float).to_device(p.device()), false);
-        MaskedLinear { weight, bias, mask }
+        let (dout, din) = (Tensor::from_slice(out).unsqueeze(1), Tensor::from_slice(inp).unsqueeze(0));
+        let m = if strict { dout.gt_tensor(&din) } else { dout.ge_tensor(&din) };
+        let mask = p.add("mask", m.to_kind(Kind::Float).to_device(p.device()), false);
+        let degrees = p.add("degrees", Tensor::from_slice(out).to_device(p.device()), false);
+        MaskedLinear { weight, bias, mask, degrees }
     }
 }
 
@@ -103,7 +112,9 @@ pub struct Made {
     pub activation: Activation,
 }
 
-/// Degrees of a hidden layer of `h` units above a layer with degrees `below`.
+/// Degrees of a hidden layer of `h` units above a layer with degrees `below`, in ascending
+/// order: the units a feature's parameters need (degree below its own) are then a prefix of
+/// every layer, which the sequential inverse uses (ordering hidden units changes nothing else).
 fn hidden_degrees(h: i64, d: i64, below: &[i64], with_context: bool, random: bool) -> Result<Vec<i64>> {
     let lo = if with_context { 0 } else { 1.min(d - 1) };
     if random {
@@ -111,17 +122,14 @@ fn hidden_degrees(h: i64, d: i64, below: &[i64], with_context: bool, random: boo
         // with a context, degree 0 (context-only units) is always possible.
         let low = if with_context { 0 } else { below.iter().copied().min().unwrap_or(1).min(d - 1) };
         let r = Tensor::f_randint_low(low, d.max(low + 1), [h], (Kind::Int64, tch::Device::Cpu))?;
-        return Ok(Vec::<i64>::try_from(&r)?);
+        let mut v = Vec::<i64>::try_from(&r)?;
+        v.sort_unstable();
+        return Ok(v);
     }
     let span = if with_context { d } else { (d - 1).max(1) };
-    Ok((0..h).map(|j| j % span + lo).collect())
-}
-
-/// `mask[j][i] = deg_out[j] >= deg_in[i]` (hidden) or `>` (output).
-fn mask(out: &[i64], inp: &[i64], strict: bool) -> Tensor {
-    let o = Tensor::from_slice(out).unsqueeze(1);
-    let i = Tensor::from_slice(inp).unsqueeze(0);
-    if strict { o.gt_tensor(&i) } else { o.ge_tensor(&i) }
+    let mut v: Vec<i64> = (0..h).map(|j| j % span + lo).collect();
+    v.sort_unstable();
+    Ok(v)
 }
 
 impl Made {
@@ -159,27 +167,26 @@ impl Made {
         let mut layers = vec![];
         let mut below = hidden_degrees(h, d, &deg_in, ctx, random)?;
         let first = if o.residual { &p / "initial" } else { &p / 0 };
-        layers.push(MaskedLinear::new(first, mask(&below, &deg_in, false), uniform(d), false));
+        layers.push(MaskedLinear::new(first, &below, &deg_in, false, uniform(d), false));
         if o.residual {
             for b in 0..o.layers {
                 let q = &p / "blocks" / b;
-                let m = mask(&below, &below, false);
-                layers.push(MaskedLinear::new(&q / 0, m.shallow_clone(), uniform(h), false));
+                layers.push(MaskedLinear::new(&q / 0, &below, &below, false, uniform(h), false));
                 let near_zero = nn::Init::Uniform { lo: -1e-3, up: 1e-3 };
-                let last = MaskedLinear::new(&q / 1, m, near_zero, false);
+                let last = MaskedLinear::new(&q / 1, &below, &below, false, near_zero, false);
                 tch::no_grad(|| last.bias.shallow_clone().uniform_(-1e-3, 1e-3));
                 layers.push(last);
             }
         } else {
             for l in 1..o.layers {
                 let deg = hidden_degrees(h, d, &below, ctx, random)?;
-                layers.push(MaskedLinear::new(&p / (2 * l), mask(&deg, &below, false), uniform(h), false));
+                layers.push(MaskedLinear::new(&p / (2 * l), &deg, &below, false, uniform(h), false));
                 below = deg;
             }
         }
         let out_deg: Vec<i64> = deg_in.iter().flat_map(|&g| std::iter::repeat(g).take(pp as usize)).collect();
         let last = if o.residual { &p / "final" } else { &p / (2 * o.layers) };
-        layers.push(MaskedLinear::new(last, mask(&out_deg, &below, true), nn::Init::Const(0.0), true));
+        layers.push(MaskedLinear::new(last, &out_deg, &below, true, nn::Init::Const(0.0), true));
         let context = ctx.then(|| (&p / "context").var("weight", &[h, k], uniform(k)));
         let order = p.add("order", Tensor::from_slice(&order).to_device(p.device()), false);
         Ok(Made { features: d, params_per_feature: pp, context_dim: k, order, layers, context, residual: o.residual, activation: o.activation })
@@ -234,6 +241,60 @@ impl Made {
         let last = self.layers.len() - 1;
         let p = self.params_per_feature;
         let w = ws[last].f_narrow(0, i * p, p)?;
+        let b = self.layers[last].bias.f_narrow(0, i * p, p)?;
+        Ok(hidden.f_linear(&w, Some(&b))?)
+    }
+
+    /// For the sequential inverse: `sizes[l][m]`, the number of units of hidden layer `l` with
+    /// degree `<= m` (`m` in `0..=D`), read from the `degrees` buffers; `None` when a layer's
+    /// degrees are not in ascending order (then prefixes are not the units needed).
+    pub fn prefix_sizes(&self) -> Result<Option<Vec<Vec<i64>>>> {
+        let mut sizes = vec![];
+        for l in &self.layers[..self.layers.len() - 1] {
+            let deg = Vec::<i64>::try_from(&l.degrees.f_to_device(tch::Device::Cpu)?)?;
+            if deg.windows(2).any(|w| w[0] > w[1]) {
+                return Ok(None);
+            }
+            sizes.push((0..=self.features).map(|m| deg.partition_point(|&g| g <= m) as i64).collect());
+        }
+        Ok(Some(sizes))
+    }
+
+    /// [`hidden`](Self::hidden) restricted to the units of degree `<= m` (`[B, sizes[last][m]]`):
+    /// all that the parameters of the feature of degree `m + 1` read. The same values as the
+    /// full pass, for a fraction of the work.
+    pub fn hidden_prefix(&self, ws: &[Tensor], x: &Tensor, ctx: &Ctx, sizes: &[Vec<i64>], m: usize) -> Result<Tensor> {
+        let s = x.size();
+        ctx.count("made_passes", 1.0);
+        let cond = context("MADE", ctx, self.context_dim, s[0])?;
+        let rows = |l: usize, t: &Tensor| t.f_narrow(0, 0, sizes[l][m]);
+        let n0 = sizes[0][m];
+        let mut h = x.f_linear(&rows(0, &ws[0])?, Some(&rows(0, &self.layers[0].bias)?))?;
+        if let (Some(w), Some(c)) = (&self.context, cond) {
+            h = h.f_add(&c.f_to_kind(x.kind())?.f_linear::<Tensor>(&w.f_narrow(0, 0, n0)?, None)?)?;
+        }
+        let n = self.layers.len() - 1;
+        let sq = |l: usize, below: i64| -> Result<Tensor> { Ok(rows(l, &ws[l])?.f_narrow(1, 0, below)?) };
+        if self.residual {
+            for b in (1..n).step_by(2) {
+                let r = self.activation.apply(&h)?.f_linear(&sq(b, n0)?, Some(&rows(b, &self.layers[b].bias)?))?;
+                let r = self.activation.apply(&r)?.f_linear(&sq(b + 1, n0)?, Some(&rows(b + 1, &self.layers[b + 1].bias)?))?;
+                h = h.f_add(&r)?;
+            }
+            return self.activation.apply(&h);
+        }
+        h = self.activation.apply(&h)?;
+        for l in 1..n {
+            h = self.activation.apply(&h.f_linear(&sq(l, sizes[l - 1][m])?, Some(&rows(l, &self.layers[l].bias)?))?)?;
+        }
+        Ok(h)
+    }
+
+    /// Feature `i`'s parameters `[B, P]` from the units a prefix pass computed.
+    pub fn output_of_prefix(&self, ws: &[Tensor], hidden: &Tensor, i: i64) -> Result<Tensor> {
+        let last = self.layers.len() - 1;
+        let p = self.params_per_feature;
+        let w = ws[last].f_narrow(0, i * p, p)?.f_narrow(1, 0, hidden.size()[1])?;
         let b = self.layers[last].bias.f_narrow(0, i * p, p)?;
         Ok(hidden.f_linear(&w, Some(&b))?)
     }
