@@ -12,7 +12,8 @@
 //!   the ordering are exact, so `D` iterations always give the sequential result. Each
 //!   iteration reads one number back to the host (the largest update).
 //!
-//! Every network pass counts one `"made_passes"` in `ctx.sink`.
+//! Every network pass (and every step of the sequential loop) counts one `"made_passes"` in
+//! `ctx.sink`.
 use super::bijection::ElementwiseBijection;
 use super::conditioner::Made;
 use super::{sum_per_sample, zero_logdet, Ctx, Flow};
@@ -80,16 +81,28 @@ impl Autoregressive {
     fn inverse_sequential(&self, y: &Tensor, ctx: &Ctx) -> Result<(Tensor, Tensor)> {
         let ws = self.made.masked_weights()?;
         let sizes = self.made.prefix_sizes()?;
+        // Without autograd recording, x is ours to fill in place (sampling); with it (an IAF's
+        // density), each step makes a new x.
+        let in_place = !crate::ffi::switches::grad_mode_enabled();
         let mut x = y.f_zeros_like()?;
         let mut total = zero_logdet(y)?;
         for (k, i) in self.made.order_vec()?.into_iter().enumerate() {
-            // The k-th feature has degree k + 1: its parameters read units of degree <= k only.
+            // The k-th feature has degree k + 1: its parameters read units of degree <= k only
+            // (none for the first feature without a context: its parameters are the bias).
             let h = match &sizes {
+                Some(sz) if sz[sz.len() - 1][k] == 0 => {
+                    ctx.count("made_passes", 1.0);
+                    self.made.output_bias_of(i, y.size()[0])?
+                }
                 Some(sz) => self.made.output_of_prefix(&ws, &self.made.hidden_prefix(&ws, &x, ctx, sz, k)?, i)?,
                 None => self.made.output_of(&ws, &self.made.hidden(&ws, &x, ctx)?, i)?,
             };
             let (xi, ld) = self.transform.inverse(&y.f_narrow(1, i, 1)?, &h)?;
-            x = x.f_index_copy(1, &self.made.order.f_narrow(0, k as i64, 1)?, &xi)?;
+            if in_place {
+                let _ = x.f_narrow(1, i, 1)?.f_copy_(&xi)?;
+            } else {
+                x = x.f_index_copy(1, &self.made.order.f_narrow(0, k as i64, 1)?, &xi)?;
+            }
             if let Some(l) = ld {
                 total = total.f_add(&sum_per_sample(&l)?)?;
             }

@@ -45,6 +45,13 @@ pub struct RationalQuadraticSpline {
     pub min_derivative: f64,
 }
 
+/// A bin's slope `δ`, `2δ` and `d_k + d_{k+1} − 2δ`.
+struct Slopes {
+    delta: Tensor,
+    delta2: Tensor,
+    slope_sum: Tensor,
+}
+
 /// Per-bin quantities of one spline evaluation, each `[B, 1, N]` (gathered at each input's
 /// bin; `N` counts the features).
 struct Bin {
@@ -107,10 +114,11 @@ impl RationalQuadraticSpline {
         let (k, b, m) = (self.bins, self.tail_bound, self.min_bin_size);
         let s = hp.size();
         let raw = hp.f_narrow(1, 0, 2 * k)?.f_view([s[0], 2, k, s[2]])?;
-        let sizes = raw.f_softmax(2, None::<Kind>)?.f_mul_scalar(1.0 - m * k as f64)?.f_add_scalar(m)?;
-        let inner = sizes.f_cumsum(2, None::<Kind>)?.f_narrow(2, 0, k - 1)?;
-        let unit = inner.f_pad([0, 0, 1, 0], "constant", Some(0.0))?.f_pad([0, 0, 0, 1], "constant", Some(1.0))?;
-        let knots = unit.f_mul_scalar(2.0 * b)?.f_sub_scalar(b)?;
+        let sizes = raw.f_softmax(2, None::<Kind>)?.f_mul_scalar(2.0 * b * (1.0 - m * k as f64))?.f_add_scalar(2.0 * b * m)?;
+        let knots = sizes.f_pad([0, 0, 1, 0], "constant", Some(-b))?.f_cumsum(2, None::<Kind>)?;
+        // The last knot is B exactly (the cumulative sum is B up to rounding); cumsum's gradient
+        // does not read its output, so it may be overwritten.
+        let _ = knots.f_narrow(2, k, 1)?.f_fill_(b)?;
         let sizes = knots.f_narrow(2, 1, k)?.f_sub(&knots.f_narrow(2, 0, k)?)?;
         Ok((knots, sizes))
     }
@@ -140,32 +148,37 @@ impl RationalQuadraticSpline {
         })
     }
 
-    /// `log f'` at `θ` in a bin with slope `delta`: `log(δ²(d₁θ² + 2δθ(1−θ) + d₀(1−θ)²) / den²)`.
-    fn log_derivative(bin: &Bin, delta: &Tensor, theta: &Tensor, t1: &Tensor, den: &Tensor) -> Result<Tensor> {
-        let omt = theta.f_neg()?.f_add_scalar(1.0)?;
-        let inner = bin
-            .d_k1
-            .f_mul(&theta.f_square()?)?
-            .f_add(&delta.f_mul(t1)?.f_mul_scalar(2.0)?)?
-            .f_add(&bin.d_k.f_mul(&omt.f_square()?)?)?;
-        Ok(delta.f_square()?.f_mul(&inner)?.f_div(&den.f_square()?)?.f_log()?)
+    /// `log f'` at `θ` in a bin with slope `δ`:
+    /// `log(δ² (d₁θ² + 2δθ(1−θ) + d₀(1−θ)²) / den²)`, from `θ²`, `θ(1−θ)` and `den`.
+    fn log_derivative(bin: &Bin, sl: &Slopes, theta: &Tensor, sq: &Tensor, t1: &Tensor, den: &Tensor) -> Result<Tensor> {
+        let omt = theta.f_rsub_scalar(1.0)?;
+        let inner = bin.d_k1.f_mul(sq)?.f_addcmul(&sl.delta2, t1)?.f_addcmul(&bin.d_k, &omt.f_square()?)?;
+        Ok(sl.delta.f_square()?.f_mul(&inner)?.f_div(&den.f_square()?)?.f_log()?)
     }
 
-    /// The quadratic `a θ² + b θ + c = 0` whose root in [0, 1] is the inverse's position in
-    /// its bin, for clamped `v`: `(a, b, c)`.
-    fn quadratic(bin: &Bin, delta: &Tensor, slope_sum: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    /// The quadratic `a θ² + b θ − c' = 0` whose root in [0, 1] is the inverse's position in its
+    /// bin, for clamped `v`: `(a, b, c')` with `c' = δ (v − y_k) >= 0` (Durkan et al.'s `c` is
+    /// `−c'`).
+    fn quadratic(bin: &Bin, sl: &Slopes, v: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let s = v.f_sub(&bin.y_k)?;
-        let a = s.f_mul(slope_sum)?.f_add(&bin.h_k.f_mul(&delta.f_sub(&bin.d_k)?)?)?;
-        let b = bin.h_k.f_mul(&bin.d_k)?.f_sub(&s.f_mul(slope_sum)?)?;
-        let c = delta.f_mul(&s)?.f_neg()?;
+        let sa = s.f_mul(&sl.slope_sum)?;
+        let a = sa.f_addcmul(&bin.h_k, &sl.delta.f_sub(&bin.d_k)?)?;
+        let b = bin.h_k.f_mul(&bin.d_k)?.f_sub(&sa)?;
+        let c = sl.delta.f_mul(&s)?;
         Ok((a, b, c))
     }
 
-    /// The bin's slope `δ = h/w` and `d_k + d_{k+1} − 2δ`.
-    fn slopes(bin: &Bin) -> Result<(Tensor, Tensor)> {
+    /// `b² − 4ac` in the signs of [`quadratic`](Self::quadratic): `b² + 4ac'`.
+    fn disc(a: &Tensor, b: &Tensor, c: &Tensor) -> Result<Tensor> {
+        Ok(b.f_square()?.f_addcmul(&a.f_mul_scalar(4.0)?, c)?)
+    }
+
+    /// The bin's slope `δ = h/w`, `2δ` and `d_k + d_{k+1} − 2δ`.
+    fn slopes(bin: &Bin) -> Result<Slopes> {
         let delta = bin.h_k.f_div(&bin.w_k)?;
-        let slope_sum = bin.d_k.f_add(&bin.d_k1)?.f_sub(&delta.f_mul_scalar(2.0)?)?;
-        Ok((delta, slope_sum))
+        let delta2 = delta.f_mul_scalar(2.0)?;
+        let slope_sum = bin.d_k.f_add(&bin.d_k1)?.f_sub(&delta2)?;
+        Ok(Slopes { delta, delta2, slope_sum })
     }
 
     /// The input clamped into `[-B, B]`, as `[B, 1, N]`.
@@ -178,25 +191,28 @@ impl RationalQuadraticSpline {
         let hp = self.by_parameter(t, h)?;
         let v = self.clamped(t)?;
         let bin = self.bin(&hp, &v, inverse)?;
-        let (delta, slope_sum) = Self::slopes(&bin)?;
-        let (out, theta, t1, den) = if inverse {
-            let (a, bq, c) = Self::quadratic(&bin, &delta, &slope_sum, &v)?;
-            let disc = bq.f_square()?.f_sub(&a.f_mul(&c)?.f_mul_scalar(4.0)?)?.f_clamp_min(discriminant_floor(t.kind()))?;
+        let sl = Self::slopes(&bin)?;
+        let (out, theta) = if inverse {
+            // θ = 2c / (−b − √(b² − 4ac)) = 2c' / (b + √(b² + 4ac')), the discriminant floored.
+            let (a, bq, c) = Self::quadratic(&bin, &sl, &v)?;
+            let disc = Self::disc(&a, &bq, &c)?.f_clamp_min(discriminant_floor(t.kind()))?;
             // The root lies in [0, 1]; rounding may put it just outside, where the log-derivative's
             // δθ(1−θ) term could turn negative.
-            let theta = c.f_mul_scalar(2.0)?.f_div(&bq.f_neg()?.f_sub(&disc.f_sqrt()?)?)?.f_clamp(0.0, 1.0)?;
-            let x = theta.f_mul(&bin.w_k)?.f_add(&bin.x_k)?;
-            let t1 = theta.f_mul(&theta.f_neg()?.f_add_scalar(1.0)?)?;
-            let den = delta.f_add(&slope_sum.f_mul(&t1)?)?;
-            (x, theta, t1, den)
+            let theta = c.f_mul_scalar(2.0)?.f_div(&bq.f_add(&disc.f_sqrt()?)?)?.f_clamp(0.0, 1.0)?;
+            (bin.x_k.f_addcmul(&theta, &bin.w_k)?, theta)
         } else {
-            let theta = v.f_sub(&bin.x_k)?.f_div(&bin.w_k)?;
-            let t1 = theta.f_mul(&theta.f_neg()?.f_add_scalar(1.0)?)?;
-            let den = delta.f_add(&slope_sum.f_mul(&t1)?)?;
-            let num = bin.h_k.f_mul(&delta.f_mul(&theta.f_square()?)?.f_add(&bin.d_k.f_mul(&t1)?)?)?;
-            (bin.y_k.f_add(&num.f_div(&den)?)?, theta, t1, den)
+            (Tensor::new(), v.f_sub(&bin.x_k)?.f_div(&bin.w_k)?)
         };
-        let ld = Self::log_derivative(&bin, &delta, &theta, &t1, &den)?;
+        let sq = theta.f_square()?;
+        let t1 = theta.f_sub(&sq)?;
+        let den = sl.delta.f_addcmul(&sl.slope_sum, &t1)?;
+        let out = if inverse {
+            out
+        } else {
+            let num = bin.h_k.f_mul(&sl.delta.f_mul(&sq)?.f_addcmul(&bin.d_k, &t1)?)?;
+            bin.y_k.f_addcdiv(&num, &den)?
+        };
+        let ld = Self::log_derivative(&bin, &sl, &theta, &sq, &t1, &den)?;
         let inside = t.f_abs()?.f_le(self.tail_bound)?;
         let out = out.f_view_as(t)?.f_where_self(&inside, t)?;
         let ld = ld.f_view_as(t)?.f_where_scalarother(&inside, 0.0)?;
@@ -217,9 +233,8 @@ impl RationalQuadraticSpline {
         check_spline_params(self, y, h)?;
         let v = self.clamped(y)?;
         let bin = self.bin(&self.by_parameter(y, h)?, &v, true)?;
-        let (delta, slope_sum) = Self::slopes(&bin)?;
-        let (a, bq, c) = Self::quadratic(&bin, &delta, &slope_sum, &v)?;
-        Ok(bq.f_square()?.f_sub(&a.f_mul(&c)?.f_mul_scalar(4.0)?)?.f_view_as(y)?)
+        let (a, b, c) = Self::quadratic(&bin, &Self::slopes(&bin)?, &v)?;
+        Ok(Self::disc(&a, &b, &c)?.f_view_as(y)?)
     }
 }
 
@@ -251,8 +266,8 @@ impl ElementwiseBijection for RationalQuadraticSpline {
              rq_v = torch.clamp(t, {nb}, {b}).reshape([t.size(0), 1, -1])\n\
              rq_raw = rq_hp.narrow(1, 0, {k2}).view([rq_hp.size(0), 2, {k}, rq_hp.size(2)])\n\
              rq_sz = torch.softmax(rq_raw, 2) * {scale} + {min}\n\
-             rq_in = torch.cumsum(rq_sz, 2).narrow(2, 0, {km1})\n\
-             rq_knots = torch.constant_pad_nd(torch.constant_pad_nd(rq_in, [0, 0, 1, 0], 0.0), [0, 0, 0, 1], 1.0) * {two_b} - {b}\n\
+             rq_knots = torch.cumsum(torch.constant_pad_nd(rq_sz, [0, 0, 1, 0], {nb}), 2)\n\
+             rq_knots.narrow(2, {k}, 1).fill_({b})\n\
              rq_sizes = rq_knots.narrow(2, 1, {k}) - rq_knots.narrow(2, 0, {k})\n\
              rq_d = torch.softplus(rq_hp.narrow(1, {k2}, {km1}) + {offset}) + {mind}\n\
              rq_ds = torch.constant_pad_nd(rq_d, [0, 0, 1, 1], 1.0)\n\
@@ -268,11 +283,11 @@ impl ElementwiseBijection for RationalQuadraticSpline {
              rq_dk = rq_at_d.narrow(1, 0, 1)\n\
              rq_dk1 = rq_at_d.narrow(1, 1, 1)\n\
              rq_delta = rq_hk / rq_wk\n\
-             rq_ss = rq_dk + rq_dk1 - rq_delta * 2.0\n",
+             rq_delta2 = rq_delta * 2.0\n\
+             rq_ss = rq_dk + rq_dk1 - rq_delta2\n",
             nb = ts_float(-self.tail_bound)?,
-            two_b = ts_float(2.0 * self.tail_bound)?,
-            scale = ts_float(1.0 - m * k as f64)?,
-            min = ts_float(m)?,
+            scale = ts_float(2.0 * self.tail_bound * (1.0 - m * k as f64))?,
+            min = ts_float(2.0 * self.tail_bound * m)?,
             offset = ts_float(self.derivative_offset())?,
             mind = ts_float(self.min_derivative)?,
             k2 = 2 * k,
@@ -282,28 +297,29 @@ impl ElementwiseBijection for RationalQuadraticSpline {
         if inverse {
             s += &format!(
                 "rq_s = rq_v - rq_yk\n\
-                 rq_a = rq_s * rq_ss + rq_hk * (rq_delta - rq_dk)\n\
-                 rq_b = rq_hk * rq_dk - rq_s * rq_ss\n\
-                 rq_c = -(rq_delta * rq_s)\n\
+                 rq_sa = rq_s * rq_ss\n\
+                 rq_a = torch.addcmul(rq_sa, rq_hk, rq_delta - rq_dk)\n\
+                 rq_b = rq_hk * rq_dk - rq_sa\n\
+                 rq_c = rq_delta * rq_s\n\
                  rq_floor = {f64_floor} if t.dtype == 7 else {f32_floor}\n\
-                 rq_disc = torch.clamp_min(rq_b.square() - rq_a * rq_c * 4.0, rq_floor)\n\
-                 rq_theta = torch.clamp(rq_c * 2.0 / (-rq_b - torch.sqrt(rq_disc)), 0.0, 1.0)\n\
-                 rq_out = rq_theta * rq_wk + rq_xk\n\
-                 rq_t1 = rq_theta * (-rq_theta + 1.0)\n\
-                 rq_den = rq_delta + rq_ss * rq_t1\n",
+                 rq_disc = torch.clamp_min(torch.addcmul(rq_b.square(), rq_a * 4.0, rq_c), rq_floor)\n\
+                 rq_theta = torch.clamp(rq_c * 2.0 / (rq_b + torch.sqrt(rq_disc)), 0.0, 1.0)\n\
+                 rq_out = torch.addcmul(rq_xk, rq_theta, rq_wk)\n",
                 f64_floor = ts_float(f64::MIN_POSITIVE)?,
                 f32_floor = ts_float(f32::MIN_POSITIVE as f64)?
             );
         } else {
-            s += "rq_theta = (rq_v - rq_xk) / rq_wk\n\
-                  rq_t1 = rq_theta * (-rq_theta + 1.0)\n\
-                  rq_den = rq_delta + rq_ss * rq_t1\n\
-                  rq_num = rq_hk * (rq_delta * rq_theta.square() + rq_dk * rq_t1)\n\
-                  rq_out = rq_yk + rq_num / rq_den\n";
+            s += "rq_theta = (rq_v - rq_xk) / rq_wk\n";
+        }
+        s += "rq_sq = rq_theta.square()\n\
+              rq_t1 = rq_theta - rq_sq\n\
+              rq_den = torch.addcmul(rq_delta, rq_ss, rq_t1)\n";
+        if !inverse {
+            s += "rq_out = torch.addcdiv(rq_yk, rq_hk * torch.addcmul(rq_delta * rq_sq, rq_dk, rq_t1), rq_den)\n";
         }
         s += &format!(
-            "rq_omt = -rq_theta + 1.0\n\
-             rq_inner = rq_dk1 * rq_theta.square() + rq_delta * rq_t1 * 2.0 + rq_dk * rq_omt.square()\n\
+            "rq_omt = torch.rsub(rq_theta, 1.0)\n\
+             rq_inner = torch.addcmul(torch.addcmul(rq_dk1 * rq_sq, rq_delta2, rq_t1), rq_dk, rq_omt.square())\n\
              rq_ld = torch.log(rq_delta.square() * rq_inner / rq_den.square())\n\
              rq_inside = torch.abs(t) <= {b}\n\
              out = torch.where(rq_inside, rq_out.view_as(t), t)\n\

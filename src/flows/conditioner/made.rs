@@ -290,6 +290,13 @@ impl Made {
         Ok(h)
     }
 
+    /// Feature `i`'s parameters `[batch, P]` when they read no hidden unit: the output bias.
+    pub fn output_bias_of(&self, i: i64, batch: i64) -> Result<Tensor> {
+        let p = self.params_per_feature;
+        let b = self.layers[self.layers.len() - 1].bias.f_narrow(0, i * p, p)?;
+        Ok(b.f_unsqueeze(0)?.f_expand([batch, p], false)?)
+    }
+
     /// Feature `i`'s parameters `[B, P]` from the units a prefix pass computed.
     pub fn output_of_prefix(&self, ws: &[Tensor], hidden: &Tensor, i: i64) -> Result<Tensor> {
         let last = self.layers.len() - 1;
