@@ -1,6 +1,7 @@
 """flowzoo export: a trained model as a TorchScript module, checked from plain PyTorch.
 
-For each model family (Glow in five variants, RealNVP on images and vectors, NICE), a tiny
+For each model family (Glow in five variants, RealNVP on images and vectors, NICE, MAF, IAF,
+NSF with autoregressive and coupling structures), a tiny
 model is trained with the flowzoo binary ($FLOWZOO_BIN, else target/release/flowzoo) on bundled
 data (8x8 digits, two moons, 64-d digits), exported with `flowzoo export`, loaded with
 `torch.jit.load` and compared with the Rust model's own outputs on the same inputs, which
@@ -60,6 +61,19 @@ VARIANTS = {
         dim=64,
     ),
     "nice_digits64": dict(config="configs/nice_digits64.toml", sets=["model.blocks=2", "model.width=16"], dim=64),
+    # Autoregressive and spline flows: MADE masks and orders as buffers, the sequential and
+    # Jacobi inverse loops (sampling a MAF, the density of an IAF), splines in MADEs (NSF-AR,
+    # residual blocks) and in couplings (NSF-C), LU-linear maps and batch norm between layers.
+    "maf_moons": dict(config="configs/maf_moons.toml", sets=["model.blocks=2", "model.width=16"], dim=2),
+    "maf_digits64_jacobi": dict(
+        config="configs/maf_digits64.toml",
+        sets=["model.blocks=2", "model.width=32", "model.inverse=jacobi", "model.made_order=random",
+              "model.made_degrees=random", "model.permutation=invconv_lu"],
+        dim=64,
+    ),
+    "iaf_moons": dict(config="configs/iaf_moons.toml", sets=["model.blocks=2", "model.width=16"], dim=2),
+    "nsf_ar_moons": dict(config="configs/nsf_moons.toml", sets=["model.blocks=2", "model.width=16", "model.residual=true"], dim=2),
+    "nsf_c_digits64": dict(config="configs/nsf_digits64.toml", sets=["model.blocks=2", "model.width=16", "model.norm=batchnorm"], dim=64),
 }
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 BATCHES = (3, 5)
@@ -160,7 +174,8 @@ def test_state_dict_is_the_safetensors_file(exported):
     # What is not trained is a buffer: ActNorm's flag, permutations, LU's P and sign(s),
     # batch-norm statistics, the standardisation of tabular data.
     for k in buffers:
-        assert k.rsplit(".", 1)[1] in ("initialized", "perm", "p", "sign_s", "running_mean", "running_var", "mean", "std"), k
+        assert k.rsplit(".", 1)[1] in ("initialized", "perm", "p", "sign_s", "running_mean", "running_var", "mean", "std",
+                                       "mask", "degrees", "order"), k
     assert all(float(v) == 1.0 for k, v in buffers.items() if k.endswith("initialized"))
     assert m.event_shape() == list(exported["shape"]) and m.dim == exported["dim"]
     assert m.n_bits == (4 if exported["image"] else 0)
