@@ -201,11 +201,11 @@ fn jacobi_inverse_equals_the_sequential_inverse() {
         assert_eq!(sizes[0][d as usize], l.made.layers[0].weight.size()[0]);
         let deg = l.made.layers[0].degrees.shallow_clone();
         let saved = deg.copy();
-        tch::no_grad(|| deg.shallow_clone().copy_(&deg.flip([0])));
+        let _ = tch::no_grad(|| deg.shallow_clone().copy_(&deg.flip([0])));
         assert!(l.made.prefix_sizes().unwrap().is_none());
         let (xf, ldf, _) = count(&l, &y);
         assert!(max_abs(&(&xf - &xs)) < 1e-12 && max_abs(&(&ldf - &lds)) < 1e-12, "{name}: whole passes differ from prefix passes");
-        tch::no_grad(|| deg.shallow_clone().copy_(&saved));
+        let _ = tch::no_grad(|| deg.shallow_clone().copy_(&saved));
         l.inverse_method = InverseMethod::Jacobi { tol: 0.0 };
         let (xj, ldj, nj) = count(&l, &y);
         assert!(nj <= d as f64, "{name}: at most D iterations, got {nj}");

@@ -139,7 +139,7 @@ fn iaf_samples_and_maf_scores_in_one_pass_per_layer() {
         let x = m.sample(5, 1.0, &Ctx::eval().with_sink(&sink), (Kind::Float, Device::Cpu)).unwrap();
         assert_eq!(sink.counters()["made_passes"], 3.0 * sample_passes, "{kind}: sampling passes (3 layers)");
         let sink = Sink::new();
-        m.log_prob(&x, &Ctx::eval().with_sink(&sink)).unwrap();
+        let _ = m.log_prob(&x, &Ctx::eval().with_sink(&sink)).unwrap();
         assert_eq!(sink.counters()["made_passes"], 3.0 * density_passes, "{kind}: density passes (3 layers)");
     }
 }

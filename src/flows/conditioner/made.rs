@@ -174,7 +174,7 @@ impl Made {
                 layers.push(MaskedLinear::new(&q / 0, &below, &below, false, uniform(h), false));
                 let near_zero = nn::Init::Uniform { lo: -1e-3, up: 1e-3 };
                 let last = MaskedLinear::new(&q / 1, &below, &below, false, near_zero, false);
-                tch::no_grad(|| last.bias.shallow_clone().uniform_(-1e-3, 1e-3));
+                let _ = tch::no_grad(|| last.bias.shallow_clone().uniform_(-1e-3, 1e-3));
                 layers.push(last);
             }
         } else {
