@@ -20,7 +20,7 @@ export CARGO_TARGET_DIR := $(FLOWZOO_TARGET)
 help:
 	@echo "make demo   - set up, build, train the digits Glow, evaluate, sample, export"
 	@echo "make test   - set up, build, run every test (Rust and Python)"
-	@echo "make bench  - flowzoo vs the PyTorch reference, same work, same threads"
+	@echo "make bench  - flowzoo vs the PyTorch reference, nflows and zuko: same work, same threads"
 	@echo "make models - rebuild the shipped pretrained models under models/"
 
 setup: $(STAMP)
@@ -55,11 +55,13 @@ test-python:
 	FLOWZOO_BIN=$(CURDIR)/$(BIN) FLOWZOO_PYTHON=$(PYTHON) PYTHONPATH=$(CURDIR)/python \
 	  $(PYTHON) -m pytest -q python/tests_ref $(wildcard tests/python)
 
-# One invocation, one table per part: Glow against the PyTorch reference (bench/run.sh), then
-# tabular RealNVP against nflows (bench/tabular.sh installs nflows into the venv on first use).
+# One invocation, one table per part: Glow against the PyTorch reference (bench/run.sh),
+# tabular RealNVP against nflows (bench/tabular.sh installs nflows into the venv on first use),
+# then MAF / NSF / IAF against zuko and nflows (bench/ar.sh installs zuko too).
 bench: setup build
 	PYTHON=$(PYTHON) FLOWZOO_BIN=$(BIN) THREADS=$(THREADS) bash bench/run.sh
 	PYTHON=$(PYTHON) FLOWZOO_BIN=$(BIN) THREADS=$(THREADS) bash bench/tabular.sh
+	PYTHON=$(PYTHON) FLOWZOO_BIN=$(BIN) THREADS=$(THREADS) bash bench/ar.sh
 
 # bench/gpu.sh on a tiny model on the CPU (under a minute), so the H200 script never rots.
 test-gpu-script:
