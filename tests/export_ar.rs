@@ -15,10 +15,12 @@ const F64: (Kind, Device) = (Kind::Double, Device::Cpu);
 fn spline_couplings_match_their_torchscript() {
     let _rng = common::rng_lock();
     tch::manual_seed(0);
-    // Vectors with an MLP conditioner (and a context), images with Glow's conv net.
-    for (shape, context) in [(vec![4i64, 5], 0i64), (vec![4, 5], 3), (vec![3, 4, 4, 4], 0)] {
+    // Vectors with an MLP conditioner (and a context; the circular spline), images with Glow's
+    // conv net.
+    for (shape, context) in [(vec![4i64, 5], 0i64), (vec![4, 5], 3), (vec![3, 4, 4, 4], 0), (vec![4, 5], 1)] {
         let mut vs = VarStore::new(Device::Cpu);
-        let spline = RationalQuadraticSpline::new(4, 1.5).unwrap();
+        let circular = context == 1;
+        let spline = if circular { RationalQuadraticSpline::circular(4).unwrap() } else { RationalQuadraticSpline::new(4, 1.5).unwrap() };
         let c = if shape.len() == 2 {
             let p: Box<dyn Partition> = Box::new(Alternating::new(1));
             let (c_in, c_out) = Coupling::net_features(p.as_ref(), &spline, shape[1]);
@@ -34,7 +36,7 @@ fn spline_couplings_match_their_torchscript() {
         // Inputs inside and outside [-1.5, 1.5].
         let x = Tensor::randn(shape.as_slice(), F64) * 1.5;
         let cond = Tensor::randn([shape[0], context.max(1)], F64);
-        check_flow_script(&format!("spline coupling {shape:?} context={context}"), &vs, &c, &x, (context > 0).then_some(&cond));
+        check_flow_script(&format!("spline coupling {shape:?} context={context} circular={circular}"), &vs, &c, &x, (context > 0).then_some(&cond));
     }
 }
 

@@ -183,3 +183,39 @@ fn bad_settings_and_shapes_are_named() {
     let err = s.forward(&Tensor::zeros([2, 3], F64), &Tensor::zeros([2, 3 * 23 - 1], F64)).unwrap_err().to_string();
     assert!(err.contains("23 per feature") && err.contains("[2, 69]"), "{err}");
 }
+
+/// The circular spline on angles: a bijection of the circle [-π, π) (inputs taken modulo 2π),
+/// the identity at zero parameters, ±π fixed with one derivative at both ends (so the map and
+/// its derivative are continuous across ±π), and inverse / log-derivative exact as above.
+#[test]
+fn circular_spline_is_a_smooth_bijection_of_the_circle() {
+    tch::manual_seed(4);
+    let pi = std::f64::consts::PI;
+    let s = RationalQuadraticSpline::circular(6).unwrap();
+    assert_eq!(s.params_per_feature(), 18);
+    let x = (Tensor::rand([200, 2], F64) * 2.0 - 1.0) * pi;
+    // (Raw parameters of scale 1.5: with 2, the steepest of 400 random bins amplify float64
+    // round-off to ~1e-10.)
+    let h = Tensor::randn([200, 36], F64) * 1.5;
+    check(&s, &x, &h, "circular", 1e-10);
+    let (y, _) = s.forward(&x, &h).unwrap();
+    assert!(bool::try_from(y.abs().le(pi).all()).unwrap(), "the circle maps onto itself");
+    // Angles outside [-π, π) are the same points as their representatives.
+    let (y2, ld2) = s.forward(&(&x + 2.0 * pi), &h).unwrap();
+    let (y3, ld3) = s.forward(&x, &h).unwrap();
+    assert!(max_abs(&(&y2 - &y3)) < 1e-9 && max_abs(&(ld2.unwrap() - ld3.unwrap())) < 1e-9);
+    // Zero parameters: the identity.
+    let z = Tensor::zeros([200, 36], F64);
+    let (yi, ldi) = s.forward(&x, &z).unwrap();
+    assert!(max_abs(&(&yi - &x)) < 1e-12 && max_abs(&ldi.unwrap()) < 1e-12);
+    // Continuous across ±π: values just inside either end meet, and so do the log-derivatives.
+    let ends = Tensor::from_slice(&[-pi, pi - 1e-12, -pi + 1e-12]).reshape([3, 1]);
+    let h1 = Tensor::randn([1, 18], F64).expand([3, 18], false) * 2.0;
+    let (ye, lde) = s.forward(&ends, &h1).unwrap();
+    let (ye, lde) = (Vec::<f64>::try_from(&ye.reshape([-1])).unwrap(), Vec::<f64>::try_from(&lde.unwrap().reshape([-1])).unwrap());
+    assert!((ye[0] + pi).abs() < 1e-12, "-π is fixed: {}", ye[0]);
+    assert!((ye[1] - pi).abs() < 1e-9 && (ye[2] + pi).abs() < 1e-9, "ends: {ye:?}");
+    assert!((lde[1] - lde[0]).abs() < 1e-6 && (lde[2] - lde[0]).abs() < 1e-6, "the derivative is the same at both ends: {lde:?}");
+    assert!(lde[0].abs() > 1e-3, "a learned end derivative, not 1");
+    assert_eq!(s.name(), "CircularRationalQuadraticSpline(bins=6)");
+}

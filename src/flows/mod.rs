@@ -8,9 +8,12 @@
 //! - a [`Partition`] (structure): which features condition which ([`ChannelHalves`],
 //!   [`Checkerboard`], [`Alternating`]);
 //! - an [`ElementwiseBijection`]: a monotone map of each transformed feature given its raw
-//!   parameters ([`Affine`], [`Additive`]);
+//!   parameters ([`Affine`], [`Additive`], [`RationalQuadraticSpline`]);
 //! - a [`Conditioner`]: a network from the conditioning features and the context to those raw
-//!   parameters ([`ConvNet`], [`MlpNet`]).
+//!   parameters ([`ConvNet`], [`MlpNet`], [`Made`]).
+//!
+//! An [`Autoregressive`] layer (MAF, NSF-AR) is the same idea with a [`Made`] as both structure
+//! (its ordering) and conditioner, times any elementwise bijection; IAF is `Inverse` of one.
 //!
 //! Whatever a layer needs beyond `(x, ctx)` comes from [`Ctx`]: the context tensor, the
 //! train / data-initialisation switches, the conditioners' compute dtype, and a [`Sink`]

@@ -10,6 +10,9 @@
 //! identity (equal bins, unit derivatives): a zero-initialised conditioner starts as the
 //! identity map.
 //!
+//! [`RationalQuadraticSpline::circular`] is the variant for angles: `[-π, π)` as a circle
+//! (inputs taken modulo 2π), no tails, one learned derivative shared by both ends.
+//!
 //! Numerics: inputs are clamped into `[-B, B]` *before* any spline arithmetic and the tails are
 //! selected afterwards (`where`), so the branch a `where` discards never holds NaN or Inf and its
 //! (zero) gradient stays finite. The inverse takes the quadratic's root in its stable form
@@ -43,6 +46,10 @@ pub struct RationalQuadraticSpline {
     /// The smallest bin width and height, as a fraction of `2B`.
     pub min_bin_size: f64,
     pub min_derivative: f64,
+    /// A circle instead of a line (angles, Rezende et al. 2020): inputs are taken modulo `2B`
+    /// into `[-B, B)`, there are no tails, and the derivative at `±B` is one learned value shared
+    /// by both ends, so the map is a smooth bijection of the circle (`3K` parameters).
+    pub circular: bool,
 }
 
 /// A bin's slope `δ`, `2δ` and `d_k + d_{k+1} − 2δ`.
@@ -69,7 +76,14 @@ struct Bin {
 impl RationalQuadraticSpline {
     /// K bins on `[-tail_bound, tail_bound]`, minimum bin size and derivative 1e-3.
     pub fn new(bins: i64, tail_bound: f64) -> Result<Self> {
-        let s = RationalQuadraticSpline { bins, tail_bound, min_bin_size: 1e-3, min_derivative: 1e-3 };
+        let s = RationalQuadraticSpline { bins, tail_bound, min_bin_size: 1e-3, min_derivative: 1e-3, circular: false };
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// The circular spline of `bins` bins on angles `[-π, π)`.
+    pub fn circular(bins: i64) -> Result<Self> {
+        let s = RationalQuadraticSpline { circular: true, ..Self::new(bins, std::f64::consts::PI)? };
         s.validate()?;
         Ok(s)
     }
@@ -128,8 +142,10 @@ impl RationalQuadraticSpline {
     fn bin(&self, hp: &Tensor, v: &Tensor, by_height: bool) -> Result<Bin> {
         let k = self.bins;
         let (knots, sizes) = self.knots(hp)?;
-        let d = hp.f_narrow(1, 2 * k, k - 1)?.f_add_scalar(self.derivative_offset())?.f_softplus()?.f_add_scalar(self.min_derivative)?;
-        let ds = d.f_pad([0, 0, 1, 1], "constant", Some(1.0))?;
+        let n_d = k - 1 + self.circular as i64;
+        let d = hp.f_narrow(1, 2 * k, n_d)?.f_add_scalar(self.derivative_offset())?.f_softplus()?.f_add_scalar(self.min_derivative)?;
+        // Linear tails: unit derivatives at both ends; a circle: the first one at both ends.
+        let ds = if self.circular { Tensor::f_cat(&[&d, &d.f_narrow(1, 0, 1)?], 1)? } else { d.f_pad([0, 0, 1, 1], "constant", Some(1.0))? };
         // Number of interior knots at or below v: the bin index in 0..K (v is clamped into [-B, B]).
         let search = knots.f_select(1, by_height as i64)?.f_narrow(1, 1, k - 1)?;
         let idx = v.f_ge_tensor(&search)?.f_sum_dim_intlist(Some(&[1i64][..]), true, Kind::Int64)?;
@@ -181,9 +197,12 @@ impl RationalQuadraticSpline {
         Ok(Slopes { delta, delta2, slope_sum })
     }
 
-    /// The input clamped into `[-B, B]`, as `[B, 1, N]`.
+    /// The input clamped into `[-B, B]` (a circle: taken modulo `2B` into `[-B, B)`), as
+    /// `[B, 1, N]`.
     fn clamped(&self, t: &Tensor) -> Result<Tensor> {
-        Ok(t.f_clamp(-self.tail_bound, self.tail_bound)?.f_reshape([t.size()[0], 1, -1])?)
+        let b = self.tail_bound;
+        let v = if self.circular { t.f_add_scalar(b)?.f_remainder(2.0 * b)?.f_sub_scalar(b)? } else { t.f_clamp(-b, b)? };
+        Ok(v.f_reshape([t.size()[0], 1, -1])?)
     }
 
     fn run(&self, t: &Tensor, h: &Tensor, inverse: bool) -> Result<(Tensor, Option<Tensor>)> {
@@ -213,6 +232,9 @@ impl RationalQuadraticSpline {
             bin.y_k.f_addcdiv(&num, &den)?
         };
         let ld = Self::log_derivative(&bin, &sl, &theta, &sq, &t1, &den)?;
+        if self.circular {
+            return Ok((out.f_view_as(t)?, Some(ld.f_view_as(t)?)));
+        }
         let inside = t.f_abs()?.f_le(self.tail_bound)?;
         let out = out.f_view_as(t)?.f_where_self(&inside, t)?;
         let ld = ld.f_view_as(t)?.f_where_scalarother(&inside, 0.0)?;
@@ -244,7 +266,7 @@ fn check_spline_params(s: &RationalQuadraticSpline, x: &Tensor, h: &Tensor) -> R
 
 impl ElementwiseBijection for RationalQuadraticSpline {
     fn params_per_feature(&self) -> i64 {
-        3 * self.bins - 1
+        3 * self.bins - 1 + self.circular as i64
     }
 
     fn forward(&self, x: &Tensor, h: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
@@ -263,14 +285,14 @@ impl ElementwiseBijection for RationalQuadraticSpline {
         let mut s = format!(
             "assert t.dim() >= 2 and h.dim() == t.dim() and h.size(0) == t.size(0) and h.size(1) == {p} * t.size(1), \"RationalQuadraticSpline: expected {p} parameters per feature for input \" + str(t.size()) + \", got \" + str(h.size())\n\
              rq_hp = h.reshape([t.size(0), t.size(1), {p}, -1]).transpose(1, 2).reshape([t.size(0), {p}, -1])\n\
-             rq_v = torch.clamp(t, {nb}, {b}).reshape([t.size(0), 1, -1])\n\
+             {wrap}\n\
              rq_raw = rq_hp.narrow(1, 0, {k2}).view([rq_hp.size(0), 2, {k}, rq_hp.size(2)])\n\
              rq_sz = torch.softmax(rq_raw, 2) * {scale} + {min}\n\
              rq_knots = torch.cumsum(torch.constant_pad_nd(rq_sz, [0, 0, 1, 0], {nb}), 2)\n\
              rq_knots.narrow(2, {k}, 1).fill_({b})\n\
              rq_sizes = rq_knots.narrow(2, 1, {k}) - rq_knots.narrow(2, 0, {k})\n\
-             rq_d = torch.softplus(rq_hp.narrow(1, {k2}, {km1}) + {offset}) + {mind}\n\
-             rq_ds = torch.constant_pad_nd(rq_d, [0, 0, 1, 1], 1.0)\n\
+             rq_d = torch.softplus(rq_hp.narrow(1, {k2}, {n_d}) + {offset}) + {mind}\n\
+             {ends}\n\
              rq_idx = torch.sum(rq_v >= rq_knots.select(1, {which}).narrow(1, 1, {km1}), [1], True, dtype=4)\n\
              rq_idx2 = rq_idx.unsqueeze(1).expand([rq_v.size(0), 2, 1, rq_v.size(2)])\n\
              rq_at_knot = torch.gather(rq_knots, 2, rq_idx2)\n\
@@ -293,6 +315,13 @@ impl ElementwiseBijection for RationalQuadraticSpline {
             k2 = 2 * k,
             km1 = k - 1,
             which = inverse as i64,
+            n_d = k - 1 + self.circular as i64,
+            wrap = if self.circular {
+                format!("rq_v = (torch.remainder(t + {b}, {}) - {b}).reshape([t.size(0), 1, -1])", ts_float(2.0 * self.tail_bound)?)
+            } else {
+                format!("rq_v = torch.clamp(t, {}, {b}).reshape([t.size(0), 1, -1])", ts_float(-self.tail_bound)?)
+            },
+            ends = if self.circular { "rq_ds = torch.cat([rq_d, rq_d.narrow(1, 0, 1)], 1)" } else { "rq_ds = torch.constant_pad_nd(rq_d, [0, 0, 1, 1], 1.0)" },
         );
         if inverse {
             s += &format!(
@@ -320,15 +349,25 @@ impl ElementwiseBijection for RationalQuadraticSpline {
         s += &format!(
             "rq_omt = torch.rsub(rq_theta, 1.0)\n\
              rq_inner = torch.addcmul(torch.addcmul(rq_dk1 * rq_sq, rq_delta2, rq_t1), rq_dk, rq_omt.square())\n\
-             rq_ld = torch.log(rq_delta.square() * rq_inner / rq_den.square())\n\
-             rq_inside = torch.abs(t) <= {b}\n\
-             out = torch.where(rq_inside, rq_out.view_as(t), t)\n\
-             ld = torch.where(rq_inside, rq_ld.view_as(t), 0.0)\n"
+             rq_ld = torch.log(rq_delta.square() * rq_inner / rq_den.square())\n"
         );
+        s += &if self.circular {
+            "out = rq_out.view_as(t)\nld = rq_ld.view_as(t)\n".to_string()
+        } else {
+            format!(
+                "rq_inside = torch.abs(t) <= {b}\n\
+                 out = torch.where(rq_inside, rq_out.view_as(t), t)\n\
+                 ld = torch.where(rq_inside, rq_ld.view_as(t), 0.0)\n"
+            )
+        };
         Ok(s)
     }
 
     fn name(&self) -> String {
-        format!("RationalQuadraticSpline(bins={}, tail_bound={})", self.bins, self.tail_bound)
+        if self.circular {
+            format!("CircularRationalQuadraticSpline(bins={})", self.bins)
+        } else {
+            format!("RationalQuadraticSpline(bins={}, tail_bound={})", self.bins, self.tail_bound)
+        }
     }
 }
