@@ -69,11 +69,15 @@ DIMS = {"digits64": 64, "moons": 2, "8gaussians": 2}
 
 
 def time_sampling(sample, n, repeats):
+    """samples/s: the median of at most `repeats` timed calls after a warm-up (at least 3, and no
+    more once 8 s are spent), as examples/ar_sampling.rs times flowzoo."""
     import torch
     with torch.no_grad():
         sample(min(n, 16))  # warm-up
         times = []
         for r in range(repeats):
+            if r >= 3 and sum(times) > 8.0:
+                break
             torch.manual_seed(r)
             t = time.perf_counter()
             s = sample(n)
@@ -118,9 +122,9 @@ def cmd_peer(a):
         ref = np.asarray(json.load(f)["log_prob"], dtype=np.float64)
     lp = score(chk)
     result["check_max_abs_diff"] = float(np.max(np.abs(lp - ref)))
-    if a.sample_n:
-        result["samples_per_s"] = time_sampling(chk.sample, a.sample_n, a.sample_repeats)
-        result["sample_n"] = a.sample_n
+    sizes = [int(v) for v in a.sample_n.split(",") if v and int(v) > 0]
+    if sizes:
+        result["samples_per_s"] = {str(n): time_sampling(chk.sample, n, a.sample_repeats) for n in sizes}
     if a.epochs == 0:
         print(json.dumps(result))
         return
@@ -180,7 +184,7 @@ def cmd_peer(a):
 # --------------------------------------------------------------------------------------------
 
 
-def peer_side(a, impl, run, paths, work, epochs, seed, sample_n=0):
+def peer_side(a, impl, run, paths, work, epochs, seed, sample_n=""):
     lp_out = os.path.join(work, f"{impl}_lp.npy")
     cmd = [sys.executable, os.path.abspath(__file__), "peer", "--impl", impl, "--run", run, "--train", paths["train"],
            "--test", paths["test"], "--epochs", str(epochs), "--threads", str(a.threads), "--seed", str(seed),
@@ -230,13 +234,14 @@ def cmd_run(a):
                 log(f"  seed {seed}: flowzoo {bt.fmt_ll(fz)}, {fz['s_per_epoch']:.3f} s/epoch")
                 timed_sampling = model == "maf" and seed == seeds[0]
                 for impl in IMPLS:
-                    plp, r = peer_side(a, impl, run, paths, work, epochs, seed, sample_n if timed_sampling else 0)
+                    plp, r = peer_side(a, impl, run, paths, work, epochs, seed, sample_n if timed_sampling else "")
                     peer[impl][0].append(plp)
                     peer[impl][1].append(r)
                     log(f"  seed {seed}: {impl:7s} {bt.fmt_ll(r)}, {r['s_per_epoch']:.3f} s/epoch; flowzoo's weights in "
                         f"the {impl} model: max |d log p| = {r['check_max_abs_diff']:.1e}")
                 if timed_sampling:
-                    sampling.append(sampling_row(a, "MAF", ds, run, work, sample_n, {i: peer[i][1][-1] for i in IMPLS}))
+                    for n in sample_n.split(","):
+                        sampling.append(sampling_row(a, "MAF", ds, run, int(n), {i: peer[i][1][-1] for i in IMPLS}))
             row = {"model": label, "dataset": ds, "dim": dim, "epochs": epochs, "seeds": seeds, "flowzoo_overrides": overrides,
                    "n_train": n_train, "n_test": n_test, "flowzoo": bt.aggregate(fz_lps, fz_runs)}
             for impl in IMPLS:
@@ -256,7 +261,8 @@ def cmd_run(a):
             sets = COMMON + ["model.kind=iaf"]
             run, _, _, _ = bt.flowzoo_side(a, configs["maf"], sets, {**paths}, work, 1, n_train, seeds[0])
             peers = {impl: peer_side(a, impl, run, paths, work, 0, seeds[0], sample_n)[1] for impl in IMPLS}
-            sampling.append(sampling_row(a, "IAF", ds, run, work, sample_n, peers))
+            for n in sample_n.split(","):
+                sampling.append(sampling_row(a, "IAF", ds, run, int(n), peers))
     total = time.perf_counter() - t_all
     print_tables(a, results, sampling, seeds)
     out = {
@@ -276,7 +282,7 @@ def cmd_run(a):
         shutil.rmtree(work_root, ignore_errors=True)
 
 
-def sampling_row(a, label, ds, run, work, n, peers):
+def sampling_row(a, label, ds, run, n, peers):
     row = {"model": label, "dataset": ds, "n": n}
     row["flowzoo"], row["flowzoo_detail"] = flowzoo_sampling(a, run, n)
     with open(os.path.join(run, "config.toml"), "rb") as f:
@@ -285,7 +291,7 @@ def sampling_row(a, label, ds, run, work, n, peers):
         row["flowzoo_jacobi"], row["flowzoo_jacobi_detail"] = flowzoo_sampling(a, run, n, "jacobi")
         row["jacobi_iterations_per_layer"] = row["flowzoo_jacobi_detail"]["made_passes"] / blocks
     for impl in IMPLS:
-        row[impl] = peers[impl]["samples_per_s"]
+        row[impl] = peers[impl]["samples_per_s"][str(n)]
         row[f"{impl}_check_max_abs_diff"] = peers[impl]["check_max_abs_diff"]
     row["faster_peer"] = max(IMPLS, key=lambda i: row[i])
     row["ratio"] = row["flowzoo"] / row[row["faster_peer"]]
@@ -344,9 +350,9 @@ def main():
     r.add_argument("--epochs-digits", type=int, default=25)
     r.add_argument("--epochs-toys", type=int, default=20)
     r.add_argument("--test-fraction", type=float, default=0.2)
-    r.add_argument("--sample-n-digits", type=int, default=1000)
-    r.add_argument("--sample-n-toys", type=int, default=10000)
-    r.add_argument("--sample-repeats", type=int, default=5)
+    r.add_argument("--sample-n-digits", default="1000", help="comma-separated sample sizes")
+    r.add_argument("--sample-n-toys", default="1000,10000", help="comma-separated sample sizes")
+    r.add_argument("--sample-repeats", type=int, default=20, help="at most this many timed calls (and 8 s) per figure")
     r.add_argument("--work", default="")
     r.add_argument("--out-dir", default=os.path.join(ROOT, "bench", "results"))
     p = sub.add_parser("peer")
@@ -356,8 +362,8 @@ def main():
     p.add_argument("--epochs", type=int, required=True)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sample-n", type=int, default=0)
-    p.add_argument("--sample-repeats", type=int, default=5)
+    p.add_argument("--sample-n", default="", help="comma-separated sample sizes to time (none: no timing)")
+    p.add_argument("--sample-repeats", type=int, default=20)
     a = ap.parse_args()
     if a.cmd == "run":
         a.bin = os.path.abspath(a.bin)

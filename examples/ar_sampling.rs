@@ -1,7 +1,8 @@
 //! Sampling throughput of a trained tabular run, in process (bench/bench_ar.py runs this for
 //! flowzoo's side of the sampling table): `ar_sampling RUN N REPEATS [sequential|jacobi]`
-//! prints one JSON object: samples/s (median over REPEATS timed calls of `model.sample(N)` under
-//! no_grad, after one warm-up call) and the MADE passes one call makes (from `ctx.sink`).
+//! prints one JSON object: samples/s (median over at most REPEATS timed calls of
+//! `model.sample(N)` under no_grad, after one warm-up call; at least 3, and no more once 8 s are
+//! spent) and the MADE passes one call makes (from `ctx.sink`).
 //! Threads: libtorch's default (OMP_NUM_THREADS).
 use anyhow::{bail, Context, Result};
 use flowzoo::config::InverseChoice;
@@ -33,8 +34,12 @@ fn main() -> Result<()> {
     let like = (Kind::Float, Device::Cpu);
     let sink = Sink::new();
     let _ = sess.model.sample(n.min(16), 1.0, &Ctx::eval(), like)?;
+    // At most REPEATS timed calls, and no more once 3 are done and 8 s have been spent.
     let mut times = vec![];
     for r in 0..repeats {
+        if r >= 3 && times.iter().sum::<f64>() > 8.0 {
+            break;
+        }
         tch::manual_seed(r as i64);
         let sink_r = Sink::new();
         let ctx = if r == 0 { Ctx::eval().with_sink(&sink) } else { Ctx::eval().with_sink(&sink_r) };
@@ -50,7 +55,7 @@ fn main() -> Result<()> {
     let passes = sink.counters().get("made_passes").copied().unwrap_or(0.0);
     println!(
         "{}",
-        serde_json::json!({"samples_per_s": n as f64 / median, "n": n, "median_seconds": median, "made_passes": passes, "threads": tch::get_num_threads()})
+        serde_json::json!({"samples_per_s": n as f64 / median, "n": n, "median_seconds": median, "calls": times.len(), "made_passes": passes, "threads": tch::get_num_threads()})
     );
     Ok(())
 }
