@@ -100,18 +100,28 @@ pub enum ModelKind {
     Nice,
     /// FFJORD (Grathwohl et al. 2019), continuous flows: tabular data.
     Ffjord,
+    /// MAF (Papamakarios et al. 2017): tabular data.
+    Maf,
+    /// IAF (Kingma et al. 2016), an inverted MAF: tabular data.
+    Iaf,
+    /// Neural spline flows (Durkan et al. 2019), coupling or autoregressive: tabular data.
+    Nsf,
 }
 
 impl ModelKind {
-    pub const ALL: [ModelKind; 4] = [ModelKind::Glow, ModelKind::Realnvp, ModelKind::Nice, ModelKind::Ffjord];
+    pub const ALL: [ModelKind; 7] =
+        [ModelKind::Glow, ModelKind::Realnvp, ModelKind::Nice, ModelKind::Ffjord, ModelKind::Maf, ModelKind::Iaf, ModelKind::Nsf];
 
-    /// The config spelling ("glow", "realnvp", "nice", "ffjord").
+    /// The config spelling ("glow", "realnvp", "nice", "ffjord", "maf", "iaf", "nsf").
     pub fn as_str(self) -> &'static str {
         match self {
             ModelKind::Glow => "glow",
             ModelKind::Realnvp => "realnvp",
             ModelKind::Nice => "nice",
             ModelKind::Ffjord => "ffjord",
+            ModelKind::Maf => "maf",
+            ModelKind::Iaf => "iaf",
+            ModelKind::Nsf => "nsf",
         }
     }
 }
