@@ -9,7 +9,7 @@ use flowzoo::config::InverseChoice;
 use flowzoo::flows::{Ctx, Sink};
 use flowzoo::io::{Checkpoint, RunDir};
 use flowzoo::models::DataInfo;
-use flowzoo::train::Session;
+use flowzoo::session::Session;
 use std::time::Instant;
 use tch::{Device, Kind};
 

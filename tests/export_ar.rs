@@ -87,7 +87,7 @@ fn maf_iaf_nsf_modules_match_the_models() {
     use common::{opt, pair, rng_lock, tensor};
     use flowzoo::config::Config;
     use flowzoo::models::DataInfo;
-    use flowzoo::train::Session;
+    use flowzoo::session::Session;
     use tch::IValue;
     let _rng = rng_lock();
     let cases: &[(&str, &[&str])] = &[

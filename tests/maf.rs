@@ -18,7 +18,7 @@ fn max_abs(t: &Tensor) -> f64 {
 fn config(kind: &str, sets: &[&str]) -> Config {
     let mut c = Config::default();
     c.data.kind = DataKind::Tabular;
-    c.model.kind = kind.into();
+    c.model.kind = kind.parse().unwrap();
     c.model.blocks = 3;
     c.model.width = 10;
     c.model.depth = 2;
@@ -148,11 +148,11 @@ fn iaf_samples_and_maf_scores_in_one_pass_per_layer() {
 fn new_keys_are_range_checked_by_name() {
     let base = config("nsf", &[]);
     for (set, want) in [
-        ("model.bins=1", "model.bins = 1 must be between 2 and 256"),
+        ("model.bins=1", "model.bins = 1: must be between 2 and 256"),
         ("model.bins=1000", "model.bins = 1000"),
-        ("model.tail_bound=0", "model.tail_bound = 0 must be a positive number"),
+        ("model.tail_bound=0", "model.tail_bound = 0: must be a positive number"),
         ("model.tail_bound=-2", "model.tail_bound = -2"),
-        ("model.jacobi_tol=-1e-3", "model.jacobi_tol = -0.001 must be a number >= 0"),
+        ("model.jacobi_tol=-1e-3", "model.jacobi_tol = -0.001: must be a number >= 0"),
         ("model.made_order=sideways", "made_order"),
         ("model.inverse=newton", "inverse"),
         ("model.structure=tree", "structure"),
@@ -167,7 +167,7 @@ fn new_keys_are_range_checked_by_name() {
     assert!(err.contains("model.structure = \"coupling\" is for model.kind = \"nsf\""), "{err}");
     for kind in ["maf", "iaf", "nsf"] {
         let mut c = Config::default();
-        c.model.kind = kind.into();
+        c.model.kind = kind.parse().unwrap();
         let err = format!("{:#}", c.validate().unwrap_err());
         assert!(err.contains(&format!("model.kind = \"{kind}\" is for tabular data")), "{kind}: {err}");
     }

@@ -1,6 +1,7 @@
 //! The rational-quadratic spline on its own: inverse and log-derivative against autograd, the
 //! identity at zero parameters, the edges of the interval, the tails, parameters at their
 //! minimum, and a batch whose discriminant rounds negative: values and gradients stay finite.
+mod common;
 use flowzoo::flows::{ElementwiseBijection, RationalQuadraticSpline};
 use tch::{Device, Kind, Tensor};
 
@@ -44,6 +45,8 @@ fn check(s: &RationalQuadraticSpline, x: &Tensor, h: &Tensor, what: &str, tol: f
 
 #[test]
 fn inverts_and_matches_autograd_on_random_parameters() {
+    // The draws are seeded: tests that use libtorch\'s global generator take turns.
+    let _rng = common::rng_lock();
     tch::manual_seed(0);
     for (bins, bound) in [(8, 3.0), (3, 1.0), (1, 2.0), (16, 5.0)] {
         let s = RationalQuadraticSpline::new(bins, bound).unwrap();
@@ -75,6 +78,8 @@ fn zero_parameters_give_the_identity() {
 /// the identity with log-derivative exactly 0 in the tails.
 #[test]
 fn edges_and_tails() {
+    // The draws are seeded: tests that use libtorch\'s global generator take turns.
+    let _rng = common::rng_lock();
     tch::manual_seed(1);
     let s = RationalQuadraticSpline::standard();
     let b = s.tail_bound;
@@ -116,6 +121,8 @@ fn edges_and_tails() {
 /// an interior knot is the minimum 1e-3.
 #[test]
 fn parameters_at_their_minimum() {
+    // The draws are seeded: tests that use libtorch\'s global generator take turns.
+    let _rng = common::rng_lock();
     tch::manual_seed(2);
     let s = RationalQuadraticSpline::standard();
     let (k, p) = (s.bins, s.params_per_feature());
@@ -143,6 +150,8 @@ fn parameters_at_their_minimum() {
 /// exact to float32 precision.
 #[test]
 fn a_discriminant_that_rounds_negative() {
+    // The draws are seeded: tests that use libtorch\'s global generator take turns.
+    let _rng = common::rng_lock();
     tch::manual_seed(3);
     let s = RationalQuadraticSpline::standard();
     let (k, p) = (s.bins, s.params_per_feature());
@@ -189,6 +198,8 @@ fn bad_settings_and_shapes_are_named() {
 /// its derivative are continuous across ±π), and inverse / log-derivative exact as above.
 #[test]
 fn circular_spline_is_a_smooth_bijection_of_the_circle() {
+    // The draws are seeded: tests that use libtorch\'s global generator take turns.
+    let _rng = common::rng_lock();
     tch::manual_seed(4);
     let pi = std::f64::consts::PI;
     let s = RationalQuadraticSpline::circular(6).unwrap();

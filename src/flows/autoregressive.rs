@@ -17,7 +17,7 @@
 use super::bijection::ElementwiseBijection;
 use super::conditioner::Made;
 use super::{sum_per_sample, zero_logdet, Ctx, Flow};
-use crate::script::{ts_float, ts_sum_per_sample, ts_zero_logdet, ScriptBuilder, ScriptFlow};
+use crate::script::{ts_sum_per_sample, ts_zero_logdet, Layer, ScriptBuilder, ScriptFlow};
 use anyhow::{bail, Result};
 use tch::Tensor;
 
@@ -148,63 +148,49 @@ impl Flow for Autoregressive {
         }
     }
 
-    /// `forward` as one network call; `inverse` as a TorchScript loop (sequential: `D` steps
-    /// of one feature each; Jacobi: at most `D` iterations with the same stopping rule).
+    /// `forward` as one network call; `inverse` as a loop (sequential: `D` steps of one
+    /// feature each; Jacobi: at most `D` iterations with the same stopping rule). The Python
+    /// back end writes Jacobi's early stop without data-dependent control flow when traced
+    /// (see [`jacobi_python`]), so torch.export and torch.compile capture it whole.
     fn to_torchscript(&self, ts: &mut ScriptBuilder) -> Result<ScriptFlow> {
-        let m = self.made.script_parts(ts)?;
-        let d = self.made.features;
-        let p = self.made.params_per_feature;
-        let vp = self.transform.volume_preserving();
-        let check = |v: &str| format!("assert {v}.dim() == 2 and {v}.size(1) == {d}, \"Autoregressive: expected input [B, {d}], got \" + str({v}.size())\n");
-        let ld_of = |v: &str| if vp { ts_zero_logdet(v) } else { ts_sum_per_sample("ld") };
-        let f = format!(
-            "{}ws = self.{}()\nhid = self.{}(ws, x, cond)\nh = torch.linear(hid, ws[{}], {})\nt = x\n{}return out, {}",
-            check("x"),
-            m.masked,
-            m.hidden,
-            m.out_weight_index,
-            m.out_bias,
-            self.transform.script(ts, false)?,
-            ld_of("x")
-        );
-        let step = indent(&self.transform.script(ts, true)?);
-        let (n, bias, order) = (m.out_weight_index, &m.out_bias, &m.order);
+        let made = self.made.describe(ts)?;
+        let transform = self.transform.to_torchscript(ts)?;
+        let check = |v: &str| format!("assert {v}.dim() == 2 and {v}.size(1) == $d, \"Autoregressive: expected input [B, \" + str($d) + \"], got \" + str({v}.size())\n");
+        let logdet = |v: &str| format!("if ld is None:\n    lds = {}\nelse:\n    lds = {}\n", ts_zero_logdet(v), ts_sum_per_sample("ld"));
+        let f = format!("{}h = $made.forward(x, cond)\nout, ld = $transform.forward(x, h)\n{}return out, lds", check("x"), logdet("x"));
+        let mut layer = Layer::new("Autoregressive").int("d", self.made.features).child("made", &made).child("transform", &transform);
         let i = match self.inverse_method {
-            InverseMethod::Sequential => {
-                let acc = if vp { String::new() } else { format!("    lds = lds + {}\n", ts_sum_per_sample("ld")) };
+            InverseMethod::Sequential => format!(
+                "{}ws = $made.masked()\nx = torch.zeros_like(y)\nlds = {}\n\
+                 for k in range($d):\n    \
+                     i = $made.feature(k)\n    \
+                     h = $made.output_of(ws, $made.hidden(ws, x, cond), k)\n    \
+                     out, ld = $transform.inverse(y.index_select(1, i), h)\n    \
+                     x = x.index_copy(1, i, out)\n    \
+                     if ld is not None:\n        lds = lds + {}\n\
+                 return x, -lds",
+                check("y"),
+                ts_zero_logdet("y"),
+                ts_sum_per_sample("ld")
+            ),
+            InverseMethod::Jacobi { tol } => {
+                layer = layer.float("tol", tol).python_method("inverse", FLOW_PARAMS_Y, FLOW_RET, &jacobi_python(&check("y")));
                 format!(
-                    "{}ws = self.{masked}()\nx = torch.zeros_like(y)\nlds = {}\nfor k in range({d}):\n    \
-                     i = int({order}[k])\n    \
-                     hid = self.{hidden}(ws, x, cond)\n    \
-                     h = torch.linear(hid, ws[{n}].narrow(0, i * {p}, {p}), {bias}.narrow(0, i * {p}, {p}))\n    \
-                     t = y.narrow(1, i, 1)\n{step}\n    \
-                     x = x.index_copy(1, {order}.narrow(0, k, 1), out)\n{acc}return x, -lds",
+                    "{}ws = $made.masked()\nx = torch.zeros_like(y)\nlds = {}\n\
+                     for it in range($d):\n    \
+                         h = $made.output(ws, $made.hidden(ws, x, cond))\n    \
+                         out, ld = $transform.inverse(y, h)\n{}    \
+                         dx = torch.max(torch.abs(out - x))\n    \
+                         x = out\n    \
+                         if it + 1 < $d and float(dx) <= $tol:\n        break\n\
+                     return x, -lds",
                     check("y"),
                     ts_zero_logdet("y"),
-                    masked = m.masked,
-                    hidden = m.hidden,
-                )
-            }
-            InverseMethod::Jacobi { tol } => {
-                let lds = if vp { ts_zero_logdet("y") } else { ts_sum_per_sample("ld") };
-                format!(
-                    "{}ws = self.{masked}()\nx = torch.zeros_like(y)\nld = torch.zeros_like(y)\nfor it in range({d}):\n    \
-                     hid = self.{hidden}(ws, x, cond)\n    \
-                     h = torch.linear(hid, ws[{n}], {bias})\n    \
-                     t = y\n{step}\n    \
-                     dx = torch.max(torch.abs(out - x))\n    \
-                     x = out\n    \
-                     if it + 1 < {d} and bool(dx <= {}):\n        break\n\
-                     return x, -{lds}",
-                    check("y"),
-                    ts_float(tol)?,
-                    masked = m.masked,
-                    hidden = m.hidden,
+                    indent(&logdet("y"))
                 )
             }
         };
-        let stem = m.net.trim_start_matches('_').trim_end_matches("_net").to_string();
-        ts.define_flow(&stem, &f, &i)
+        ts.add(layer.flow_methods(&f, &i))
     }
 
     fn layer_name(&self) -> String {
@@ -212,6 +198,34 @@ impl Flow for Autoregressive {
     }
 }
 
+const FLOW_PARAMS_Y: &str = "y: Tensor, cond: Optional[Tensor]";
+const FLOW_RET: &str = "Tuple[Tensor, Tensor]";
+
+/// Jacobi's inverse in the Python back end: the same iterations, but once the stopping rule
+/// holds, later iterations keep `x` and the log-det as they were (`where`), so the result is
+/// the early-stopped one exactly. Eager PyTorch still stops early; under torch.compile and
+/// torch.export (which cannot branch on a tensor's value) all `D` iterations are traced.
+fn jacobi_python(check: &str) -> String {
+    format!(
+        "{check}ws = self.made.masked()\nx = torch.zeros_like(y)\nlds = {zero}\n\
+         stopped = torch.zeros([], dtype=torch.bool, device=y.device)\n\
+         for it in range(self.d):\n    \
+             h = self.made.output(ws, self.made.hidden(ws, x, cond))\n    \
+             out, ld = self.transform.inverse(y, h)\n    \
+             new_lds = {zero} if ld is None else {sum}\n    \
+             dx = torch.max(torch.abs(out - x))\n    \
+             x = torch.where(stopped, x, out)\n    \
+             lds = torch.where(stopped, lds, new_lds)\n    \
+             if it + 1 < self.d:\n        \
+                 stopped = stopped | (dx.double() <= self.tol)\n        \
+                 if not (torch.compiler.is_compiling() or torch.compiler.is_exporting()) and bool(stopped):\n            \
+                     break\n\
+         return x, -lds",
+        zero = ts_zero_logdet("y"),
+        sum = ts_sum_per_sample("ld"),
+    )
+}
+
 fn indent(body: &str) -> String {
-    body.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+    body.lines().map(|l| format!("    {l}\n")).collect()
 }

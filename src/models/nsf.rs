@@ -7,10 +7,10 @@
 //!
 //! In both, `standardize.*` first, the norm and permutation between the layers, `base.*` last.
 use super::maf::{autoregressive_stack, push_between, stack_summary, vector_base};
-use super::realnvp::{mlp_coupling, push_standardize, vector_mask, VectorSpec};
+use super::realnvp::{push_standardize, vector_mask, VectorSpec};
 use super::FlowModel;
 use crate::config::{Config, StructureChoice};
-use crate::flows::{RationalQuadraticSpline, Sequential};
+use crate::flows::{Coupling, RationalQuadraticSpline, Sequential};
 use anyhow::{bail, Result};
 use tch::nn;
 
@@ -43,7 +43,7 @@ impl Nsf {
                 for b in 0..m.blocks {
                     let p = &root / "blocks" / b;
                     let mask = vector_mask(m.mask, b, d, m.permutation);
-                    flow.push(mlp_coupling(&p / "coupling", Box::new(spline), mask, d, context_dim, m)?);
+                    flow.push(Coupling::with_mlp(&p / "coupling", mask, Box::new(spline), d, context_dim, m.width, m.depth, m.activation)?);
                     if b + 1 < m.blocks {
                         push_between(&mut flow, &p, m, d);
                     }

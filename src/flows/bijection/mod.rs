@@ -8,6 +8,7 @@ use tch::Tensor;
 
 pub mod affine;
 pub mod spline;
+mod spline_script;
 
 pub use affine::{Additive, Affine, ParamLayout, ScaleFn};
 pub use spline::RationalQuadraticSpline;

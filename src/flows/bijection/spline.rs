@@ -20,7 +20,7 @@
 //! slightly negative near a knot whose derivative is at its minimum, where the stable form does
 //! not depend on it) and the root clamped into [0, 1] (where rounding can also push it).
 use super::ElementwiseBijection;
-use crate::script::{ts_float, ScriptBuilder};
+use crate::script::{ScriptBuilder, ScriptFlow};
 use anyhow::{bail, Result};
 use tch::{Kind, Tensor};
 
@@ -110,7 +110,7 @@ impl RationalQuadraticSpline {
     }
 
     /// `c` with `min_derivative + softplus(c) = 1`.
-    fn derivative_offset(&self) -> f64 {
+    pub(crate) fn derivative_offset(&self) -> f64 {
         (1.0 - self.min_derivative).exp_m1().ln()
     }
 
@@ -277,90 +277,9 @@ impl ElementwiseBijection for RationalQuadraticSpline {
         self.run(y, h, true)
     }
 
-    /// [`run`](Self::run) op for op; temporaries are prefixed `rq_` so that callers' names
-    /// (an autoregressive inverse loop) are not overwritten.
-    fn script(&self, _ts: &mut ScriptBuilder, inverse: bool) -> Result<String> {
-        let (k, p, m) = (self.bins, self.params_per_feature(), self.min_bin_size);
-        let b = ts_float(self.tail_bound)?;
-        let mut s = format!(
-            "assert t.dim() >= 2 and h.dim() == t.dim() and h.size(0) == t.size(0) and h.size(1) == {p} * t.size(1), \"RationalQuadraticSpline: expected {p} parameters per feature for input \" + str(t.size()) + \", got \" + str(h.size())\n\
-             rq_hp = h.reshape([t.size(0), t.size(1), {p}, -1]).transpose(1, 2).reshape([t.size(0), {p}, -1])\n\
-             {wrap}\n\
-             rq_raw = rq_hp.narrow(1, 0, {k2}).view([rq_hp.size(0), 2, {k}, rq_hp.size(2)])\n\
-             rq_sz = torch.softmax(rq_raw, 2) * {scale} + {min}\n\
-             rq_knots = torch.cumsum(torch.constant_pad_nd(rq_sz, [0, 0, 1, 0], {nb}), 2)\n\
-             rq_knots.narrow(2, {k}, 1).fill_({b})\n\
-             rq_sizes = rq_knots.narrow(2, 1, {k}) - rq_knots.narrow(2, 0, {k})\n\
-             rq_d = torch.softplus(rq_hp.narrow(1, {k2}, {n_d}) + {offset}) + {mind}\n\
-             {ends}\n\
-             rq_idx = torch.sum(rq_v >= rq_knots.select(1, {which}).narrow(1, 1, {km1}), [1], True, dtype=4)\n\
-             rq_idx2 = rq_idx.unsqueeze(1).expand([rq_v.size(0), 2, 1, rq_v.size(2)])\n\
-             rq_at_knot = torch.gather(rq_knots, 2, rq_idx2)\n\
-             rq_at_size = torch.gather(rq_sizes, 2, rq_idx2)\n\
-             rq_at_d = torch.gather(rq_ds, 1, torch.cat([rq_idx, rq_idx + 1], 1))\n\
-             rq_xk = rq_at_knot.select(1, 0)\n\
-             rq_yk = rq_at_knot.select(1, 1)\n\
-             rq_wk = rq_at_size.select(1, 0)\n\
-             rq_hk = rq_at_size.select(1, 1)\n\
-             rq_dk = rq_at_d.narrow(1, 0, 1)\n\
-             rq_dk1 = rq_at_d.narrow(1, 1, 1)\n\
-             rq_delta = rq_hk / rq_wk\n\
-             rq_delta2 = rq_delta * 2.0\n\
-             rq_ss = rq_dk + rq_dk1 - rq_delta2\n",
-            nb = ts_float(-self.tail_bound)?,
-            scale = ts_float(2.0 * self.tail_bound * (1.0 - m * k as f64))?,
-            min = ts_float(2.0 * self.tail_bound * m)?,
-            offset = ts_float(self.derivative_offset())?,
-            mind = ts_float(self.min_derivative)?,
-            k2 = 2 * k,
-            km1 = k - 1,
-            which = inverse as i64,
-            n_d = k - 1 + self.circular as i64,
-            wrap = if self.circular {
-                format!("rq_v = (torch.remainder(t + {b}, {}) - {b}).reshape([t.size(0), 1, -1])", ts_float(2.0 * self.tail_bound)?)
-            } else {
-                format!("rq_v = torch.clamp(t, {}, {b}).reshape([t.size(0), 1, -1])", ts_float(-self.tail_bound)?)
-            },
-            ends = if self.circular { "rq_ds = torch.cat([rq_d, rq_d.narrow(1, 0, 1)], 1)" } else { "rq_ds = torch.constant_pad_nd(rq_d, [0, 0, 1, 1], 1.0)" },
-        );
-        if inverse {
-            s += &format!(
-                "rq_s = rq_v - rq_yk\n\
-                 rq_sa = rq_s * rq_ss\n\
-                 rq_a = torch.addcmul(rq_sa, rq_hk, rq_delta - rq_dk)\n\
-                 rq_b = rq_hk * rq_dk - rq_sa\n\
-                 rq_c = rq_delta * rq_s\n\
-                 rq_floor = {f64_floor} if t.dtype == 7 else {f32_floor}\n\
-                 rq_disc = torch.clamp_min(torch.addcmul(rq_b.square(), rq_a * 4.0, rq_c), rq_floor)\n\
-                 rq_theta = torch.clamp(rq_c * 2.0 / (rq_b + torch.sqrt(rq_disc)), 0.0, 1.0)\n\
-                 rq_out = torch.addcmul(rq_xk, rq_theta, rq_wk)\n",
-                f64_floor = ts_float(f64::MIN_POSITIVE)?,
-                f32_floor = ts_float(f32::MIN_POSITIVE as f64)?
-            );
-        } else {
-            s += "rq_theta = (rq_v - rq_xk) / rq_wk\n";
-        }
-        s += "rq_sq = rq_theta.square()\n\
-              rq_t1 = rq_theta - rq_sq\n\
-              rq_den = torch.addcmul(rq_delta, rq_ss, rq_t1)\n";
-        if !inverse {
-            s += "rq_out = torch.addcdiv(rq_yk, rq_hk * torch.addcmul(rq_delta * rq_sq, rq_dk, rq_t1), rq_den)\n";
-        }
-        s += &format!(
-            "rq_omt = torch.rsub(rq_theta, 1.0)\n\
-             rq_inner = torch.addcmul(torch.addcmul(rq_dk1 * rq_sq, rq_delta2, rq_t1), rq_dk, rq_omt.square())\n\
-             rq_ld = torch.log(rq_delta.square() * rq_inner / rq_den.square())\n"
-        );
-        s += &if self.circular {
-            "out = rq_out.view_as(t)\nld = rq_ld.view_as(t)\n".to_string()
-        } else {
-            format!(
-                "rq_inside = torch.abs(t) <= {b}\n\
-                 out = torch.where(rq_inside, rq_out.view_as(t), t)\n\
-                 ld = torch.where(rq_inside, rq_ld.view_as(t), 0.0)\n"
-            )
-        };
-        Ok(s)
+    /// [`run`](Self::run) op for op (see [`super::spline_script`]).
+    fn to_torchscript(&self, ts: &mut ScriptBuilder) -> Result<ScriptFlow> {
+        ts.add(super::spline_script::layer(self)?)
     }
 
     fn name(&self) -> String {

@@ -28,7 +28,7 @@
 //! residual `initial.*`, `blocks.{b}.{0,1}.*`, `final.*`; `context.weight`; `order`.
 use super::{context, script_context, Activation, Conditioner};
 use crate::flows::Ctx;
-use crate::script::ScriptBuilder;
+use crate::script::{Layer, ScriptBuilder, ScriptFlow};
 use anyhow::{bail, Result};
 use tch::{nn, Kind, Tensor};
 
@@ -306,57 +306,56 @@ impl Made {
         Ok(hidden.f_linear(&w, Some(&b))?)
     }
 
-    /// TorchScript helpers mirroring [`masked_weights`](Self::masked_weights),
-    /// [`hidden`](Self::hidden) and the whole network.
-    pub fn script_parts(&self, ts: &mut ScriptBuilder) -> Result<MadeScript> {
-        let weights: Vec<String> = self.layers.iter().map(|l| Ok(format!("{} * {}", ts.tensor(&l.weight)?, ts.tensor(&l.mask)?))).collect::<Result<_>>()?;
-        let biases: Vec<String> = self.layers.iter().map(|l| ts.tensor(&l.bias)).collect::<Result<_>>()?;
-        let stem = ts.stem("made", &[&self.layers[0].weight, &self.order]);
-        let masked = ts.define_function(&stem, "masked", "", "List[Tensor]", &format!("return [{}]", weights.join(", ")))?;
+    /// Describes the network for export ([`crate::script`]), as methods of one layer:
+    /// `masked() -> List[Tensor]` ([`masked_weights`](Self::masked_weights)), `hidden(ws, x,
+    /// cond)` ([`hidden`](Self::hidden)), `output(ws, hid)` ([`output`](Self::output)),
+    /// `feature(k) -> [1]` (the feature generated `k`-th, as an index tensor),
+    /// `output_of(ws, hid, k)` (that feature's `P` parameters, rows picked with `index_select`
+    /// so that no index is read back to the host: torch.export traces it) and `forward(x, cond)`.
+    pub fn describe(&self, ts: &mut ScriptBuilder) -> Result<ScriptFlow> {
         let d = self.features;
-        let mut body = format!(
-            "assert x.dim() == 2 and x.size(1) == {d}, \"MADE: expected input [B, {d}], got \" + str(x.size())\nh = torch.linear(x, ws[0], {})\n",
-            biases[0]
-        );
-        if let Some(w) = &self.context {
-            body += &script_context("MADE", self.context_dim, "x");
-            body += &format!("h = h + torch.linear(c.to(x.dtype), {})\n", ts.tensor(w)?);
-        }
         let n = self.layers.len() - 1;
+        let mut layer = Layer::new("Made").int("features", d).int("p", self.params_per_feature).tensor(ts, "order", &self.order)?;
+        let mut weights = vec![];
+        for (l, ml) in self.layers.iter().enumerate() {
+            layer = layer.tensor(ts, &format!("w{l}"), &ml.weight)?.tensor(ts, &format!("m{l}"), &ml.mask)?.tensor(ts, &format!("b{l}"), &ml.bias)?;
+            weights.push(format!("$w{l} * $m{l}"));
+        }
+        let mut body = "assert x.dim() == 2 and x.size(1) == $features, \"MADE: expected input [B, \" + str($features) + \"], got \" + str(x.size())\nh = torch.linear(x, ws[0], $b0)\n".to_string();
+        if let Some(w) = &self.context {
+            layer = layer.int("context_dim", self.context_dim).tensor(ts, "wc", w)?;
+            body += &script_context("MADE", "x");
+            body += "h = h + torch.linear(c.to(x.dtype), $wc)\n";
+        }
         let act = |v: &str| self.activation.script(v);
         if self.residual {
             for b in (1..n).step_by(2) {
-                body += &format!("r = torch.linear({}, ws[{b}], {})\n", act("h"), biases[b]);
-                body += &format!("r = torch.linear({}, ws[{}], {})\nh = h + r\n", act("r"), b + 1, biases[b + 1]);
+                body += &format!("r = torch.linear({}, ws[{b}], $b{b})\n", act("h"));
+                body += &format!("r = torch.linear({}, ws[{}], $b{})\nh = h + r\n", act("r"), b + 1, b + 1);
             }
             body += &format!("return {}", act("h"));
         } else {
             body += &format!("h = {}\n", act("h"));
-            for (l, bias) in biases.iter().enumerate().take(n).skip(1) {
-                body += &format!("h = {}\n", act(&format!("torch.linear(h, ws[{l}], {bias})")));
+            for l in 1..n {
+                body += &format!("h = {}\n", act(&format!("torch.linear(h, ws[{l}], $b{l})")));
             }
             body += "return h";
         }
-        let hidden = ts.define_function(&stem, "hidden", "ws: List[Tensor], x: Tensor, cond: Optional[Tensor]", "Tensor", &body)?;
-        let net_body = format!("ws = self.{masked}()\nhid = self.{hidden}(ws, x, cond)\nreturn torch.linear(hid, ws[{n}], {})", biases[n]);
-        let net = ts.define_function(&stem, "net", "x: Tensor, cond: Optional[Tensor]", "Tensor", &net_body)?;
-        Ok(MadeScript { masked, hidden, net, out_weight_index: n, out_bias: biases[n].clone(), order: ts.tensor(&self.order)? })
+        let ws = "ws: List[Tensor]";
+        let layer = layer
+            .method("masked", "", "List[Tensor]", &format!("return [{}]", weights.join(", ")))
+            .method("hidden", &format!("{ws}, x: Tensor, cond: Optional[Tensor]"), "Tensor", &body)
+            .method("output", &format!("{ws}, hid: Tensor"), "Tensor", &format!("return torch.linear(hid, ws[{n}], $b{n})"))
+            .method("feature", "k: int", "Tensor", "return $order.narrow(0, k, 1)")
+            .method(
+                "output_of",
+                &format!("{ws}, hid: Tensor, k: int"),
+                "Tensor",
+                &format!("rows = $order.narrow(0, k, 1) * $p + torch.arange($p, dtype=4, device=hid.device)\nreturn torch.linear(hid, ws[{n}].index_select(0, rows), $b{n}.index_select(0, rows))"),
+            )
+            .method("forward", "x: Tensor, cond: Optional[Tensor]", "Tensor", "ws = $self.masked()\nreturn $self.output(ws, $self.hidden(ws, x, cond))");
+        ts.add(layer)
     }
-}
-
-/// Names of a MADE's TorchScript helpers (methods of the root module).
-pub struct MadeScript {
-    /// `() -> List[Tensor]`: the masked weights.
-    pub masked: String,
-    /// `(ws, x, cond) -> Tensor`: the last hidden layer.
-    pub hidden: String,
-    /// `(x, cond) -> Tensor`: every parameter.
-    pub net: String,
-    /// Index of the output layer's weight in the list.
-    pub out_weight_index: usize,
-    /// Expressions of the output bias and of the `order` buffer.
-    pub out_bias: String,
-    pub order: String,
 }
 
 impl Conditioner for Made {
@@ -374,7 +373,7 @@ impl Conditioner for Made {
         self.context_dim
     }
 
-    fn to_torchscript(&self, ts: &mut ScriptBuilder) -> Result<String> {
-        Ok(self.script_parts(ts)?.net)
+    fn to_torchscript(&self, ts: &mut ScriptBuilder) -> Result<ScriptFlow> {
+        self.describe(ts)
     }
 }
