@@ -62,6 +62,13 @@ VARIANTS = {
         dim=64,
     ),
     "iaf_moons": dict(config="configs/iaf_moons.toml", sets=["model.blocks=2", "model.width=16"], dim=2),
+    # An IAF's density through Jacobi's loop, which stops early (test_export_python.py checks
+    # that torch.export / torch.compile, which trace every iteration, give the same result).
+    "iaf_digits64_jacobi": dict(
+        config="configs/maf_digits64.toml",
+        sets=["model.kind=iaf", "model.blocks=2", "model.width=16", "model.inverse=jacobi", "model.jacobi_tol=1e-4"],
+        dim=64,
+    ),
     "nsf_ar_moons": dict(config="configs/nsf_moons.toml", sets=["model.blocks=2", "model.width=16", "model.residual=true"], dim=2),
     "nsf_c_digits64": dict(config="configs/nsf_digits64.toml", sets=["model.blocks=2", "model.width=16", "model.norm=batchnorm"], dim=64),
 }
