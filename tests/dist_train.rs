@@ -1,5 +1,6 @@
-//! `flowzoo train` as several processes (c10d over Gloo, loopback), on a tiny Glow: the same
-//! weights as one process with the whole batch, only rank 0 writes, exact `--resume`, a
+//! `flowzoo train` as several processes (c10d over Gloo, loopback), on a tiny Glow, launched by
+//! torchrun (one machine, and two `--nnodes 2` launches) when the venv has it, by hand
+//! otherwise: the same weights as one process with the whole batch, only rank 0 writes, exact `--resume`, a
 //! killed, stopped or missing rank gives a clear error within the timeout, a config mismatch
 //! is named, and one process under torchrun is bit for bit the run without it.
 mod dist_support;
@@ -87,7 +88,29 @@ fn two_ranks_with_batch_b_match_one_process_with_batch_2b() {
                     .unwrap();
                 assert!(o.status.success(), "torchrun failed:\n{}", String::from_utf8_lossy(&o.stderr));
             }
-            _ => {
+            // Two machines' launches (--nnodes 2), here both on this one.
+            Some(tr) => {
+                let port = free_port().to_string();
+                let nodes: Vec<_> = (0..2)
+                    .map(|node| {
+                        Command::new(&tr)
+                            .args(["--nnodes", "2", "--node-rank", &node.to_string(), "--nproc-per-node", "1"])
+                            .args(["--master-addr", "127.0.0.1", "--master-port", &port, "--no-python", env!("CARGO_BIN_EXE_flowzoo")])
+                            .args(&args)
+                            .current_dir(env!("CARGO_MANIFEST_DIR"))
+                            .env("GLOO_SOCKET_IFNAME", "lo")
+                            .stdout(std::process::Stdio::piped())
+                            .stderr(std::process::Stdio::piped())
+                            .spawn()
+                            .unwrap()
+                    })
+                    .collect();
+                for (node, child) in nodes.into_iter().enumerate() {
+                    let o = child.wait_with_output().unwrap();
+                    assert!(o.status.success(), "torchrun --node-rank {node} failed:\n{}", String::from_utf8_lossy(&o.stderr));
+                }
+            }
+            None => {
                 ranks_ok(d.path(), 2, |_| args.clone());
             }
         }
