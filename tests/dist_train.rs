@@ -292,3 +292,49 @@ fn one_process_under_torchrun_is_bit_identical_to_none() {
         assert_eq!(column(&a, c), column(&b, c), "metrics column {c}");
     }
 }
+
+#[test]
+fn a_non_finite_loss_on_one_rank_skips_the_step_on_every_rank() {
+    use flowzoo::config::Config;
+    use flowzoo::dist::DistEnv;
+    use flowzoo::session::Session;
+    use flowzoo::train::{DataParallel, StepOutcome, Trainer};
+    use tch::{Device, Kind};
+    if std::env::var(CHILD).is_ok() {
+        let overrides: Vec<String> = ["model.steps=2", "model.width=16", "train.warmup_steps=0", "train.dist_timeout_s=30"].iter().map(|s| s.to_string()).collect();
+        let cfg = Config::load(Path::new("configs/glow_digits.toml")).unwrap().with_overrides(&overrides).unwrap();
+        tch::set_num_threads(1);
+        let mut tr = Trainer::new(Session::new(&cfg, vec![], Device::Cpu).unwrap(), vec![]).unwrap();
+        let env = DistEnv::from_env().unwrap().unwrap();
+        let rank = env.rank;
+        tch::manual_seed(7);
+        let x = Tensor::rand([8, 1, 8, 8], (Kind::Float, Device::Cpu)) - 0.5;
+        tr.data_init(&x, None).unwrap();
+        tr.parallel = Some(DataParallel::connect(&env, &cfg, Device::Cpu).unwrap());
+        let weights = |tr: &Trainer| Tensor::cat(&tr.opt.params().iter().map(|(_, p)| p.detach().reshape([-1])).collect::<Vec<_>>(), 0);
+        let before = weights(&tr);
+        // Only rank 1's batch holds a NaN: both ranks must skip. Two things carry that (each
+        // alone suffices here, checked by breaking them): rank 1's NaN gradients poison the
+        // averaged ones, and the loss is averaged too.
+        let bad = x.copy();
+        if rank == 1 {
+            let _ = bad.get(0).fill_(f64::NAN);
+        }
+        let first = tr.train_step(&bad, None).unwrap();
+        assert!(matches!(first, StepOutcome::Skipped { .. }), "rank {rank}: {first:?}");
+        assert!(weights(&tr).equal(&before), "rank {rank} changed its weights on a skipped step");
+        assert_eq!(tr.state.skipped_steps, 1);
+        // Then a finite step on both, and the ranks still hold the same weights, bit for bit.
+        let second = tr.train_step(&(&x * (1.0 + rank as f64 * 0.1)), None).unwrap();
+        assert!(matches!(second, StepOutcome::Updated { .. }), "rank {rank}: {second:?}");
+        let w = weights(&tr);
+        assert!(!w.equal(&before));
+        let all = tr.parallel.as_ref().unwrap().group().all_gather(&w).unwrap();
+        assert!(all[0].equal(&all[1]), "the ranks' weights differ after an averaged step");
+        return;
+    }
+    if train_without_support_says_so() {
+        return;
+    }
+    assert_all_ok(&run_ranks("a_non_finite_loss_on_one_rank_skips_the_step_on_every_rank", 2, 2, &[("GLOO_SOCKET_IFNAME", "lo")]));
+}
