@@ -189,6 +189,58 @@ pub enum BaseChoice {
     DiagGaussian,
 }
 
+/// `train.backend`: which c10d backend carries a distributed run's collectives
+/// (`crate::dist` resolves it against the training device).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// NCCL when the training device is CUDA, Gloo on the CPU (what PyTorch users pick).
+    #[default]
+    Auto,
+    Gloo,
+    Nccl,
+}
+
+impl BackendChoice {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Gloo => "gloo",
+            BackendChoice::Nccl => "nccl",
+        }
+    }
+}
+
+impl FromStr for BackendChoice {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<BackendChoice> {
+        Ok(match s {
+            "auto" => BackendChoice::Auto,
+            "gloo" => BackendChoice::Gloo,
+            "nccl" => BackendChoice::Nccl,
+            _ => anyhow::bail!("unknown distributed backend {s:?}: use auto, gloo or nccl"),
+        })
+    }
+}
+
+impl fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `train.grad_sync`: how a distributed run averages the gradients of each step over the ranks.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum GradSync {
+    /// PyTorch DDP's reducer: each bucket's all-reduce starts from autograd hooks while
+    /// backward still runs (needs every parameter to get a gradient in every step; a model
+    /// with parameters that get none falls back to `after_backward`).
+    #[default]
+    Overlap,
+    /// Buckets all-reduced once backward has finished.
+    AfterBackward,
+}
+
 /// `train.device` and every `--device`: `auto` (CUDA when libtorch sees a GPU), `cpu`, `cuda`
 /// (the first GPU) or `cuda:N`. Whether the device exists is checked when it is used
 /// (`crate::runtime::device`), not when a config is read.
@@ -293,3 +345,4 @@ macro_rules! serde_as_string {
 }
 serde_as_string!(DeviceChoice);
 serde_as_string!(Precision);
+serde_as_string!(BackendChoice);

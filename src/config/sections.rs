@@ -160,6 +160,17 @@ pub struct TrainConfig {
     /// "fp32", "tf32" (TF32 matmuls/convs on CUDA) or "bf16" (the coupling networks' convs in
     /// bfloat16; log-dets and priors stay float32).
     pub precision: Precision,
+    /// Distributed runs (launched by torchrun): the c10d backend, "auto" (NCCL on CUDA, Gloo on
+    /// the CPU), "gloo" or "nccl". Ignored in one process.
+    pub backend: BackendChoice,
+    /// Distributed runs: seconds a rank waits for the others (at rendezvous and in every
+    /// collective) before it fails with an error naming the collective.
+    pub dist_timeout_s: f64,
+    /// Distributed runs: "overlap" (all-reduce during backward, PyTorch DDP's reducer) or
+    /// "after_backward" (bucketed all-reduce once backward is done).
+    pub grad_sync: GradSync,
+    /// Distributed runs: the largest gradient bucket one all-reduce carries, in MiB.
+    pub bucket_mib: f64,
 }
 
 impl Default for TrainConfig {
@@ -184,6 +195,10 @@ impl Default for TrainConfig {
             log_every: 10,
             patience: 0,
             precision: Precision::Fp32,
+            backend: BackendChoice::Auto,
+            dist_timeout_s: 300.0,
+            grad_sync: GradSync::Overlap,
+            bucket_mib: 4.0,
         }
     }
 }

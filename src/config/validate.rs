@@ -9,6 +9,12 @@ use std::fmt;
 /// flowzoo reads (u32 sides) has more than 2^31 pixels a side.
 pub const MAX_LEVELS: i64 = 30;
 
+/// The longest `train.dist_timeout_s`: a day (PyTorch's default is 30 minutes).
+pub const MAX_DIST_TIMEOUT_S: f64 = 86_400.0;
+
+/// The largest `train.bucket_mib` (DDP's default is 25).
+pub const MAX_BUCKET_MIB: f64 = 1024.0;
+
 /// A value out of its range (or two keys that do not fit together).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Invalid {
@@ -136,6 +142,17 @@ pub fn check(cfg: &Config) -> Result<(), Invalid> {
     non_negative("train.sample_temperature", t.sample_temperature, "")?;
     at_least("train.n_samples", t.n_samples, 1, "")?;
     at_least("train.patience", t.patience, 0, " (0 = never stop early)")?;
+    finite("train.dist_timeout_s", t.dist_timeout_s)?;
+    if !(1.0..=MAX_DIST_TIMEOUT_S).contains(&t.dist_timeout_s) {
+        return Err(invalid(
+            "train.dist_timeout_s",
+            format!("train.dist_timeout_s = {}: must be between 1 and {MAX_DIST_TIMEOUT_S} (seconds a rank waits for the others)", t.dist_timeout_s),
+        ));
+    }
+    finite("train.bucket_mib", t.bucket_mib)?;
+    if !(t.bucket_mib > 0.0 && t.bucket_mib <= MAX_BUCKET_MIB) {
+        return Err(invalid("train.bucket_mib", format!("train.bucket_mib = {}: must be > 0 and at most {MAX_BUCKET_MIB} (MiB per gradient all-reduce)", t.bucket_mib)));
+    }
     if t.patience > 0 && t.eval_every == 0 {
         return Err(invalid(
             "train.patience",
