@@ -1,10 +1,12 @@
 //! Training, split by job: one optimisation step and checkpoints (`step.rs`), the data and its
 //! batch order (`data.rs`), the loop (`train_loop.rs`), the metrics file (`metrics.rs`), our own
-//! Adam (`optim.rs`, its state is saved) and the plots (`plot.rs`).
+//! Adam (`optim.rs`, its state is saved), the plots (`plot.rs`) and the run's score statistics
+//! saved when training ends (`score_stats.rs`).
 mod data;
 pub mod metrics;
 pub mod optim;
 pub mod plot;
+mod score_stats;
 pub mod step;
 pub mod train_loop;
 
