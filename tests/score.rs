@@ -94,7 +94,7 @@ fn a_glow_trained_on_one_pattern_finds_noise_and_sorts_a_folder() {
     std::fs::write(mixed.join("broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
     let sc = ScoreOptions { measure: MeasureOptions::default(), kinds: ScoreKind::ALL.to_vec(), threshold_fpr: Some(0.05) };
     let mut calls = vec![];
-    let report = score_path(&sess, &mixed, &stats, &sc, &mut |done, total| calls.push((done, total))).unwrap();
+    let report = score_path(&sess, &mixed, Some(&stats), &sc, &mut |done, total| calls.push((done, total))).unwrap();
     assert_eq!(calls.last(), Some(&(6, 6)));
     assert_eq!(report.skipped.len(), 1, "the broken file is skipped and counted");
     assert!(report.skipped[0].0.ends_with("broken.png"));
@@ -134,7 +134,7 @@ fn a_glow_trained_on_one_pattern_finds_noise_and_sorts_a_folder() {
             img.save(dir.join(format!("{i}.png"))).unwrap();
         }
     }
-    let rep = ood_paths(&sess, &pin, &pout, &stats, &ScoreKind::ALL, &MeasureOptions::default(), &mut |_, _| {}).unwrap();
+    let rep = ood_paths(&sess, &pin, &pout, Some(&stats), &ScoreKind::ALL, &MeasureOptions::default(), &mut |_, _| {}).unwrap();
     assert_eq!((rep.n_in, rep.n_ood), (4, 4));
     assert_eq!(rep.scores[0].0, ScoreKind::Nll);
     assert_eq!(rep.scores[0].1.auroc, 1.0);
@@ -187,7 +187,7 @@ fn a_tabular_run_scores_csv_lines_and_refuses_complexity() {
     std::fs::write(&probe, "a,b\n0.0,0.1\nnot,a number\n0.1,-0.2\n9.0,-9.0\n0.2,0.3\n").unwrap();
     let kinds = ScoreKind::parse_list("all", true).unwrap();
     let sc = ScoreOptions { measure: MeasureOptions::default(), kinds: kinds.clone(), threshold_fpr: None };
-    let report = score_path(&sess, &probe, &stats, &sc, &mut |_, _| {}).unwrap();
+    let report = score_path(&sess, &probe, Some(&stats), &sc, &mut |_, _| {}).unwrap();
     assert_eq!(report.id_column, "line");
     assert_eq!(report.dropped_rows, 1);
     assert_eq!(report.inputs[0].id, "5", "the far-away row, on line 5, is the most anomalous");
@@ -196,6 +196,6 @@ fn a_tabular_run_scores_csv_lines_and_refuses_complexity() {
     report.write_csv(&mut out).unwrap();
     assert!(String::from_utf8(out).unwrap().starts_with("line,log_likelihood,nll,typicality\n5,"));
     let sc = ScoreOptions { kinds: vec![ScoreKind::Complexity], ..sc };
-    let e = format!("{:#}", score_path(&sess, &probe, &stats, &sc, &mut |_, _| {}).unwrap_err());
+    let e = format!("{:#}", score_path(&sess, &probe, Some(&stats), &sc, &mut |_, _| {}).unwrap_err());
     assert!(e.contains("images only"), "{e}");
 }
