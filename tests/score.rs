@@ -1,15 +1,19 @@
 //! Scores from trained models: a tiny Glow trained on one pattern gives noise a higher nll,
 //! `score_path` sorts and thresholds a folder (bad files skipped and counted), the run's
-//! statistics are computed, saved and found again; a tabular run scores CSV lines.
+//! statistics are saved by training (equal to those computed afresh), found again and
+//! recomputed when stale; a tabular run scores CSV lines.
 use flowzoo::config::{Config, DataKind};
 use flowzoo::io::{Checkpoint, RunDir};
 use flowzoo::score::{
-    ensure_stats, measure_pixels, ood_paths, score_path, MeasureOptions, ScoreKind, ScoreOptions, ScoreStats, StatsOptions,
+    ensure_stats, measure_pixels, ood_paths, score_path, stats_for_run, MeasureOptions, ScoreKind, ScoreOptions, ScoreStats, StatsOptions,
 };
 use flowzoo::session::Session;
 use flowzoo::train::{train, TrainOptions};
 use std::path::Path;
 use tch::Device;
+
+mod score_support;
+use score_support::assert_same_stats;
 
 /// libtorch's generator is global to the process: tests that train take turns.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -70,8 +74,14 @@ fn a_glow_trained_on_one_pattern_finds_noise_and_sorts_a_folder() {
     train(&tiny_glow(&data), &opts(&run_dir)).unwrap();
     let run = RunDir::open(&run_dir).unwrap();
 
-    // Statistics of the run's own split, saved once and then found current.
+    // Training saved the statistics of its best weights, from the data it had in memory: the
+    // same as computing them afresh from the run directory.
     let sopts = StatsOptions::default();
+    let after_training = ScoreStats::load(&run, Checkpoint::Best).unwrap().expect("training saves score_stats.json");
+    assert!(after_training.is_current(&run, Checkpoint::Best, &sopts.measure).unwrap());
+    assert_same_stats(&stats_for_run(&run, Checkpoint::Best, Device::Cpu, &sopts).unwrap(), &after_training);
+
+    // Statistics of the run's own split, saved once and then found current.
     let stats = ensure_stats(&run, Checkpoint::Best, Device::Cpu, &sopts).unwrap();
     assert_eq!((stats.train.n, stats.heldout.n, stats.heldout_split.as_str()), (24, 8, "test"));
     assert!(stats.weights_step.is_some() && stats.weights_checksum.starts_with("fnv1a64:"));
@@ -177,7 +187,10 @@ fn a_tabular_run_scores_csv_lines_and_refuses_complexity() {
     let run_dir = d.path().join("run");
     train(&c, &opts(&run_dir)).unwrap();
     let run = RunDir::open(&run_dir).unwrap();
+    let after_training = ScoreStats::load(&run, Checkpoint::Best).unwrap().expect("training saves score_stats.json");
     let stats = ensure_stats(&run, Checkpoint::Best, Device::Cpu, &StatsOptions::default()).unwrap();
+    assert_eq!(stats, after_training, "the saved statistics are current");
+    assert_same_stats(&stats_for_run(&run, Checkpoint::Best, Device::Cpu, &StatsOptions::default()).unwrap(), &after_training);
     assert_eq!((stats.heldout_split.as_str(), stats.heldout.n), ("validation", 40));
     assert!(!stats.heldout.scores.contains_key("complexity"));
     let sess = Session::open(&run, Checkpoint::Best, Device::Cpu).unwrap();
