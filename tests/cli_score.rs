@@ -151,6 +151,24 @@ fn score_and_ood_on_a_tiny_image_run() {
     let (table, _) = ok(&["ood", "--model", r, "--in", pin.to_str().unwrap(), "--ood", pout.to_str().unwrap(), "--score", "nll"]);
     assert!(table.contains("AUROC") && table.contains("nll") && !table.contains("typicality"), "{table}");
 
+    // An IDX folder (train and t10k parts of 8×8 images): eval and score read its test part.
+    let idx = d.path().join("idx");
+    std::fs::create_dir_all(&idx).unwrap();
+    for (prefix, n) in [("train", 5u32), ("t10k", 3)] {
+        let mut bytes = vec![0, 0, 8, 3];
+        for v in [n, 8, 8] {
+            bytes.extend_from_slice(&v.to_be_bytes());
+        }
+        for i in 0..n {
+            bytes.extend(if i == 0 { noise(40).into_raw() } else { pattern().into_raw() });
+        }
+        std::fs::write(idx.join(format!("{prefix}-images-idx3-ubyte")), bytes).unwrap();
+    }
+    let (json, _) = ok(&["eval", "--model", r, "--data", idx.to_str().unwrap(), "--json"]);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&json).unwrap()["n"], 3);
+    let (out, _) = ok(&["score", "--model", r, "--data", idx.to_str().unwrap(), "--score", "nll"]);
+    assert!(out.lines().nth(1).unwrap().contains("t10k-images-idx3-ubyte#0,"), "the noise image first:\n{out}");
+
     // Bad inputs: one clear line each.
     let m = mixed.to_str().unwrap();
     fails(&["score", "--model", d.path().join("nope").to_str().unwrap(), "--data", m], "run directory");
