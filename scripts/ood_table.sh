@@ -16,6 +16,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${FLOWZOO_BIN:-target/release/flowzoo}
+# Spinning OpenMP threads waste a busy machine's CPU (see scripts/build_models.sh); no number changes.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 OUT=${OOD_OUT:-runs/ood}
 FASHION=${FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
 MODEL=${OOD_MODEL:-models/glow_fashion_mnist}
