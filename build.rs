@@ -61,7 +61,7 @@ fn main() {
 /// that the cc crate tells cargo to link into the flowzoo lib.
 fn compile_jit_shim(lib_dir: &std::path::Path) {
     let sources = ["src/ffi/jit_shim.cpp", "src/ffi/switches.cpp"];
-    for src in sources {
+    for src in sources.iter().chain(&["src/ffi/shim_errors.h"]) {
         println!("cargo:rerun-if-changed={src}");
     }
     let include = lib_dir.join("..").join("include");

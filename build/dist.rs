@@ -21,7 +21,7 @@ pub fn compile_dist_shims(lib_dir: &Path) {
     for var in ["FLOWZOO_DIST", "GLOO_INCLUDE_DIR", "CUDA_HOME", "CUDA_PATH"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
-    for src in ["src/ffi/dist_shim.cpp", "src/ffi/dist_reducer.cpp", "src/ffi/dist_nccl.cpp", "src/ffi/dist_common.h"] {
+    for src in ["src/ffi/dist_shim.cpp", "src/ffi/dist_reducer.cpp", "src/ffi/dist_nccl.cpp", "src/ffi/dist_common.h", "src/ffi/shim_errors.h"] {
         println!("cargo:rerun-if-changed={src}");
     }
     if std::env::var("FLOWZOO_DIST").is_ok_and(|v| v == "0") {

@@ -31,8 +31,6 @@
 //! - [`jobs`]: what the subcommands do beyond parsing their flags (evaluate a run, sample to a
 //!   file, read user tensors), as library calls. A new subcommand is a file in `src/cli/` whose
 //!   `run` calls the library, and its logic, if any, a file here.
-// In-place tensor ops (`f_add_`, `f_copy_`...) return the tensor they changed; we ignore it.
-#![allow(unused_must_use)]
 
 pub mod bench;
 pub mod config;

@@ -64,7 +64,7 @@ fn mlp_couplings_on_vectors() {
             };
             let transform = || -> Box<dyn ElementwiseBijection> { if additive { Box::new(Additive) } else { Box::new(Affine::exp_tanh()) } };
             check_vector_layer(&format!("MLP coupling {} {}", transform().name(), partition().name()), 5, |vs| {
-                models::realnvp::mlp_coupling(vs.root() / "c", transform(), partition(), 5, 0, &m).unwrap()
+                Coupling::with_mlp(vs.root() / "c", partition(), transform(), 5, 0, m.width, m.depth, m.activation).unwrap()
             });
         }
     }
@@ -73,7 +73,10 @@ fn mlp_couplings_on_vectors() {
 #[test]
 fn mlp_coupling_starts_as_identity() {
     let vs = VarStore::new(Device::Cpu);
-    let c = models::realnvp::mlp_coupling(vs.root() / "c", Box::new(Affine::exp_tanh()), Box::new(Alternating::new(0)), 5, 0, &model_cfg()).unwrap();
+    let c = {
+        let m = model_cfg();
+        Coupling::with_mlp(vs.root() / "c", Box::new(Alternating::new(0)), Box::new(Affine::exp_tanh()), 5, 0, m.width, m.depth, m.activation).unwrap()
+    };
     let x = Tensor::randn([3, 5], (Kind::Float, Device::Cpu));
     let (y, ld) = c.forward(&x, &Ctx::eval()).unwrap();
     assert_eq!(y.f_sub(&x).unwrap().abs().max().double_value(&[]), 0.0);

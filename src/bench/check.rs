@@ -37,7 +37,7 @@ pub(super) fn check_against_cpu_f64(sess: &Session, images: &Tensor, opts: &Benc
                 continue;
             }
             let noise = r.f_randn_like()?.f_mul_scalar(0.02)?;
-            r.shallow_clone().f_add_(&noise)?;
+            let _ = r.shallow_clone().f_add_(&noise)?;
             d.shallow_clone().f_copy_(&r.f_to_kind(d.kind())?.f_to_device(d.device())?)?;
         }
     }

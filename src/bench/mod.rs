@@ -225,7 +225,7 @@ pub fn run(cfg: &Config, opts: &BenchOptions) -> Result<Value> {
         let mut v = vec![];
         for r in 0..opts.repeats {
             let (dt, cpu) = timed(device, opts.warmup, opts.steps, || {
-                model.log_prob(&x_deq, &tr.sess.ctx_eval(None))?;
+                let _ = model.log_prob(&x_deq, &tr.sess.ctx_eval(None))?;
                 Ok(())
             })?;
             v.push((opts.steps as i64 * b) as f64 / dt);

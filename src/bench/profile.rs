@@ -53,7 +53,7 @@ pub(super) fn profile_phases(tr: &mut Trainer, x: &Tensor, opts: &BenchOptions) 
             clock(5, &mut t, &mut || Ok(tr.opt.step(1e-4, 1.0)?))?;
             clock(6, &mut t, &mut || {
                 let _g = tch::no_grad_guard();
-                tr.sess.model.sample(b, opts.temperature, &tr.sess.ctx_eval(None), (Kind::Float, device))?;
+                let _ = tr.sess.model.sample(b, opts.temperature, &tr.sess.ctx_eval(None), (Kind::Float, device))?;
                 Ok(())
             })?;
         }

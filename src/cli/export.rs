@@ -23,6 +23,10 @@ pub struct ExportArgs {
     /// Which weights: the best checkpoint or the last.
     #[arg(long, value_enum, default_value = "best")]
     checkpoint: Which,
+    /// Where the exported module is checked against the model (the files hold CPU tensors):
+    /// auto | cpu | cuda | cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
     /// Test hook (see flowzoo::export::write_reference): inputs for the Rust model ...
     #[arg(long, hide = true)]
     reference_in: Option<PathBuf>,
@@ -37,6 +41,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
         torchscript: a.torchscript,
         safetensors: a.safetensors,
         python: a.python,
+        device: flowzoo::runtime::parse_device(&a.device)?,
         reference_in: a.reference_in,
         reference_out: a.reference_out,
     };

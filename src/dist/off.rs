@@ -19,14 +19,7 @@ pub struct Backend(Infallible);
 pub struct Work(Infallible);
 pub struct Reducer(Infallible);
 
-// Mirrors ffi::dist::ReducerLayout; built by crate::dist, read only by the real c10d.
-#[allow(dead_code)]
-#[derive(Clone, Copy, Debug)]
-pub struct ReducerLayout {
-    pub bucket_bytes: usize,
-    pub first_bucket_bytes: usize,
-    pub gradient_as_bucket_view: bool,
-}
+pub use crate::ffi::ReducerLayout;
 
 impl Reducer {
     pub fn new(store: &Store, _b: &Backend, _r: usize, _s: usize, _nccl: bool, _p: &[Tensor], _l: ReducerLayout) -> Result<(Reducer, usize)> {

@@ -237,6 +237,9 @@ pub struct ExportOptions {
     pub safetensors: Option<PathBuf>,
     /// A folder for the plain PyTorch export (`<kind>.py` and `weights.safetensors`).
     pub python: Option<PathBuf>,
+    /// Where the exported module is checked against the model (`--device`); the files hold
+    /// CPU tensors whatever it is (PyTorch moves them with `.to(...)`).
+    pub device: Device,
     /// Test hook: inputs for [`write_reference`] ...
     pub reference_in: Option<PathBuf>,
     /// ... and where its outputs go.
@@ -258,7 +261,9 @@ pub fn export_run(run_dir: &Path, opts: &ExportOptions) -> Result<Vec<String>> {
     let mut lines = vec![];
     if let Some(path) = &opts.torchscript {
         let module = session_module(&sess)?;
-        let check = self_check(&sess, &module).context("checking the exported module against the model")?;
+        let on_device = if opts.device == Device::Cpu { None } else { Some(Session::open(&run, opts.checkpoint, opts.device)?) };
+        let check = self_check(on_device.as_ref().unwrap_or(&sess), &module)
+            .with_context(|| format!("checking the exported module against the model on {:?}", opts.device))?;
         let bytes = module.save_to_vec()?;
         crate::io::atomic::atomic_write_bytes(path, &bytes)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -295,11 +300,12 @@ pub fn export_run(run_dir: &Path, opts: &ExportOptions) -> Result<Vec<String>> {
 /// the same two random points; fails when they disagree. Returns the largest difference.
 fn self_check(sess: &Session, module: &ScriptModule) -> Result<f64> {
     let _g = tch::no_grad_guard();
-    let m = module.to_cmodule()?;
+    let mut m = module.to_cmodule()?;
+    m.to(sess.device(), sess.kind(), false);
     let mut shape = vec![2];
     shape.extend(sess.model.event_shape());
     let x = Tensor::f_rand(&shape[..], (sess.kind(), sess.device()))?.f_sub_scalar(0.5)?;
-    let labels = sess.model.n_classes().map(|_| Tensor::from_slice(&[0i64, 0]));
+    let labels = sess.model.n_classes().map(|_| Tensor::from_slice(&[0i64, 0]).to_device(sess.device()));
     let mut args = vec![IValue::Tensor(x.shallow_clone())];
     if let Some(l) = &labels {
         args.push(IValue::Tensor(l.shallow_clone()));

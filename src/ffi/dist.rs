@@ -288,13 +288,7 @@ pub struct Reducer(*mut c_void);
 // autograd engine's device threads); the handle itself is a plain owning pointer.
 unsafe impl Send for Reducer {}
 
-/// How [`Reducer::new`] lays out its buckets.
-#[derive(Clone, Copy, Debug)]
-pub struct ReducerLayout {
-    pub bucket_bytes: usize,
-    pub first_bucket_bytes: usize,
-    pub gradient_as_bucket_view: bool,
-}
+pub use super::ReducerLayout;
 
 impl Reducer {
     /// A reducer for `params` (trainable, in parameter order) over `backend`, with `store`

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <c10/util/Exception.h>
+#include "shim_errors.h"
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/Store.hpp>
 
@@ -20,15 +21,7 @@
 
 namespace fzdist {
 
-inline char* dup_string(const std::string& s) {
-  char* out = static_cast<char*>(std::malloc(s.size() + 1));
-  if (out == nullptr) {
-    return nullptr;  // out of memory: nothing better to report
-  }
-  std::memcpy(out, s.data(), s.size());
-  out[s.size()] = '\0';
-  return out;
-}
+using fzshim::dup_string;
 
 using StoreHandle = c10::intrusive_ptr<c10d::Store>;
 using BackendHandle = c10::intrusive_ptr<c10d::Backend>;
@@ -56,18 +49,5 @@ inline std::chrono::milliseconds millis(int64_t ms) {
 
 }  // namespace fzdist
 
-// The same message in every failure path, whatever was thrown (c10::Error without its C++
-// backtrace, which means nothing to a flowzoo user).
-#define FZDIST_TRY try {
-#define FZDIST_CATCH                                                         \
-  }                                                                          \
-  catch (const c10::Error& e) {                                              \
-    return fzdist::dup_string(e.what_without_backtrace());                   \
-  }                                                                          \
-  catch (const std::exception& e) {                                          \
-    return fzdist::dup_string(e.what());                                     \
-  }                                                                          \
-  catch (...) {                                                              \
-    return fzdist::dup_string("unknown C++ exception in flowzoo's c10d shim"); \
-  }                                                                          \
-  return nullptr;
+#define FZDIST_TRY FZ_TRY
+#define FZDIST_CATCH FZ_CATCH("c10d")

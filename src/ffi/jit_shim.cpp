@@ -15,6 +15,8 @@
 //  * Tensors come from tch: `tch::Tensor::as_ptr()` is a `torch::Tensor*` (torch-sys
 //    libtch/torch_api.h: `typedef torch::Tensor *tensor;`).
 #include <torch/csrc/jit/api/module.h>
+
+#include "shim_errors.h"
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -27,30 +29,10 @@
 
 namespace {
 
-char* dup_string(const std::string& s) {
-  char* out = static_cast<char*>(std::malloc(s.size() + 1));
-  if (out == nullptr) {
-    return nullptr;  // out of memory: nothing better to report
-  }
-  std::memcpy(out, s.data(), s.size());
-  out[s.size()] = '\0';
-  return out;
-}
+using fzshim::dup_string;
 
-// The same message in every failure path, whatever was thrown.
-#define FZJIT_TRY try {
-#define FZJIT_CATCH                                         \
-  }                                                         \
-  catch (const c10::Error& e) {                             \
-    return dup_string(e.what_without_backtrace());          \
-  }                                                         \
-  catch (const std::exception& e) {                         \
-    return dup_string(e.what());                            \
-  }                                                         \
-  catch (...) {                                             \
-    return dup_string("unknown C++ exception in flowzoo's TorchScript shim"); \
-  }                                                         \
-  return nullptr;
+#define FZJIT_TRY FZ_TRY
+#define FZJIT_CATCH FZ_CATCH("TorchScript")
 
 torch::jit::Module* as_module(void* m) {
   if (m == nullptr) {

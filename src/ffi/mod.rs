@@ -16,3 +16,12 @@ mod jit_sys;
 pub mod switches;
 
 pub use jit::{torchscript_path, AttrKind, ScriptModule};
+
+/// How the c10d shim's DDP reducer lays out its gradient buckets. Outside `cfg(flowzoo_dist)` so
+/// that builds without distributed support name the same type.
+#[derive(Clone, Copy, Debug)]
+pub struct ReducerLayout {
+    pub bucket_bytes: usize,
+    pub first_bucket_bytes: usize,
+    pub gradient_as_bucket_view: bool,
+}

@@ -83,7 +83,7 @@ impl ActNorm {
                 self.scale.shallow_clone().f_copy_(&scale.f_reshape(self.scale.size())?)?;
             }
         }
-        self.initialized.shallow_clone().f_fill_(1.0)?;
+        let _ = self.initialized.shallow_clone().f_fill_(1.0)?;
         Ok(())
     }
 

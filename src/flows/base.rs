@@ -5,8 +5,8 @@
 //! (`to_noise`, `from_noise`), which gives log-densities, reparameterised samples and
 //! temperature sampling (`from_noise(T·ε)`) from one description, and lets the TorchScript
 //! export call a base like any layer.
-use super::{sum_per_sample, Ctx};
-use crate::script::{ts_sum_per_sample, ts_zero_logdet, Layer, ScriptBuilder, ScriptFlow};
+use super::Ctx;
+use crate::script::{ts_zero_logdet, Layer, ScriptBuilder, ScriptFlow};
 use anyhow::{bail, Result};
 use tch::{nn, Kind, Tensor};
 
@@ -81,31 +81,27 @@ impl DiagGaussian {
     }
 }
 
+impl DiagGaussian {
+    /// `(shift, log_scale)` of the map onto noise, `ε = z · exp(log_scale) + shift`.
+    fn affine(&self) -> Result<(Tensor, Tensor)> {
+        Ok((self.loc.f_mul(&self.log_std.f_neg()?.f_exp()?)?.f_neg()?, self.log_std.f_neg()?))
+    }
+}
+
 impl Base for DiagGaussian {
     fn to_noise(&self, z: &Tensor, _ctx: &Ctx) -> Result<(Tensor, Tensor)> {
         self.check(z)?;
-        let eps = z.f_sub(&self.loc)?.f_mul(&self.log_std.f_neg()?.f_exp()?)?;
-        let ld = sum_per_sample(&self.log_std.f_unsqueeze(0)?.f_expand_as(z)?)?.f_neg()?;
-        Ok((eps, ld))
+        let (shift, ls) = self.affine()?;
+        super::elementwise::affine_forward(z, &shift, &ls)
     }
     fn from_noise(&self, eps: &Tensor, _ctx: &Ctx) -> Result<(Tensor, Tensor)> {
         self.check(eps)?;
-        let z = eps.f_mul(&self.log_std.f_exp()?)?.f_add(&self.loc)?;
-        let ld = sum_per_sample(&self.log_std.f_unsqueeze(0)?.f_expand_as(eps)?)?;
-        Ok((z, ld))
+        let (shift, ls) = self.affine()?;
+        super::elementwise::affine_inverse(eps, &shift, &ls)
     }
     fn to_torchscript(&self, ts: &mut ScriptBuilder) -> Result<ScriptFlow> {
         let check = |t: &str| format!("assert {t}.dim() == 2 and {t}.size(1) == $dim, \"DiagGaussian base: expected latents [B, \" + str($dim) + \"], got \" + str({t}.size())\n");
-        let f = format!(
-            "{}eps = (x - $loc) * torch.exp(-$log_std)\nreturn eps, -{}",
-            check("x"),
-            ts_sum_per_sample("$log_std.unsqueeze(0).expand_as(x)")
-        );
-        let i = format!(
-            "{}z = y * torch.exp($log_std) + $loc\nreturn z, {}",
-            check("y"),
-            ts_sum_per_sample("$log_std.unsqueeze(0).expand_as(y)")
-        );
+        let (f, i) = super::elementwise::script_affine(check, "shift = -($loc * torch.exp(-$log_std))\nls = -$log_std\n");
         let layer = Layer::new("DiagGaussian").tensor(ts, "loc", &self.loc)?.tensor(ts, "log_std", &self.log_std)?.int("dim", self.loc.size()[0]);
         ts.add(layer.flow_methods(&f, &i))
     }

@@ -77,11 +77,11 @@ impl Flow for BatchNormFlow {
             let _g = tch::no_grad_guard();
             let m = self.momentum;
             let mut rm = self.running_mean.shallow_clone();
-            rm.f_mul_scalar_(1.0 - m)?;
-            rm.f_add_(&mean.f_detach()?.f_to_kind(rm.kind())?.f_mul_scalar(m)?)?;
+            let _ = rm.f_mul_scalar_(1.0 - m)?;
+            let _ = rm.f_add_(&mean.f_detach()?.f_to_kind(rm.kind())?.f_mul_scalar(m)?)?;
             let mut rv = self.running_var.shallow_clone();
-            rv.f_mul_scalar_(1.0 - m)?;
-            rv.f_add_(&var.f_detach()?.f_to_kind(rv.kind())?.f_mul_scalar(m)?)?;
+            let _ = rv.f_mul_scalar_(1.0 - m)?;
+            let _ = rv.f_add_(&var.f_detach()?.f_to_kind(rv.kind())?.f_mul_scalar(m)?)?;
             (mean, var)
         } else {
             (self.running_mean.shallow_clone(), self.running_var.shallow_clone())

@@ -46,7 +46,7 @@ impl ElementwiseAffine {
 
 impl Flow for ElementwiseAffine {
     fn to_torchscript(&self, ts: &mut crate::script::ScriptBuilder) -> Result<crate::script::ScriptFlow> {
-        use crate::script::{ts_check_channels, ts_sum_per_sample, Layer};
+        use crate::script::{ts_check_channels, Layer};
         // `affine()`: (shift, log_scale), op for op.
         let (layer, affine) = match self {
             ElementwiseAffine::Standardize { mean, std } => (
@@ -57,32 +57,42 @@ impl Flow for ElementwiseAffine {
                 (Layer::new("Scaling").tensor(ts, "log_scale", log_scale)?, "ls = $log_scale\nshift = torch.zeros_like(ls)\n")
             }
         };
-        let check = |t: &str| ts_check_channels("ElementwiseAffine", t);
-        let f = format!(
-            "{}{affine}out = x * torch.exp(ls) + shift\nreturn out, {}",
-            check("x"),
-            ts_sum_per_sample("ls.unsqueeze(0).expand_as(x)")
-        );
-        let i = format!(
-            "{}{affine}out = (y - shift) * torch.exp(-ls)\nreturn out, -{}",
-            check("y"),
-            ts_sum_per_sample("ls.unsqueeze(0).expand_as(y)")
-        );
+        let (f, i) = script_affine(|t| ts_check_channels("ElementwiseAffine", t), affine);
         ts.add(layer.int("channels", self.dims()).flow_methods(&f, &i))
     }
 
     fn forward(&self, x: &Tensor, _ctx: &Ctx) -> Result<(Tensor, Tensor)> {
         check_channels("ElementwiseAffine", x, self.dims())?;
         let (shift, log_scale) = self.affine()?;
-        let y = x.f_mul(&log_scale.f_exp()?)?.f_add(&shift)?;
-        let ld = sum_per_sample(&log_scale.f_unsqueeze(0)?.f_expand_as(x)?)?;
-        Ok((y, ld))
+        affine_forward(x, &shift, &log_scale)
     }
     fn inverse(&self, y: &Tensor, _ctx: &Ctx) -> Result<(Tensor, Tensor)> {
         check_channels("ElementwiseAffine", y, self.dims())?;
         let (shift, log_scale) = self.affine()?;
-        let x = y.f_sub(&shift)?.f_mul(&log_scale.f_neg()?.f_exp()?)?;
-        let ld = sum_per_sample(&log_scale.f_unsqueeze(0)?.f_expand_as(y)?)?;
-        Ok((x, ld.f_neg()?))
+        affine_inverse(y, &shift, &log_scale)
     }
+}
+
+/// `y = x · exp(log_scale) + shift` per feature (`[D]` parameters on dim 1) with its log-det:
+/// shared by the elementwise layers and the diagonal Gaussian base.
+pub(crate) fn affine_forward(x: &Tensor, shift: &Tensor, log_scale: &Tensor) -> Result<(Tensor, Tensor)> {
+    let y = x.f_mul(&log_scale.f_exp()?)?.f_add(shift)?;
+    let ld = sum_per_sample(&log_scale.f_unsqueeze(0)?.f_expand_as(x)?)?;
+    Ok((y, ld))
+}
+
+/// The inverse of [`affine_forward`], with the inverse log-det.
+pub(crate) fn affine_inverse(y: &Tensor, shift: &Tensor, log_scale: &Tensor) -> Result<(Tensor, Tensor)> {
+    let x = y.f_sub(shift)?.f_mul(&log_scale.f_neg()?.f_exp()?)?;
+    let ld = sum_per_sample(&log_scale.f_unsqueeze(0)?.f_expand_as(y)?)?;
+    Ok((x, ld.f_neg()?))
+}
+
+/// TorchScript of [`affine_forward`] and [`affine_inverse`]: `check(t)` asserts the input's
+/// shape, `affine` sets `shift` and `ls`.
+pub(crate) fn script_affine(check: impl Fn(&str) -> String, affine: &str) -> (String, String) {
+    use crate::script::ts_sum_per_sample;
+    let f = format!("{}{affine}out = x * torch.exp(ls) + shift\nreturn out, {}", check("x"), ts_sum_per_sample("ls.unsqueeze(0).expand_as(x)"));
+    let i = format!("{}{affine}out = (y - shift) * torch.exp(-ls)\nreturn out, -{}", check("y"), ts_sum_per_sample("ls.unsqueeze(0).expand_as(y)"));
+    (f, i)
 }

@@ -1,10 +1,10 @@
 //! NICE (Dinh, Krueger & Bengio, 2015): additive couplings with MLP conditioners on alternating
 //! halves, then a learned diagonal scaling. Volume-preserving except for the scaling.
 //! Parameter names: `standardize.{mean,std}`, `blocks.{b}.coupling.net.*`, `scaling.log_scale`.
-use super::realnvp::{mlp_coupling, push_standardize, vector_mask, VectorSpec};
+use super::realnvp::{push_standardize, vector_mask, VectorSpec};
 use super::FlowModel;
 use crate::config::Config;
-use crate::flows::{Additive, ElementwiseAffine, Sequential, StandardNormal};
+use crate::flows::{Additive, Coupling, ElementwiseAffine, Sequential, StandardNormal};
 use anyhow::{bail, Result};
 use tch::nn;
 
@@ -22,7 +22,7 @@ impl Nice {
         for b in 0..m.blocks {
             let p = &root / "blocks" / b;
             let mask = vector_mask(m.mask, b, d, crate::config::PermutationChoice::None);
-            flow.push(mlp_coupling(&p / "coupling", Box::new(Additive), mask, d, 0, m)?);
+            flow.push(Coupling::with_mlp(&p / "coupling", mask, Box::new(Additive), d, 0, m.width, m.depth, m.activation)?);
         }
         flow.push(ElementwiseAffine::scaling(&root / "scaling", d));
         let desc = format!(

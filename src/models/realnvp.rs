@@ -10,7 +10,7 @@ use super::FlowModel;
 use crate::config::{BaseChoice, Config, MaskChoice, NormChoice, PermutationChoice};
 use crate::flows::{
     ActNorm, ActNormParam, Affine, Alternating, Base, BatchNormFlow, ChannelHalves, Checkerboard, Coupling, DiagGaussian,
-    ElementwiseAffine, ElementwiseBijection, Flatten, InvConv1x1Lu, LearnedPrior, MlpNet, Partition, Permutation, Sequential,
+    ElementwiseAffine, Flatten, InvConv1x1Lu, LearnedPrior, Partition, Permutation, Sequential,
     SplitPrior, Squeeze, StandardNormal,
 };
 use anyhow::{bail, Result};
@@ -21,20 +21,6 @@ use tch::nn;
 pub struct VectorSpec {
     pub dim: i64,
     pub standardize: bool,
-}
-
-/// A coupling on vectors with an MLP conditioner reading a `context_dim` context.
-pub fn mlp_coupling(
-    p: nn::Path,
-    transform: Box<dyn ElementwiseBijection>,
-    partition: Box<dyn Partition>,
-    dim: i64,
-    context_dim: i64,
-    cfg: &crate::config::ModelConfig,
-) -> Result<Coupling> {
-    let (c_in, c_out) = Coupling::net_features(partition.as_ref(), transform.as_ref(), dim);
-    let net = MlpNet::with_context(&p / "net", c_in, context_dim, cfg.width, cfg.depth, c_out, cfg.activation)?;
-    Coupling::new(dim, partition, transform, Box::new(net))
 }
 
 /// The mask of block `block`. Consecutive blocks must transform different features, so the mask
@@ -77,7 +63,7 @@ impl RealNvp {
         for b in 0..m.blocks {
             let p = &root / "blocks" / b;
             let mask = vector_mask(m.mask, b, d, m.permutation);
-            flow.push(mlp_coupling(&p / "coupling", Box::new(Affine::exp_tanh()), mask, d, 0, m)?);
+            flow.push(Coupling::with_mlp(&p / "coupling", mask, Box::new(Affine::exp_tanh()), d, 0, m.width, m.depth, m.activation)?);
             match m.norm {
                 NormChoice::Batchnorm => flow.push(BatchNormFlow::new(&p / "norm", d, 2)),
                 NormChoice::Actnorm => flow.push(ActNorm::new(&p / "norm", d, 2, ActNormParam::Log)),

@@ -165,22 +165,22 @@ impl Adam {
             // (no allocation: multi-megabyte temporaries cost page faults every step).
             let (g, t, u) = (&mut group.g, &mut group.t, &mut group.u);
             if grad_scale != 1.0 {
-                g.f_mul_scalar_(grad_scale)?;
+                let _ = g.f_mul_scalar_(grad_scale)?;
             }
-            group.m.f_mul_scalar_(self.beta1)?;
-            g.f_mul_scalar_out(t, 1.0 - self.beta1)?;
-            group.m.f_add_(t)?;
-            group.v.f_mul_scalar_(self.beta2)?;
-            g.f_square_out(t)?;
-            t.f_mul_scalar_(1.0 - self.beta2)?;
-            group.v.f_add_(t)?;
-            group.v.f_sqrt_out(t)?;
-            t.f_div_scalar_(bc2.sqrt())?;
-            t.f_add_scalar_(self.eps)?;
-            group.m.f_div_out(u, t)?;
-            u.f_mul_scalar_(lr / bc1)?;
+            let _ = group.m.f_mul_scalar_(self.beta1)?;
+            let _ = g.f_mul_scalar_out(t, 1.0 - self.beta1)?;
+            let _ = group.m.f_add_(t)?;
+            let _ = group.v.f_mul_scalar_(self.beta2)?;
+            let _ = g.f_square_out(t)?;
+            let _ = t.f_mul_scalar_(1.0 - self.beta2)?;
+            let _ = group.v.f_add_(t)?;
+            let _ = group.v.f_sqrt_out(t)?;
+            let _ = t.f_div_scalar_(bc2.sqrt())?;
+            let _ = t.f_add_scalar_(self.eps)?;
+            let _ = group.m.f_div_out(u, t)?;
+            let _ = u.f_mul_scalar_(lr / bc1)?;
             for (u, &i) in group.u_views.iter().zip(&group.idx) {
-                self.params[i].1.shallow_clone().f_sub_(u)?;
+                let _ = self.params[i].1.shallow_clone().f_sub_(u)?;
             }
         }
         Ok(())
@@ -195,14 +195,14 @@ impl Adam {
         }
         let g = if grad_scale != 1.0 { g.f_mul_scalar(grad_scale)? } else { g };
         let m = &mut self.m[i];
-        m.f_mul_scalar_(self.beta1)?;
-        m.f_add_(&g.f_mul_scalar(1.0 - self.beta1)?)?;
+        let _ = m.f_mul_scalar_(self.beta1)?;
+        let _ = m.f_add_(&g.f_mul_scalar(1.0 - self.beta1)?)?;
         let v = &mut self.v[i];
-        v.f_mul_scalar_(self.beta2)?;
-        v.f_add_(&g.f_square()?.f_mul_scalar(1.0 - self.beta2)?)?;
+        let _ = v.f_mul_scalar_(self.beta2)?;
+        let _ = v.f_add_(&g.f_square()?.f_mul_scalar(1.0 - self.beta2)?)?;
         let denom = v.f_sqrt()?.f_div_scalar(bc2.sqrt())?.f_add_scalar(self.eps)?;
         let update = m.f_div(&denom)?.f_mul_scalar(lr / bc1)?;
-        p.shallow_clone().f_sub_(&update)?;
+        let _ = p.shallow_clone().f_sub_(&update)?;
         Ok(())
     }
 

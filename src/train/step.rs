@@ -60,7 +60,7 @@ impl Trainer {
     pub fn data_init(&self, x: &Tensor, cond: Option<&Tensor>) -> Result<()> {
         let _g = tch::no_grad_guard();
         let ctx = Ctx { data_init: true, train: true, cond, ..Ctx::default() };
-        self.sess.model.log_prob(x, &ctx)?;
+        let _ = self.sess.model.log_prob(x, &ctx)?;
         Ok(())
     }
 
@@ -106,8 +106,8 @@ impl Trainer {
             let _g = tch::no_grad_guard();
             let d = self.sess.cfg.train.ema;
             for (e, (_, p)) in ema.iter_mut().zip(self.opt.params()) {
-                e.f_mul_scalar_(d)?;
-                e.f_add_(&p.f_mul_scalar(1.0 - d)?)?;
+                let _ = e.f_mul_scalar_(d)?;
+                let _ = e.f_add_(&p.f_mul_scalar(1.0 - d)?)?;
             }
         }
         Ok(StepOutcome::Updated { loss: loss_v, grad_norm: norm_v })

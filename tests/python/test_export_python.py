@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import BATCHES, TOL, load, make_x, max_diff, record, reference
+from test_export import readme_example
 
 torch.set_num_threads(2)
 
@@ -158,3 +159,16 @@ def test_trains_with_adam(exported):
     ts.load_state_dict(m.state_dict())
     with torch.no_grad():
         assert max_diff(ts.log_prob(x, labels), m.log_prob(x, labels)) <= 1e-4 * max(1.0, m.log_prob(x, labels).abs().max().item())
+
+
+@pytest.mark.parametrize("exported", ["glow_affine_lu"], indirect=True)
+def test_readme_example_runs(exported, monkeypatch):
+    code = readme_example("torch.export.export")
+    assert len(code.strip().splitlines()) <= 8, code
+    code = code.replace("glow_digits_py", str(exported["py"]))
+    namespace = {}
+    exec(compile(code, "README example (plain PyTorch)", "exec"), namespace)
+    x = torch.rand(3, 1, 8, 8) - 0.5
+    with torch.no_grad():
+        assert max_diff(namespace["log_prob"](x), namespace["m"].log_prob(x)) < 1e-3
+        assert namespace["ep"].module()(x)[0].shape == (3, 64)

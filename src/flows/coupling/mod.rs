@@ -61,6 +61,24 @@ impl Coupling {
         Self::new(channels, partition, transform, Box::new(net))
     }
 
+    /// A coupling on vectors with an MLP conditioner (`depth` hidden layers of `width`) under
+    /// `p / "net"`, reading a `context_dim` context (0: none).
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_mlp(
+        p: nn::Path,
+        partition: Box<dyn Partition>,
+        transform: Box<dyn ElementwiseBijection>,
+        dim: i64,
+        context_dim: i64,
+        width: i64,
+        depth: i64,
+        activation: crate::flows::Activation,
+    ) -> Result<Self> {
+        let (c_in, c_out) = Self::net_features(partition.as_ref(), transform.as_ref(), dim);
+        let net = crate::flows::MlpNet::with_context(&p / "net", c_in, context_dim, width, depth, c_out, activation)?;
+        Self::new(dim, partition, transform, Box::new(net))
+    }
+
     /// Applies the transform to `x` (`inverse = false`) or undoes it, with the forward log-det.
     fn run(&self, x: &Tensor, ctx: &Ctx, inverse: bool) -> Result<(Tensor, Tensor)> {
         super::check_channels("Coupling", x, self.channels)?;
