@@ -22,6 +22,8 @@ enum Cmd {
     Toy(cli::toy::ToyArgs),
     Info(cli::info::InfoArgs),
     Bench(cli::bench::BenchArgs),
+    Score(cli::score::ScoreArgs),
+    Ood(cli::ood::OodArgs),
 }
 
 fn main() {
@@ -41,6 +43,8 @@ fn main() {
         Cmd::Toy(a) => cli::toy::run(a),
         Cmd::Info(a) => cli::info::run(a),
         Cmd::Bench(a) => cli::bench::run(a),
+        Cmd::Score(a) => cli::score::run(a),
+        Cmd::Ood(a) => cli::ood::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -13,8 +13,8 @@ pub struct EvalArgs {
     /// The run directory to evaluate.
     #[arg(long)]
     model: PathBuf,
-    /// A folder of images (its test/ when it has train/ and test/, else all of it), or a
-    /// tabular file with the run's columns.
+    /// Images (a folder: its test/ when it has train/ and test/, else all of it; an IDX
+    /// folder: its test part; an IDX file; one image), or a tabular file with the run's columns.
     #[arg(long)]
     data: Option<PathBuf>,
     /// FILE.safetensors:KEY, a [N, C, H, W] tensor already in model space, or [N, D] rows

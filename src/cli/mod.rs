@@ -10,7 +10,10 @@ pub mod eval;
 pub mod export;
 pub mod import;
 pub mod info;
+pub mod ood;
 pub mod sample;
+pub mod score;
+pub mod scoring;
 pub mod toy;
 pub mod train;
 

@@ -1,12 +1,14 @@
 //! Training, split by job: one optimisation step and checkpoints (`step.rs`), the data and its
 //! batch order (`data.rs`), the loop (`train_loop.rs`), the metrics file (`metrics.rs`), our own
-//! Adam (`optim.rs`, its state is saved), the plots (`plot.rs`) and data-parallel training
-//! across processes (`parallel.rs`, over `crate::dist`).
+//! Adam (`optim.rs`, its state is saved), the plots (`plot.rs`), the run's score statistics
+//! saved when training ends (`score_stats.rs`) and data-parallel training across processes
+//! (`parallel.rs`, over `crate::dist`).
 mod data;
 pub mod metrics;
 pub mod optim;
 pub mod parallel;
 pub mod plot;
+mod score_stats;
 pub mod step;
 pub mod train_loop;
 

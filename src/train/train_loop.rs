@@ -313,6 +313,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
         write_samples(&tr, "final.png")?;
         run.save_state(&tr.state)?;
         metrics.write(&run.metrics_path())?;
+        super::score_stats::save_score_stats(&run, &data, opts.device, opts.verbose);
     }
     let steps = tr.state.step - start_step;
     let summary = TrainSummary {
