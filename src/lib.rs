@@ -21,6 +21,9 @@
 //!   bucketed gradient all-reduce, DistributedSampler sharding, config consistency.
 //! - [`session`]: a model with its weights: build, open a run, score, sample.
 //! - [`train`]: the loop, our own Adam (its state is saved), checkpoints, metrics, plots.
+//! - [`vi`]: variational inference: fit a flow to an unnormalised density given as a
+//!   TorchScript module or a closure (reverse KL, `flowzoo fit`), and importance-sampling
+//!   estimates of its normaliser (`flowzoo eval --target`).
 //! - [`score`]: anomaly / out-of-distribution scores (nll, typicality, complexity), the run's
 //!   score statistics and thresholds, AUROC / AUPRC / FPR95.
 //! - [`export`]: a trained model for PyTorch: TorchScript (`torch.jit.load`) and plain PyTorch
@@ -48,5 +51,6 @@ pub mod runtime;
 pub mod score;
 pub mod session;
 pub mod train;
+pub mod vi;
 
 pub use anyhow::{Error, Result};

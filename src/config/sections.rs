@@ -94,6 +94,17 @@ pub struct ModelConfig {
     pub mask: MaskChoice,
     /// Base distribution: "normal" (N(0, I)) or "diag_gaussian" (learned mean and std).
     pub base: BaseChoice,
+    /// VAE: size of the latent z.
+    pub latent: i64,
+    /// VAE: the approximate posterior, "diagonal" or "realnvp" (a flow on the encoder's
+    /// diagonal Gaussian, conditioned on the encoder's features).
+    pub posterior: PosteriorChoice,
+    /// VAE: layers of the posterior flow (ignored for "diagonal").
+    pub posterior_layers: i64,
+    /// VAE: hidden units of the posterior flow's conditioners (`model.depth` hidden layers).
+    pub posterior_width: i64,
+    /// VAE: features the encoder hands to the posterior flow as its context (`ctx.cond`).
+    pub context: i64,
 }
 
 impl Default for ModelConfig {
@@ -115,6 +126,11 @@ impl Default for ModelConfig {
             norm: NormChoice::Batchnorm,
             mask: MaskChoice::Alternating,
             base: BaseChoice::Normal,
+            latent: 16,
+            posterior: PosteriorChoice::Diagonal,
+            posterior_layers: 4,
+            posterior_width: 64,
+            context: 32,
         }
     }
 }
@@ -157,6 +173,13 @@ pub struct TrainConfig {
     /// "fp32", "tf32" (TF32 matmuls/convs on CUDA) or "bf16" (the coupling networks' convs in
     /// bfloat16; log-dets and priors stay float32).
     pub precision: Precision,
+    /// "likelihood" (fit data: `flowzoo train`) or "reverse_kl" (fit an unnormalised target
+    /// density: `flowzoo fit`, which sets it).
+    pub objective: Objective,
+    /// Reverse KL: samples drawn from the flow per step (the ELBO's Monte Carlo size).
+    pub vi_samples: i64,
+    /// Reverse KL: samples of each evaluation's ELBO estimate (the same seeded draws every time).
+    pub vi_eval_samples: i64,
 }
 
 impl Default for TrainConfig {
@@ -181,6 +204,9 @@ impl Default for TrainConfig {
             log_every: 10,
             patience: 0,
             precision: Precision::Fp32,
+            objective: Objective::Likelihood,
+            vi_samples: 256,
+            vi_eval_samples: 4096,
         }
     }
 }
