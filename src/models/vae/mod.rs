@@ -71,10 +71,14 @@ impl Vae {
             bail!("VAE: the number of posterior draws must be >= 1, got {k}");
         }
         let b = x.size()[0];
-        let enc = self.encoder.forward(x)?;
+        // Everything depends on the discrete pixels only: the encoder sees each pixel's bin
+        // centre, so a dequantised image and its pixels get the same posterior.
+        let bin = bins(x, self.n_bits)?;
+        let levels = (1i64 << self.n_bits) as f64;
+        let enc = self.encoder.forward(&bin.f_add_scalar(0.5)?.f_div_scalar(levels)?.f_sub_scalar(0.5)?.f_to_kind(x.kind())?)?;
         let (z, log_q) = posterior::sample_posterior(self.posterior.as_ref(), &enc.mu, &enc.log_sigma, &enc.h, k, ctx)?;
         let (loc, log_s) = self.decoder.forward(&z)?;
-        let target = bins(x, self.n_bits)?.f_repeat_interleave_self_int(k, Some(0), None)?;
+        let target = bin.f_repeat_interleave_self_int(k, Some(0), None)?;
         let log_px = sum_per_image(&discretized_logistic_log_prob(&target, &loc, &log_s, self.n_bits)?)?;
         let log_pz = StandardNormal.log_prob(&z, ctx)?;
         Ok(log_px.f_add(&log_pz)?.f_sub(&log_q)?.f_reshape([b, k])?)
