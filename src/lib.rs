@@ -25,6 +25,9 @@
 //!   score statistics and thresholds, AUROC / AUPRC / FPR95.
 //! - [`train`]: the loop, our own Adam (its state is saved), checkpoints, metrics, plots, and
 //!   the run's score statistics saved when training ends.
+//! - [`vi`]: variational inference: fit a flow to an unnormalised density given as a
+//!   TorchScript module or a closure (reverse KL, `flowzoo fit`), and importance-sampling
+//!   estimates of its normaliser (`flowzoo eval --target`).
 //! - [`export`]: a trained model for PyTorch: TorchScript (`torch.jit.load`) and plain PyTorch
 //!   source (`torch.export`, `torch.compile`).
 //! - [`import`]: PyTorch Glow checkpoints (y0ast, rosinality) and state dicts into runs.
@@ -50,5 +53,6 @@ pub mod runtime;
 pub mod score;
 pub mod session;
 pub mod train;
+pub mod vi;
 
 pub use anyhow::{Error, Result};

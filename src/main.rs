@@ -15,6 +15,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     Train(cli::train::TrainArgs),
+    Fit(cli::fit::FitArgs),
     Eval(cli::eval::EvalArgs),
     Sample(cli::sample::SampleArgs),
     Import(cli::import::ImportArgs),
@@ -36,6 +37,7 @@ fn main() {
     }
     let result = match Cli::parse().cmd {
         Cmd::Train(a) => cli::train::run(a),
+        Cmd::Fit(a) => cli::fit::run(a),
         Cmd::Eval(a) => cli::eval::run(a),
         Cmd::Sample(a) => cli::sample::run(a),
         Cmd::Import(a) => cli::import::run(a),

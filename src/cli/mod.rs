@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod eval;
 pub mod export;
+pub mod fit;
 pub mod import;
 pub mod info;
 pub mod ood;

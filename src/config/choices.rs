@@ -100,18 +100,21 @@ pub enum ModelKind {
     Nice,
     /// FFJORD (Grathwohl et al. 2019), continuous flows: tabular data.
     Ffjord,
+    /// A variational auto-encoder (Kingma & Welling 2014) with a flow posterior: images.
+    Vae,
 }
 
 impl ModelKind {
-    pub const ALL: [ModelKind; 4] = [ModelKind::Glow, ModelKind::Realnvp, ModelKind::Nice, ModelKind::Ffjord];
+    pub const ALL: [ModelKind; 5] = [ModelKind::Glow, ModelKind::Realnvp, ModelKind::Nice, ModelKind::Ffjord, ModelKind::Vae];
 
-    /// The config spelling ("glow", "realnvp", "nice", "ffjord").
+    /// The config spelling ("glow", "realnvp", "nice", "ffjord", "vae").
     pub fn as_str(self) -> &'static str {
         match self {
             ModelKind::Glow => "glow",
             ModelKind::Realnvp => "realnvp",
             ModelKind::Nice => "nice",
             ModelKind::Ffjord => "ffjord",
+            ModelKind::Vae => "vae",
         }
     }
 }
@@ -130,6 +133,31 @@ impl FromStr for ModelKind {
             anyhow::anyhow!("unknown model kind {s:?}: known kinds are {}", known.join(", "))
         })
     }
+}
+
+/// `train.objective`: what training maximises.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Objective {
+    /// The log-likelihood of data (forward KL): `flowzoo train`.
+    #[default]
+    Likelihood,
+    /// The ELBO `E_q[log p̃(x) − log q(x)]` of an unnormalised target density, from the flow's
+    /// own reparameterised samples (reverse KL): `flowzoo fit`.
+    ReverseKl,
+}
+
+/// `model.posterior`: the approximate posterior q(z | x) of a VAE. Each flow choice is a stack
+/// of `model.posterior_layers` layers conditioned on the encoder's features (`ctx.cond`), on
+/// top of the encoder's diagonal Gaussian.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PosteriorChoice {
+    /// The encoder's diagonal Gaussian alone.
+    #[default]
+    Diagonal,
+    /// Affine couplings (alternating masks, MLP conditioners reading the context).
+    Realnvp,
 }
 
 /// `model.coupling`.

@@ -1,7 +1,7 @@
 //! `Config::validate`: one pass over every key, for every data kind. Each problem is an
 //! [`Invalid`] naming its key, so a config file's error can point at the key's line and a
 //! `--set`'s at the override.
-use super::choices::{DataKind, ModelKind, PermutationChoice};
+use super::choices::{DataKind, ModelKind, Objective, PermutationChoice, PosteriorChoice};
 use super::Config;
 use std::fmt;
 
@@ -122,6 +122,10 @@ pub fn check(cfg: &Config) -> Result<(), Invalid> {
     at_least("model.blocks", m.blocks, 1, "")?;
     at_least("model.depth", m.depth, 1, "")?;
     positive("model.actnorm_scale", m.actnorm_scale)?;
+    at_least("model.latent", m.latent, 1, " (size of the VAE's latent)")?;
+    at_least("model.posterior_layers", m.posterior_layers, 1, "")?;
+    at_least("model.posterior_width", m.posterior_width, 1, "")?;
+    at_least("model.context", m.context, 1, " (features the encoder hands to the posterior flow)")?;
 
     // [train]
     at_least("train.batch_size", t.batch_size, 1, "")?;
@@ -153,6 +157,8 @@ pub fn check(cfg: &Config) -> Result<(), Invalid> {
     if !(t.bucket_mib > 0.0 && t.bucket_mib <= MAX_BUCKET_MIB) {
         return Err(invalid("train.bucket_mib", format!("train.bucket_mib = {}: must be > 0 and at most {MAX_BUCKET_MIB} (MiB per gradient all-reduce)", t.bucket_mib)));
     }
+    at_least("train.vi_samples", t.vi_samples, 1, " (samples per step)")?;
+    at_least("train.vi_eval_samples", t.vi_eval_samples, 1, " (samples per evaluation)")?;
     if t.patience > 0 && t.eval_every == 0 {
         return Err(invalid(
             "train.patience",
@@ -182,9 +188,32 @@ pub fn check(cfg: &Config) -> Result<(), Invalid> {
                 return Err(invalid("model.cnf", e.to_string()));
             }
         }
+        (ModelKind::Vae, DataKind::Tabular) => {
+            return Err(invalid("model.kind", "model.kind = \"vae\" models images: use data.kind = \"images\"".into()))
+        }
         _ => {}
     }
-    if d.kind == DataKind::Images {
+    if m.kind == ModelKind::Vae {
+        if d.image_size % 2 != 0 {
+            return Err(invalid(
+                "data.image_size",
+                format!("data.image_size = {}: the VAE's encoder halves the image once, so the size must be even", d.image_size),
+            ));
+        }
+        if m.posterior == PosteriorChoice::Realnvp && m.latent < 2 {
+            return Err(invalid(
+                "model.latent",
+                format!("model.latent = {}: a \"realnvp\" posterior couples halves of z, so it needs model.latent >= 2", m.latent),
+            ));
+        }
+    }
+    if t.objective == Objective::ReverseKl && d.kind != DataKind::Tabular {
+        return Err(invalid(
+            "train.objective",
+            "train.objective = \"reverse_kl\" fits a flow on vectors to a target density: data.kind must be \"tabular\" (flowzoo fit sets it)".into(),
+        ));
+    }
+    if d.kind == DataKind::Images && m.kind != ModelKind::Vae {
         if m.kind == ModelKind::Glow && m.permutation == PermutationChoice::None {
             return Err(invalid(
                 "model.permutation",

@@ -69,9 +69,6 @@ impl Trainer {
     /// One step on a batch already in model space (dequantised). NaN/Inf in the loss or the
     /// gradients skips the update and counts it; `max_nonfinite` in a row is an error.
     pub fn train_step(&mut self, x: &Tensor, cond: Option<&Tensor>) -> Result<StepOutcome> {
-        let step = self.state.step;
-        let lr = self.lr_at(step);
-        self.opt.zero_grad();
         let lp = self.sess.model.log_prob(x, &self.sess.ctx_train(cond))?;
         let loss = if self.sess.is_tabular() {
             // mean negative log-likelihood, nats
@@ -82,10 +79,20 @@ impl Trainer {
             let n_bits = self.sess.cfg.data.n_bits as f64;
             lp.f_mean(Kind::Float)?.f_neg()?.f_div_scalar(dims * std::f64::consts::LN_2)?.f_add_scalar(n_bits)?
         };
+        self.step_on_loss(&loss)
+    }
+
+    /// The update for a scalar `loss` whose graph reaches the parameters (any objective: the
+    /// likelihood of [`train_step`](Self::train_step), the reverse KL of `crate::vi`): backward,
+    /// the NaN/Inf check that skips and counts, clipping, Adam, EMA; the step counter advances.
+    pub fn step_on_loss(&mut self, loss: &Tensor) -> Result<StepOutcome> {
+        let step = self.state.step;
+        let lr = self.lr_at(step);
+        self.opt.zero_grad();
         // Distributed: gradients and loss averaged over the ranks, so every rank takes the same
         // update (or skips the same non-finite step).
         match &mut self.parallel {
-            Some(p) => p.backward(&loss, &self.opt, step)?,
+            Some(p) => p.backward(loss, &self.opt, step)?,
             None => loss.f_backward()?,
         }
         let norm = self.opt.grad_norm()?;

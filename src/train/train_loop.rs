@@ -53,6 +53,11 @@ pub struct TrainSummary {
 /// progress and writes the run directory.
 pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
     cfg.validate()?;
+    // The one switch between objectives: a reverse-KL run has a target density, not data, and
+    // is trained by `crate::vi::fit` (which shares the step and checkpoints of `Trainer`).
+    if cfg.train.objective == crate::config::Objective::ReverseKl {
+        bail!("train.objective = \"reverse_kl\" fits a target density, not data: use `flowzoo fit --target FILE.pt --dim D` (or flowzoo::vi::fit)");
+    }
     // The run records where its data was found (its config.toml then means the same data).
     let cfg = &cfg.with_resolved_data_path()?;
     let t_cfg = cfg.train.clone();
