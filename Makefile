@@ -20,7 +20,7 @@ export CARGO_TARGET_DIR := $(FLOWZOO_TARGET)
 help:
 	@echo "make demo   - set up, build, train the digits Glow, evaluate, sample, export"
 	@echo "make test   - set up, build, run every test (Rust and Python)"
-	@echo "make bench  - flowzoo vs the PyTorch reference, same work, same threads"
+	@echo "make bench  - flowzoo vs the PyTorch reference, nflows and zuko: same work, same threads"
 	@echo "make models - rebuild the shipped pretrained models under models/"
 	@echo "make ood-table - measure README's \"Finding anomalies\" tables (needs Fashion-MNIST)"
 	@echo "make vi-examples - the README's flowzoo fit examples, measured (docs/vi/)"
@@ -62,10 +62,12 @@ test-python:
 
 # One invocation, one table per part: Glow against the PyTorch reference (bench/run.sh), then
 # tabular RealNVP against nflows (bench/tabular.sh installs nflows into the venv on first use),
-# then FFJORD against zuko's CNF (bench/cnf.sh installs zuko on first use).
+# MAF / NSF / IAF against zuko and nflows (bench/ar.sh installs zuko too), then FFJORD against
+# zuko's CNF (bench/cnf.sh).
 bench: setup build
 	PYTHON=$(PYTHON) FLOWZOO_BIN=$(BIN) THREADS=$(THREADS) bash bench/run.sh
 	PYTHON=$(PYTHON) FLOWZOO_BIN=$(BIN) THREADS=$(THREADS) bash bench/tabular.sh
+	PYTHON=$(PYTHON) FLOWZOO_BIN=$(BIN) THREADS=$(THREADS) bash bench/ar.sh
 	PYTHON=$(PYTHON) THREADS=$(THREADS) bash bench/cnf.sh
 
 # bench/gpu.sh on a tiny model on the CPU (under a minute), so the H200 script never rots.
