@@ -16,12 +16,14 @@ export PATH := $(VENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 export CARGO_TARGET_DIR := $(FLOWZOO_TARGET)
 
-.PHONY: setup build demo test test-rust test-python test-gpu-script bench models toys clean-cache help
+.PHONY: setup build demo test test-rust test-python test-gpu-script bench models ood-table toys vi-examples clean-cache help
 help:
 	@echo "make demo   - set up, build, train the digits Glow, evaluate, sample, export"
 	@echo "make test   - set up, build, run every test (Rust and Python)"
 	@echo "make bench  - flowzoo vs the PyTorch reference, nflows and zuko: same work, same threads"
 	@echo "make models - rebuild the shipped pretrained models under models/"
+	@echo "make ood-table - measure README's \"Finding anomalies\" tables (needs Fashion-MNIST)"
+	@echo "make vi-examples - the README's flowzoo fit examples, measured (docs/vi/)"
 
 # After the venv: Gloo's headers (libgloo-dev) and, with a CUDA wheel, the CUDA headers that
 # build.rs needs for distributed training (scripts/setup_dist.sh; it never fails the setup).
@@ -75,10 +77,20 @@ test-gpu-script:
 models: setup build
 	bash scripts/build_models.sh
 
+# README's "Finding anomalies" tables: models/glow_fashion_mnist against out-of-distribution
+# sets made from data we have, and a digits64 RealNVP finding a class it never saw.
+ood-table: setup build
+	FLOWZOO_BIN=$(BIN) bash scripts/ood_table.sh --update-readme
+
 # The bundled 2-D toys under data/toys (seeded; the committed files are these).
 toys: build
 	for t in moons circles 8gaussians checkerboard pinwheel 2spirals; do \
 	  $(BIN) toy $$t -n 10000 --seed 0 -o data/toys/$$t.csv; done
+
+# The README's "Fitting a density" examples: U1-U4, the Gaussian with a known log Z, the
+# logistic regression against its MCMC reference; figures in docs/vi/ (scripts/vi_examples.sh).
+vi-examples: setup build
+	PYTHON=$(PYTHON) FLOWZOO_BIN=$(BIN) bash scripts/vi_examples.sh
 
 clean-cache:
 	rm -rf $(FLOWZOO_CACHE)

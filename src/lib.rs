@@ -21,9 +21,13 @@
 //! - [`dist`]: data-parallel training on c10d (Gloo, NCCL) under torchrun: process groups,
 //!   bucketed gradient all-reduce, DistributedSampler sharding, config consistency.
 //! - [`session`]: a model with its weights: build, open a run, score, sample.
-//! - [`train`]: the loop, our own Adam (its state is saved), checkpoints, metrics, plots.
 //! - [`score`]: anomaly / out-of-distribution scores (nll, typicality, complexity), the run's
 //!   score statistics and thresholds, AUROC / AUPRC / FPR95.
+//! - [`train`]: the loop, our own Adam (its state is saved), checkpoints, metrics, plots, and
+//!   the run's score statistics saved when training ends.
+//! - [`vi`]: variational inference: fit a flow to an unnormalised density given as a
+//!   TorchScript module or a closure (reverse KL, `flowzoo fit`), and importance-sampling
+//!   estimates of its normaliser (`flowzoo eval --target`).
 //! - [`export`]: a trained model for PyTorch: TorchScript (`torch.jit.load`) and plain PyTorch
 //!   source (`torch.export`, `torch.compile`).
 //! - [`import`]: PyTorch Glow checkpoints (y0ast, rosinality) and state dicts into runs.
@@ -49,5 +53,6 @@ pub mod runtime;
 pub mod score;
 pub mod session;
 pub mod train;
+pub mod vi;
 
 pub use anyhow::{Error, Result};

@@ -15,6 +15,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     Train(cli::train::TrainArgs),
+    Fit(cli::fit::FitArgs),
     Eval(cli::eval::EvalArgs),
     Sample(cli::sample::SampleArgs),
     Import(cli::import::ImportArgs),
@@ -22,6 +23,8 @@ enum Cmd {
     Toy(cli::toy::ToyArgs),
     Info(cli::info::InfoArgs),
     Bench(cli::bench::BenchArgs),
+    Score(cli::score::ScoreArgs),
+    Ood(cli::ood::OodArgs),
 }
 
 fn main() {
@@ -34,6 +37,7 @@ fn main() {
     }
     let result = match Cli::parse().cmd {
         Cmd::Train(a) => cli::train::run(a),
+        Cmd::Fit(a) => cli::fit::run(a),
         Cmd::Eval(a) => cli::eval::run(a),
         Cmd::Sample(a) => cli::sample::run(a),
         Cmd::Import(a) => cli::import::run(a),
@@ -41,6 +45,8 @@ fn main() {
         Cmd::Toy(a) => cli::toy::run(a),
         Cmd::Info(a) => cli::info::run(a),
         Cmd::Bench(a) => cli::bench::run(a),
+        Cmd::Score(a) => cli::score::run(a),
+        Cmd::Ood(a) => cli::ood::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

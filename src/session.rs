@@ -224,7 +224,7 @@ impl Session {
     /// `labels` pick classes of a class-conditional model (default: cycling through them).
     pub fn sample_model_space(&self, eps: Option<&Tensor>, n: i64, temperature: f64, seed: i64, labels: Option<&Tensor>) -> Result<Tensor> {
         let _g = tch::no_grad_guard();
-        let d = self.model.dim();
+        let d = self.model.noise_dim();
         let eps = match eps {
             Some(e) => {
                 if e.size().len() != 2 || e.size()[1] != d {
@@ -248,7 +248,7 @@ impl Session {
             }
             None => None,
         };
-        Ok(self.model.from_noise(&eps.f_mul_scalar(temperature)?, &self.ctx_eval(cond.as_ref()))?.0)
+        self.model.sample_from_noise(&eps.f_mul_scalar(temperature)?, &self.ctx_eval(cond.as_ref()))
     }
 
     /// Names of every variable that holds a NaN or Inf.

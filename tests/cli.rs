@@ -235,7 +235,7 @@ fn user_tensors_are_checked_for_dtype_rank_and_shape() {
 #[test]
 fn every_flag_has_help_and_every_device_defaults_to_auto() {
     let subcommands: &[&[&str]] = &[
-        &["train"], &["eval"], &["sample"], &["export"], &["toy"], &["info"], &["bench"],
+        &["train"], &["eval"], &["sample"], &["export"], &["toy"], &["info"], &["bench"], &["score"], &["ood"],
         &["import", "y0ast"], &["import", "rosinality"], &["import", "state-dict"],
     ];
     for sub in subcommands {

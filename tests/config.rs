@@ -109,6 +109,11 @@ fn every_numeric_key_is_range_checked_naming_key_and_line() {
         ("train", "sample_temperature = -0.7", "must be >= 0"),
         ("train", "n_samples = 0", "must be >= 1"),
         ("train", "patience = -1", "0 = never stop early"),
+        ("train", "dist_timeout_s = 0.5", "between 1 and 86400"),
+        ("train", "dist_timeout_s = 1e6", "between 1 and 86400"),
+        ("train", "dist_timeout_s = nan", "finite"),
+        ("train", "bucket_mib = 0.0", "must be > 0 and at most 1024"),
+        ("train", "bucket_mib = 4096.0", "must be > 0 and at most 1024"),
     ];
     for (section, line, says) in cases {
         let key = format!("{section}.{}", line.split(" = ").next().unwrap());
@@ -145,6 +150,8 @@ fn unknown_choices_list_the_known_ones() {
     rejects("[data]\nkind = \"audio\"\n", &["line 2", "images", "tabular"]);
     rejects("[train]\ndevice = \"tpu\"\n", &["line 2", "unknown device \"tpu\"", "auto, cpu, cuda or cuda:N"]);
     rejects("[train]\nprecision = \"fp8\"\n", &["line 2", "unknown precision \"fp8\"", "fp32, tf32 or bf16"]);
+    rejects("[train]\nbackend = \"mpi\"\n", &["line 2", "unknown distributed backend \"mpi\"", "auto, gloo or nccl"]);
+    rejects("[train]\ngrad_sync = \"sometimes\"\n", &["line 2", "sometimes", "overlap", "after_backward"]);
     // The spellings that work: a TOML boolean for the header, cuda:N, the long precision names.
     let c = Config::from_toml_str("[data]\nheader = false\n[train]\ndevice = \"cuda:1\"\nprecision = \"bfloat16\"\n", "c.toml").unwrap();
     assert_eq!(c.data.header, flowzoo::config::Header::Absent);
@@ -161,6 +168,12 @@ fn set_errors_name_the_override() {
     assert!(e.contains("--set train.lr=0") && e.contains("train.lr = 0: must be > 0"), "{e}");
     let e = err(&["model.kind=flow"]);
     assert!(e.contains("--set model.kind=flow") && e.contains("glow") && e.contains("nice"), "{e}");
+    let e = err(&["train.backend=mpi"]);
+    assert!(e.contains("--set train.backend=mpi") && e.contains("auto, gloo or nccl"), "{e}");
+    let e = err(&["train.dist_timeout_s=0"]);
+    assert!(e.contains("--set train.dist_timeout_s=0") && e.contains("train.dist_timeout_s = 0: must be between 1 and 86400"), "{e}");
+    let ok = c.with_overrides(&["train.backend=gloo".into(), "train.grad_sync=after_backward".into(), "train.dist_timeout_s=30".into()]).unwrap();
+    assert_eq!((ok.train.backend, ok.train.grad_sync, ok.train.dist_timeout_s), (flowzoo::config::BackendChoice::Gloo, flowzoo::config::GradSync::AfterBackward, 30.0));
     let e = err(&["train.device=tpu"]);
     assert!(e.contains("--set train.device=tpu") && e.contains("unknown device"), "{e}");
     let e = err(&["data.n_bits=9", "train.seed=1"]);

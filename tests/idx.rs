@@ -167,3 +167,39 @@ fn fashion_mnist_config_parses_and_reads_the_installed_data() {
     let counts = test.labels.bincount::<tch::Tensor>(None, 10);
     assert_eq!(Vec::<i64>::try_from(&counts).unwrap(), vec![1000; 10]);
 }
+
+#[test]
+fn what_eval_score_and_ood_read_at_a_path() {
+    use flowzoo::data::load_evaluation_images;
+    let d = tempfile::tempdir().unwrap();
+    write_part(d.path(), "train", 6, 4, 4, true);
+    write_part(d.path(), "t10k", 3, 4, 4, false);
+    // An IDX folder with both parts: its test part only.
+    let (set, _, sources, what) = load_evaluation_images(d.path(), &cfg(4, 1), None).unwrap();
+    assert_eq!(set.len(), 3);
+    assert!(sources[2].ends_with("t10k-images-idx3-ubyte#2") && what.ends_with("(its test part)"), "{sources:?} {what}");
+    // One IDX file: all of it, with the labels file beside it (gzipped like it).
+    let file = d.path().join("train-images-idx3-ubyte.gz");
+    let (set, _, sources, _) = load_evaluation_images(&file, &cfg(4, 1), None).unwrap();
+    assert_eq!((set.len(), sources[5].clone()), (6, format!("{}#5", file.display())));
+    assert_eq!(Vec::<i64>::try_from(&set.labels).unwrap(), vec![0, 1, 2, 0, 1, 2]);
+    // An IDX folder with one part: that part.
+    let one = tempfile::tempdir().unwrap();
+    write_part(one.path(), "train", 5, 4, 4, false);
+    assert_eq!(load_evaluation_images(one.path(), &cfg(4, 1), None).unwrap().0.len(), 5);
+    // A folder with train/ and test/: test/; one image file: that image, resized.
+    let f = tempfile::tempdir().unwrap();
+    for (split, n) in [("train", 3), ("test", 2)] {
+        std::fs::create_dir_all(f.path().join(split)).unwrap();
+        for i in 0..n {
+            image::GrayImage::from_pixel(4, 4, image::Luma([i as u8 * 50])).save(f.path().join(split).join(format!("{i}.png"))).unwrap();
+        }
+    }
+    assert_eq!(load_evaluation_images(f.path(), &cfg(4, 1), None).unwrap().0.len(), 2);
+    let png = f.path().join("test").join("1.png");
+    let (set, _, sources, _) = load_evaluation_images(&png, &cfg(8, 1), None).unwrap();
+    assert_eq!((set.images.size(), set.images.int64_value(&[0, 0, 7, 7])), (vec![1, 1, 8, 8], 50));
+    assert_eq!(sources, vec![png.display().to_string()]);
+    let e = err_of(load_evaluation_images(&f.path().join("nope"), &cfg(4, 1), None));
+    assert!(e.contains("nope") && e.contains("does not exist"), "{e}");
+}

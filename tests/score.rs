@@ -1,15 +1,19 @@
 //! Scores from trained models: a tiny Glow trained on one pattern gives noise a higher nll,
 //! `score_path` sorts and thresholds a folder (bad files skipped and counted), the run's
-//! statistics are computed, saved and found again; a tabular run scores CSV lines.
+//! statistics are saved by training (equal to those computed afresh), found again and
+//! recomputed when stale; a tabular run scores CSV lines.
 use flowzoo::config::{Config, DataKind};
 use flowzoo::io::{Checkpoint, RunDir};
 use flowzoo::score::{
-    ensure_stats, measure_pixels, ood_paths, score_path, MeasureOptions, ScoreKind, ScoreOptions, ScoreStats, StatsOptions,
+    ensure_stats, measure_pixels, ood_paths, score_path, stats_for_run, MeasureOptions, ScoreKind, ScoreOptions, ScoreStats, StatsOptions,
 };
 use flowzoo::session::Session;
 use flowzoo::train::{train, TrainOptions};
 use std::path::Path;
 use tch::Device;
+
+mod score_support;
+use score_support::assert_same_stats;
 
 /// libtorch's generator is global to the process: tests that train take turns.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -70,8 +74,14 @@ fn a_glow_trained_on_one_pattern_finds_noise_and_sorts_a_folder() {
     train(&tiny_glow(&data), &opts(&run_dir)).unwrap();
     let run = RunDir::open(&run_dir).unwrap();
 
-    // Statistics of the run's own split, saved once and then found current.
+    // Training saved the statistics of its best weights, from the data it had in memory: the
+    // same as computing them afresh from the run directory.
     let sopts = StatsOptions::default();
+    let after_training = ScoreStats::load(&run, Checkpoint::Best).unwrap().expect("training saves score_stats.json");
+    assert!(after_training.is_current(&run, Checkpoint::Best, &sopts.measure).unwrap());
+    assert_same_stats(&stats_for_run(&run, Checkpoint::Best, Device::Cpu, &sopts).unwrap(), &after_training);
+
+    // Statistics of the run's own split, saved once and then found current.
     let stats = ensure_stats(&run, Checkpoint::Best, Device::Cpu, &sopts).unwrap();
     assert_eq!((stats.train.n, stats.heldout.n, stats.heldout_split.as_str()), (24, 8, "test"));
     assert!(stats.weights_step.is_some() && stats.weights_checksum.starts_with("fnv1a64:"));
@@ -94,7 +104,7 @@ fn a_glow_trained_on_one_pattern_finds_noise_and_sorts_a_folder() {
     std::fs::write(mixed.join("broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
     let sc = ScoreOptions { measure: MeasureOptions::default(), kinds: ScoreKind::ALL.to_vec(), threshold_fpr: Some(0.05) };
     let mut calls = vec![];
-    let report = score_path(&sess, &mixed, &stats, &sc, &mut |done, total| calls.push((done, total))).unwrap();
+    let report = score_path(&sess, &mixed, Some(&stats), &sc, &mut |done, total| calls.push((done, total))).unwrap();
     assert_eq!(calls.last(), Some(&(6, 6)));
     assert_eq!(report.skipped.len(), 1, "the broken file is skipped and counted");
     assert!(report.skipped[0].0.ends_with("broken.png"));
@@ -134,7 +144,7 @@ fn a_glow_trained_on_one_pattern_finds_noise_and_sorts_a_folder() {
             img.save(dir.join(format!("{i}.png"))).unwrap();
         }
     }
-    let rep = ood_paths(&sess, &pin, &pout, &stats, &ScoreKind::ALL, &MeasureOptions::default(), &mut |_, _| {}).unwrap();
+    let rep = ood_paths(&sess, &pin, &pout, Some(&stats), &ScoreKind::ALL, &MeasureOptions::default(), &mut |_, _| {}).unwrap();
     assert_eq!((rep.n_in, rep.n_ood), (4, 4));
     assert_eq!(rep.scores[0].0, ScoreKind::Nll);
     assert_eq!(rep.scores[0].1.auroc, 1.0);
@@ -177,7 +187,10 @@ fn a_tabular_run_scores_csv_lines_and_refuses_complexity() {
     let run_dir = d.path().join("run");
     train(&c, &opts(&run_dir)).unwrap();
     let run = RunDir::open(&run_dir).unwrap();
+    let after_training = ScoreStats::load(&run, Checkpoint::Best).unwrap().expect("training saves score_stats.json");
     let stats = ensure_stats(&run, Checkpoint::Best, Device::Cpu, &StatsOptions::default()).unwrap();
+    assert_eq!(stats, after_training, "the saved statistics are current");
+    assert_same_stats(&stats_for_run(&run, Checkpoint::Best, Device::Cpu, &StatsOptions::default()).unwrap(), &after_training);
     assert_eq!((stats.heldout_split.as_str(), stats.heldout.n), ("validation", 40));
     assert!(!stats.heldout.scores.contains_key("complexity"));
     let sess = Session::open(&run, Checkpoint::Best, Device::Cpu).unwrap();
@@ -187,7 +200,7 @@ fn a_tabular_run_scores_csv_lines_and_refuses_complexity() {
     std::fs::write(&probe, "a,b\n0.0,0.1\nnot,a number\n0.1,-0.2\n9.0,-9.0\n0.2,0.3\n").unwrap();
     let kinds = ScoreKind::parse_list("all", true).unwrap();
     let sc = ScoreOptions { measure: MeasureOptions::default(), kinds: kinds.clone(), threshold_fpr: None };
-    let report = score_path(&sess, &probe, &stats, &sc, &mut |_, _| {}).unwrap();
+    let report = score_path(&sess, &probe, Some(&stats), &sc, &mut |_, _| {}).unwrap();
     assert_eq!(report.id_column, "line");
     assert_eq!(report.dropped_rows, 1);
     assert_eq!(report.inputs[0].id, "5", "the far-away row, on line 5, is the most anomalous");
@@ -196,6 +209,6 @@ fn a_tabular_run_scores_csv_lines_and_refuses_complexity() {
     report.write_csv(&mut out).unwrap();
     assert!(String::from_utf8(out).unwrap().starts_with("line,log_likelihood,nll,typicality\n5,"));
     let sc = ScoreOptions { kinds: vec![ScoreKind::Complexity], ..sc };
-    let e = format!("{:#}", score_path(&sess, &probe, &stats, &sc, &mut |_, _| {}).unwrap_err());
+    let e = format!("{:#}", score_path(&sess, &probe, Some(&stats), &sc, &mut |_, _| {}).unwrap_err());
     assert!(e.contains("images only"), "{e}");
 }

@@ -131,7 +131,7 @@ fn quantiles_thresholds_and_saved_statistics_round_trip() {
 
     // The OOD report's JSON, exactly, kinds in the order asked for.
     let ood = meas(&[20.0, 30.0], Some(&[0.0, 0.0]));
-    let rep = ood_report(&stats, &heldout, &ood, &[ScoreKind::Nll, ScoreKind::Complexity]).unwrap();
+    let rep = ood_report(Some(&stats), &heldout, &ood, &[ScoreKind::Nll, ScoreKind::Complexity]).unwrap();
     let json = serde_json::to_string(&rep).unwrap();
     assert_eq!(json, r#"{"n_in":101,"n_ood":2,"scores":{"nll":{"auroc":1.0,"auprc":1.0,"fpr95":0.0},"complexity":{"auroc":1.0,"auprc":1.0,"fpr95":0.0}}}"#);
 }

@@ -23,11 +23,20 @@ pub fn run(a: InfoArgs) -> Result<()> {
     let sess = Session::open(&run, Checkpoint::Best, device)?;
     println!("{}", sess.model.describe());
     println!("parameters: {}", sess.parameter_count());
-    println!("data: {} ({} classes: {})", sess.cfg.data.path, state.classes.len(), state.classes.join(" "));
+    let fitted = sess.cfg.train.objective == flowzoo::config::Objective::ReverseKl;
+    if fitted {
+        // A fit run has a target density, recorded with its SHA-256, instead of data.
+        let target = std::fs::read_to_string(run.path.join("target.json")).unwrap_or_else(|_| "(no target.json)".into());
+        println!("target: {} dimensions, {}", sess.model.dim(), target.split_whitespace().collect::<Vec<_>>().join(" "));
+    } else {
+        println!("data: {} ({} classes: {})", sess.cfg.data.path, state.classes.len(), state.classes.join(" "));
+    }
     println!("steps: {} of {} ({:.1} s training, {} skipped)", state.step, sess.cfg.train.max_steps, state.train_seconds, state.skipped_steps);
+    // state.json keeps "lower is better": bits/dim, validation NLL, or a fit's −ELBO.
+    let what = if fitted { "evaluation ELBO (nats)" } else if sess.is_tabular() { "validation NLL (nats)" } else { "test bits/dim" };
     match (state.best_test_bpd, state.best_step) {
-        (Some(b), Some(s)) => println!("best test bits/dim: {b:.4} at step {s}"),
-        _ => println!("best test bits/dim: not evaluated yet"),
+        (Some(b), Some(s)) => println!("best {what}: {:.4} at step {s}", if fitted { -b } else { b }),
+        _ => println!("best {what}: not evaluated yet"),
     }
     println!("opened on: {device:?}");
     Ok(())

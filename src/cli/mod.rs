@@ -8,9 +8,13 @@
 pub mod bench;
 pub mod eval;
 pub mod export;
+pub mod fit;
 pub mod import;
 pub mod info;
+pub mod ood;
 pub mod sample;
+pub mod score;
+pub mod scoring;
 pub mod toy;
 pub mod train;
 

@@ -6,6 +6,10 @@ use flowzoo::train::{train, TrainOptions};
 use std::path::PathBuf;
 
 /// Train a model on a folder of images or a table (CSV, .npy, .npz).
+///
+/// Launched by torchrun (`torchrun --nproc-per-node 2 --no-python flowzoo train ...`), each
+/// process is one rank of a data-parallel run: batch train.batch_size per process, gradients
+/// averaged every step, only rank 0 prints and writes the run directory.
 #[derive(clap::Args)]
 pub struct TrainArgs {
     /// TOML config (not needed with --resume: the run's own config.toml is used).
@@ -34,7 +38,13 @@ pub struct TrainArgs {
 pub fn run(a: TrainArgs) -> Result<()> {
     let (cfg, out) = if a.resume {
         let out = a.out.context("--resume needs --out RUN_DIR (the run to continue)")?;
-        let run = RunDir::open(&out)?;
+        let run = RunDir::open(&out).with_context(|| match flowzoo::dist::DistEnv::from_env() {
+            Ok(Some(env)) if env.rank > 0 => format!(
+                "--resume on rank {}: every rank reads the run directory, so it must be at the same path on every machine (a shared filesystem, or a copy)",
+                env.rank
+            ),
+            _ => "--resume".to_string(),
+        })?;
         let mut cfg = run.load_config()?;
         if let Some(c) = &a.config {
             let given = Config::load(c)?;
@@ -62,9 +72,14 @@ pub fn run(a: TrainArgs) -> Result<()> {
     cfg.validate()?;
     let device = flowzoo::runtime::device(cfg.train.device)?;
     let s = train(&cfg, &TrainOptions { out: out.clone(), resume: a.resume, device, verbose: !a.quiet })?;
+    if s.rank != 0 {
+        // A distributed run's other ranks: rank 0 reports for all.
+        return Ok(());
+    }
     let what = if cfg.data.kind == DataKind::Tabular { "validation" } else { "test" };
+    let procs = if s.world_size > 1 { format!(" on {} processes", s.world_size) } else { String::new() };
     println!(
-        "trained {} steps ({:.2} steps/s, {} parameters, {} skipped{}): {what} {:.4} {}, best {:.4} at step {}",
+        "trained {} steps{procs} ({:.2} steps/s, {} parameters, {} skipped{}): {what} {:.4} {}, best {:.4} at step {}",
         s.steps,
         s.steps_per_s,
         s.parameters,

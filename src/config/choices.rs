@@ -100,6 +100,8 @@ pub enum ModelKind {
     Nice,
     /// FFJORD (Grathwohl et al. 2019), continuous flows: tabular data.
     Ffjord,
+    /// A variational auto-encoder (Kingma & Welling 2014) with a flow posterior: images.
+    Vae,
     /// MAF (Papamakarios et al. 2017): tabular data.
     Maf,
     /// IAF (Kingma et al. 2016), an inverted MAF: tabular data.
@@ -109,16 +111,25 @@ pub enum ModelKind {
 }
 
 impl ModelKind {
-    pub const ALL: [ModelKind; 7] =
-        [ModelKind::Glow, ModelKind::Realnvp, ModelKind::Nice, ModelKind::Ffjord, ModelKind::Maf, ModelKind::Iaf, ModelKind::Nsf];
+    pub const ALL: [ModelKind; 8] = [
+        ModelKind::Glow,
+        ModelKind::Realnvp,
+        ModelKind::Nice,
+        ModelKind::Ffjord,
+        ModelKind::Vae,
+        ModelKind::Maf,
+        ModelKind::Iaf,
+        ModelKind::Nsf,
+    ];
 
-    /// The config spelling ("glow", "realnvp", "nice", "ffjord", "maf", "iaf", "nsf").
+    /// The config spelling ("glow", "realnvp", "nice", "ffjord", "vae", "maf", "iaf", "nsf").
     pub fn as_str(self) -> &'static str {
         match self {
             ModelKind::Glow => "glow",
             ModelKind::Realnvp => "realnvp",
             ModelKind::Nice => "nice",
             ModelKind::Ffjord => "ffjord",
+            ModelKind::Vae => "vae",
             ModelKind::Maf => "maf",
             ModelKind::Iaf => "iaf",
             ModelKind::Nsf => "nsf",
@@ -140,6 +151,31 @@ impl FromStr for ModelKind {
             anyhow::anyhow!("unknown model kind {s:?}: known kinds are {}", known.join(", "))
         })
     }
+}
+
+/// `train.objective`: what training maximises.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Objective {
+    /// The log-likelihood of data (forward KL): `flowzoo train`.
+    #[default]
+    Likelihood,
+    /// The ELBO `E_q[log p̃(x) − log q(x)]` of an unnormalised target density, from the flow's
+    /// own reparameterised samples (reverse KL): `flowzoo fit`.
+    ReverseKl,
+}
+
+/// `model.posterior`: the approximate posterior q(z | x) of a VAE. Each flow choice is a stack
+/// of `model.posterior_layers` layers conditioned on the encoder's features (`ctx.cond`), on
+/// top of the encoder's diagonal Gaussian.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PosteriorChoice {
+    /// The encoder's diagonal Gaussian alone.
+    #[default]
+    Diagonal,
+    /// Affine couplings (alternating masks, MLP conditioners reading the context).
+    Realnvp,
 }
 
 /// `model.coupling`.
@@ -197,6 +233,58 @@ pub enum MaskChoice {
 pub enum BaseChoice {
     Normal,
     DiagGaussian,
+}
+
+/// `train.backend`: which c10d backend carries a distributed run's collectives
+/// (`crate::dist` resolves it against the training device).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// NCCL when the training device is CUDA, Gloo on the CPU (what PyTorch users pick).
+    #[default]
+    Auto,
+    Gloo,
+    Nccl,
+}
+
+impl BackendChoice {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Gloo => "gloo",
+            BackendChoice::Nccl => "nccl",
+        }
+    }
+}
+
+impl FromStr for BackendChoice {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<BackendChoice> {
+        Ok(match s {
+            "auto" => BackendChoice::Auto,
+            "gloo" => BackendChoice::Gloo,
+            "nccl" => BackendChoice::Nccl,
+            _ => anyhow::bail!("unknown distributed backend {s:?}: use auto, gloo or nccl"),
+        })
+    }
+}
+
+impl fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `train.grad_sync`: how a distributed run averages the gradients of each step over the ranks.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum GradSync {
+    /// PyTorch DDP's reducer: each bucket's all-reduce starts from autograd hooks while
+    /// backward still runs (needs every parameter to get a gradient in every step; a model
+    /// with parameters that get none falls back to `after_backward`).
+    #[default]
+    Overlap,
+    /// Buckets all-reduced once backward has finished.
+    AfterBackward,
 }
 
 /// `train.device` and every `--device`: `auto` (CUDA when libtorch sees a GPU), `cpu`, `cuda`
@@ -303,3 +391,4 @@ macro_rules! serde_as_string {
 }
 serde_as_string!(DeviceChoice);
 serde_as_string!(Precision);
+serde_as_string!(BackendChoice);

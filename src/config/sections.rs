@@ -98,6 +98,17 @@ pub struct ModelConfig {
     pub base: BaseChoice,
     /// FFJORD's continuous flows (`[model.cnf]`); FFJORD also reads `blocks` and `norm`.
     pub cnf: super::cnf::CnfConfig,
+    /// VAE: size of the latent z.
+    pub latent: i64,
+    /// VAE: the approximate posterior, "diagonal" or "realnvp" (a flow on the encoder's
+    /// diagonal Gaussian, conditioned on the encoder's features).
+    pub posterior: PosteriorChoice,
+    /// VAE: layers of the posterior flow (ignored for "diagonal").
+    pub posterior_layers: i64,
+    /// VAE: hidden units of the posterior flow's conditioners (`model.depth` hidden layers).
+    pub posterior_width: i64,
+    /// VAE: features the encoder hands to the posterior flow as its context (`ctx.cond`).
+    pub context: i64,
     /// NSF: K, the rational-quadratic spline's bins (2..=256).
     pub bins: i64,
     /// NSF: B, the splines cover [-B, B] (the identity outside); > 0.
@@ -143,6 +154,11 @@ impl Default for ModelConfig {
             mask: MaskChoice::Alternating,
             base: BaseChoice::Normal,
             cnf: super::cnf::CnfConfig::default(),
+            latent: 16,
+            posterior: PosteriorChoice::Diagonal,
+            posterior_layers: 4,
+            posterior_width: 64,
+            context: 32,
             bins: 8,
             tail_bound: 3.0,
             structure: StructureChoice::Autoregressive,
@@ -193,6 +209,24 @@ pub struct TrainConfig {
     /// "fp32", "tf32" (TF32 matmuls/convs on CUDA) or "bf16" (the coupling networks' convs in
     /// bfloat16; log-dets and priors stay float32).
     pub precision: Precision,
+    /// Distributed runs (launched by torchrun): the c10d backend, "auto" (NCCL on CUDA, Gloo on
+    /// the CPU), "gloo" or "nccl". Ignored in one process.
+    pub backend: BackendChoice,
+    /// Distributed runs: seconds a rank waits for the others (at rendezvous and in every
+    /// collective) before it fails with an error naming the collective.
+    pub dist_timeout_s: f64,
+    /// Distributed runs: "overlap" (all-reduce during backward, PyTorch DDP's reducer) or
+    /// "after_backward" (bucketed all-reduce once backward is done).
+    pub grad_sync: GradSync,
+    /// Distributed runs: the largest gradient bucket one all-reduce carries, in MiB.
+    pub bucket_mib: f64,
+    /// "likelihood" (fit data: `flowzoo train`) or "reverse_kl" (fit an unnormalised target
+    /// density: `flowzoo fit`, which sets it).
+    pub objective: Objective,
+    /// Reverse KL: samples drawn from the flow per step (the ELBO's Monte Carlo size).
+    pub vi_samples: i64,
+    /// Reverse KL: samples of each evaluation's ELBO estimate (the same seeded draws every time).
+    pub vi_eval_samples: i64,
 }
 
 impl Default for TrainConfig {
@@ -217,6 +251,13 @@ impl Default for TrainConfig {
             log_every: 10,
             patience: 0,
             precision: Precision::Fp32,
+            backend: BackendChoice::Auto,
+            dist_timeout_s: 300.0,
+            grad_sync: GradSync::Overlap,
+            bucket_mib: 4.0,
+            objective: Objective::Likelihood,
+            vi_samples: 256,
+            vi_eval_samples: 4096,
         }
     }
 }

@@ -1,13 +1,19 @@
 //! `Config::validate`: one pass over every key, for every data kind. Each problem is an
 //! [`Invalid`] naming its key, so a config file's error can point at the key's line and a
 //! `--set`'s at the override.
-use super::choices::{DataKind, ModelKind, PermutationChoice};
+use super::choices::{DataKind, ModelKind, Objective, PermutationChoice, PosteriorChoice};
 use super::Config;
 use std::fmt;
 
 /// The most levels a model may have: 2^levels must divide the image size, and no image
 /// flowzoo reads (u32 sides) has more than 2^31 pixels a side.
 pub const MAX_LEVELS: i64 = 30;
+
+/// The longest `train.dist_timeout_s`: a day (PyTorch's default is 30 minutes).
+pub const MAX_DIST_TIMEOUT_S: f64 = 86_400.0;
+
+/// The largest `train.bucket_mib` (DDP's default is 25).
+pub const MAX_BUCKET_MIB: f64 = 1024.0;
 
 /// A value out of its range (or two keys that do not fit together).
 #[derive(Debug, Clone, PartialEq)]
@@ -116,6 +122,10 @@ pub fn check(cfg: &Config) -> Result<(), Invalid> {
     at_least("model.blocks", m.blocks, 1, "")?;
     at_least("model.depth", m.depth, 1, "")?;
     positive("model.actnorm_scale", m.actnorm_scale)?;
+    at_least("model.latent", m.latent, 1, " (size of the VAE's latent)")?;
+    at_least("model.posterior_layers", m.posterior_layers, 1, "")?;
+    at_least("model.posterior_width", m.posterior_width, 1, "")?;
+    at_least("model.context", m.context, 1, " (features the encoder hands to the posterior flow)")?;
     super::autoregressive::check(m)?;
 
     // [train]
@@ -137,6 +147,19 @@ pub fn check(cfg: &Config) -> Result<(), Invalid> {
     non_negative("train.sample_temperature", t.sample_temperature, "")?;
     at_least("train.n_samples", t.n_samples, 1, "")?;
     at_least("train.patience", t.patience, 0, " (0 = never stop early)")?;
+    finite("train.dist_timeout_s", t.dist_timeout_s)?;
+    if !(1.0..=MAX_DIST_TIMEOUT_S).contains(&t.dist_timeout_s) {
+        return Err(invalid(
+            "train.dist_timeout_s",
+            format!("train.dist_timeout_s = {}: must be between 1 and {MAX_DIST_TIMEOUT_S} (seconds a rank waits for the others)", t.dist_timeout_s),
+        ));
+    }
+    finite("train.bucket_mib", t.bucket_mib)?;
+    if !(t.bucket_mib > 0.0 && t.bucket_mib <= MAX_BUCKET_MIB) {
+        return Err(invalid("train.bucket_mib", format!("train.bucket_mib = {}: must be > 0 and at most {MAX_BUCKET_MIB} (MiB per gradient all-reduce)", t.bucket_mib)));
+    }
+    at_least("train.vi_samples", t.vi_samples, 1, " (samples per step)")?;
+    at_least("train.vi_eval_samples", t.vi_eval_samples, 1, " (samples per evaluation)")?;
     if t.patience > 0 && t.eval_every == 0 {
         return Err(invalid(
             "train.patience",
@@ -166,9 +189,32 @@ pub fn check(cfg: &Config) -> Result<(), Invalid> {
                 return Err(invalid("model.cnf", e.to_string()));
             }
         }
+        (ModelKind::Vae, DataKind::Tabular) => {
+            return Err(invalid("model.kind", "model.kind = \"vae\" models images: use data.kind = \"images\"".into()))
+        }
         _ => {}
     }
-    if d.kind == DataKind::Images {
+    if m.kind == ModelKind::Vae {
+        if d.image_size % 2 != 0 {
+            return Err(invalid(
+                "data.image_size",
+                format!("data.image_size = {}: the VAE's encoder halves the image once, so the size must be even", d.image_size),
+            ));
+        }
+        if m.posterior == PosteriorChoice::Realnvp && m.latent < 2 {
+            return Err(invalid(
+                "model.latent",
+                format!("model.latent = {}: a \"realnvp\" posterior couples halves of z, so it needs model.latent >= 2", m.latent),
+            ));
+        }
+    }
+    if t.objective == Objective::ReverseKl && d.kind != DataKind::Tabular {
+        return Err(invalid(
+            "train.objective",
+            "train.objective = \"reverse_kl\" fits a flow on vectors to a target density: data.kind must be \"tabular\" (flowzoo fit sets it)".into(),
+        ));
+    }
+    if d.kind == DataKind::Images && m.kind != ModelKind::Vae {
         if m.kind == ModelKind::Glow && m.permutation == PermutationChoice::None {
             return Err(invalid(
                 "model.permutation",

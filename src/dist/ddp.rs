@@ -34,6 +34,16 @@ impl Default for DdpOptions {
     }
 }
 
+/// The communication of one backward, as c10d's reducer timed it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DdpTiming {
+    /// Wall seconds from the first bucket's all-reduce start to the last one's end.
+    pub comm_seconds: f64,
+    /// The part of `comm_seconds` after backward's own computation had ended: what the step
+    /// waited for (the rest was hidden behind backward).
+    pub exposed_seconds: f64,
+}
+
 /// c10d::Reducer bound to a process group and a list of parameters.
 pub struct DdpReducer {
     raw: Reducer,
@@ -81,5 +91,15 @@ impl DdpReducer {
     pub fn backward(&self, loss: &Tensor) -> Result<()> {
         self.prepare_for_backward(loss)?;
         loss.f_backward().with_context(|| self.failure.clone())
+    }
+
+    /// The last prepared backward's all-reduce time (c10d's DDP timer, read through its
+    /// logger; on CUDA it waits for the backward's events). Not added to the group's
+    /// [`super::CommStats`]: the overlapped part is not time the caller spent waiting.
+    pub fn last_timing(&self) -> Result<DdpTiming> {
+        let (comm, overlap) = self.raw.last_timing().context("DDP reducer: reading its timer")?;
+        let comm = comm.unwrap_or(0) as f64 * 1e-9;
+        let overlap = overlap.unwrap_or(0) as f64 * 1e-9;
+        Ok(DdpTiming { comm_seconds: comm, exposed_seconds: (comm - overlap).max(0.0) })
     }
 }

@@ -1,8 +1,8 @@
 //! One rank's process group: rendezvous, backend choice, collectives and their timing.
 use super::env::DistEnv;
+pub use crate::config::BackendChoice;
 use anyhow::{bail, Context, Result};
 use std::cell::Cell;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 use tch::{Device, Tensor};
 
@@ -10,28 +10,6 @@ use tch::{Device, Tensor};
 pub(super) use crate::ffi::dist::{Backend, GlooDevice, Reducer, ReducerLayout, Store, Work};
 #[cfg(not(flowzoo_dist))]
 pub(super) use super::off::{Backend, GlooDevice, Reducer, ReducerLayout, Store, Work};
-
-/// `train.backend`: which c10d backend carries the collectives.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum BackendChoice {
-    /// NCCL when the training device is CUDA, Gloo on the CPU (what PyTorch users pick).
-    #[default]
-    Auto,
-    Gloo,
-    Nccl,
-}
-
-impl FromStr for BackendChoice {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "auto" => Ok(BackendChoice::Auto),
-            "gloo" => Ok(BackendChoice::Gloo),
-            "nccl" => Ok(BackendChoice::Nccl),
-            _ => bail!("unknown distributed backend {s:?}: use auto, gloo or nccl"),
-        }
-    }
-}
 
 /// The backend a group actually runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -39,7 +39,7 @@ mod off;
 mod sampler;
 
 pub use buckets::{BucketOptions, GradBuckets};
-pub use ddp::{DdpOptions, DdpReducer};
+pub use ddp::{DdpOptions, DdpReducer, DdpTiming};
 pub use env::DistEnv;
 pub use group::{BackendChoice, BackendKind, CommStats, DistOptions, ProcessGroup};
 pub use sampler::{shard_order, DistributedSampler};

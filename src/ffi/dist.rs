@@ -90,6 +90,7 @@ mod sys {
             n_buckets: *mut usize,
         ) -> *mut c_char;
         pub fn fzdist_reducer_prepare(r: *mut c_void, loss: *mut c_void) -> *mut c_char;
+        pub fn fzdist_reducer_timing(r: *mut c_void, comm_ns: *mut i64, overlap_ns: *mut i64) -> *mut c_char;
         pub fn fzdist_reducer_free(r: *mut c_void);
         pub fn fzdist_work_wait(w: *mut c_void) -> *mut c_char;
         pub fn fzdist_work_free(w: *mut c_void);
@@ -320,6 +321,16 @@ impl Reducer {
     /// Arms the gradient hooks for the backward that will start from `loss`.
     pub fn prepare_for_backward(&self, loss: &Tensor) -> Result<()> {
         check(unsafe { sys::fzdist_reducer_prepare(self.0, tensor_ptr(loss)) })
+    }
+
+    /// The last backward's communication as the reducer's timer saw it, in nanoseconds:
+    /// (first bucket's all-reduce start to the last one's end, the part of that before
+    /// backward's computation ended); `None` where the timer recorded no value.
+    pub fn last_timing(&self) -> Result<(Option<i64>, Option<i64>)> {
+        let (mut comm, mut overlap) = (-1i64, -1i64);
+        check(unsafe { sys::fzdist_reducer_timing(self.0, &mut comm, &mut overlap) })?;
+        let known = |v: i64| (v >= 0).then_some(v);
+        Ok((known(comm), known(overlap)))
     }
 }
 

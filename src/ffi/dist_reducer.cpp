@@ -9,6 +9,7 @@
 #include "dist_common.h"
 
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#include <torch/csrc/distributed/c10d/logger.hpp>
 #include <torch/csrc/distributed/c10d/reducer.hpp>
 
 #include <algorithm>
@@ -19,8 +20,16 @@ namespace {
 
 struct FzReducer {
   c10::intrusive_ptr<c10d::ProcessGroup> group;
-  std::unique_ptr<c10d::Reducer> reducer;
+  std::shared_ptr<c10d::Reducer> reducer;
+  // DDP's logger: the only public reader of the reducer's timer (when the first bucket's
+  // all-reduce started, when backward's computation ended, when the last all-reduce ended).
+  std::shared_ptr<c10d::Logger> logger;
 };
+
+int64_t logged(const at::DDPLoggingData& data, const char* key) {
+  auto it = data.ints_map.find(key);
+  return it == data.ints_map.end() ? -1 : it->second;
+}
 
 }  // namespace
 
@@ -71,12 +80,17 @@ char* fzdist_reducer_new(void* store, void* backend, int rank, int size, int is_
   std::reverse(buckets.begin(), buckets.end());
   auto fz = std::make_unique<FzReducer>();
   fz->group = group;
-  fz->reducer = std::make_unique<c10d::Reducer>(
+  fz->reducer = std::make_shared<c10d::Reducer>(
       tensors, buckets, group, sparse, bucket_bytes,
       /*find_unused_parameters=*/false, as_bucket_view != 0,
       std::unordered_map<size_t, std::string>{}, first_bucket_bytes,
       /*skip_all_reduce_unused_params=*/false, /*use_python_reducer=*/false,
       std::vector<int64_t>{});
+  // Time every iteration (DDP samples the first 10, then every 100th): the trainer reports
+  // the all-reduce time of each step.
+  fz->reducer->set_ddp_runtime_logging_sample_rate(1);
+  fz->logger = std::make_shared<c10d::Logger>(fz->reducer);
+  fz->reducer->set_logger(fz->logger);
   *n_buckets = buckets.size();
   *out = fz.release();
   FZDIST_CATCH
@@ -89,15 +103,37 @@ char* fzdist_reducer_prepare(void* reducer, void* loss) {
   if (reducer == nullptr || loss == nullptr) {
     throw std::runtime_error("null argument");
   }
-  static_cast<FzReducer*>(reducer)->reducer->prepare_for_backward(
-      {*static_cast<at::Tensor*>(loss)});
+  auto& r = *static_cast<FzReducer*>(reducer)->reducer;
+  // DDP's forward calls this (it counts iterations and starts the iteration's timer); we have
+  // no wrapped forward, so it is called here, just before backward.
+  r.prepare_for_forward();
+  r.prepare_for_backward({*static_cast<at::Tensor*>(loss)});
+  FZDIST_CATCH
+}
+
+// The last backward's communication, from the reducer's timer, in nanoseconds: `comm_ns` from
+// the first bucket's all-reduce start to the last one's end, `overlap_ns` the part of it
+// before backward's own computation ended. -1 where the timer has no value.
+char* fzdist_reducer_timing(void* reducer, int64_t* comm_ns, int64_t* overlap_ns) {
+  FZDIST_TRY
+  if (reducer == nullptr || comm_ns == nullptr || overlap_ns == nullptr) {
+    throw std::runtime_error("null argument");
+  }
+  auto* fz = static_cast<FzReducer*>(reducer);
+  fz->logger->set_runtime_stats_and_log();
+  at::DDPLoggingData data = fz->logger->get_ddp_logging_data();
+  *comm_ns = logged(data, "backward_comm_time");
+  *overlap_ns = logged(data, "backward_compute_comm_overlap_time");
   FZDIST_CATCH
 }
 
 // ~Reducer is noexcept(false): never let it throw across the C boundary.
 void fzdist_reducer_free(void* reducer) {
   try {
-    delete static_cast<FzReducer*>(reducer);
+    auto* fz = static_cast<FzReducer*>(reducer);
+    // The logger first (it reads the reducer in its destructor), then the reducer.
+    fz->logger.reset();
+    delete fz;
   } catch (...) {
   }
 }

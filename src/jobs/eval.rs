@@ -2,7 +2,7 @@
 //! tensors already in model space, or on CSV rows.
 use super::inputs::read_tensor_spec;
 use crate::config::Header;
-use crate::data::load_image_folder;
+use crate::data::load_evaluation_images;
 use crate::data::tabular::{load_table, split_table};
 use crate::session::{Scores, Session};
 use anyhow::{bail, Context, Result};
@@ -13,7 +13,8 @@ use tch::{Kind, Tensor};
 /// What to score and how.
 #[derive(Clone, Debug, Default)]
 pub struct EvalOptions<'a> {
-    /// A folder of images (its `test/` when it has `train/` and `test/`) or a tabular file.
+    /// Images ([`load_evaluation_images`]: a folder, its `test/` when it has `train/` and
+    /// `test/`, an IDX folder's test part, an IDX file, one image) or a tabular file.
     pub data: Option<&'a Path>,
     /// `FILE.safetensors:KEY`: points already in model space (no noise added).
     pub tensors: Option<&'a str>,
@@ -79,23 +80,21 @@ pub fn evaluate(sess: &Session, opts: &EvalOptions) -> Result<EvalReport> {
     Ok(EvalReport::Images { what, scores: sess.score_pixels(&images, &labels, opts.draws, opts.batch, opts.seed)? })
 }
 
-/// The images `eval` scores: `data` (its `test/` if split) or the run's own test split; with
-/// their labels and a description.
+/// The images `eval` scores: those at `data` ([`load_evaluation_images`]) or the run's own
+/// test split; with their labels and a description.
 pub fn eval_images(sess: &Session, data: Option<&Path>) -> Result<(Tensor, Tensor, String)> {
     let cfg = &sess.cfg.data;
     match data {
         Some(dir) => {
-            let test = dir.join("test");
-            let root = if test.is_dir() && dir.join("train").is_dir() { test } else { dir.to_path_buf() };
             // A model without classes scores any folder; a conditional one needs its classes.
-            let (set, _) = load_image_folder(&root, cfg, Some(&sess.classes)).or_else(|e| {
+            let (set, _, _, what) = load_evaluation_images(dir, cfg, Some(&sess.classes)).or_else(|e| {
                 if sess.model.n_classes().is_none() {
-                    load_image_folder(&root, cfg, None)
+                    load_evaluation_images(dir, cfg, None)
                 } else {
                     Err(e)
                 }
             })?;
-            Ok((set.images, set.labels, root.display().to_string()))
+            Ok((set.images, set.labels, what))
         }
         None => {
             let path = sess.cfg.data_path().context("the run's own test split (pass --data DIR to score another folder)")?;

@@ -4,3 +4,4 @@
 pub mod eval;
 pub mod inputs;
 pub mod sample;
+pub mod vae;

@@ -34,7 +34,7 @@ pub struct Written {
 /// Draws and writes the samples `req` asks for.
 pub fn sample(sess: &Session, req: &SampleRequest) -> Result<Written> {
     if let Some(eps) = req.eps {
-        eps.expect_points(&[sess.model.dim()], "standard-normal noise (flowzoo's flat latent)")?;
+        eps.expect_points(&[sess.model.noise_dim()], "standard-normal noise (flowzoo's flat latent)")?;
     }
     let n = req.eps.map_or(req.n, |e| e.tensor.size()[0]);
     if n < 1 {

@@ -18,6 +18,7 @@ pub mod maf;
 pub mod nice;
 pub mod nsf;
 pub mod realnvp;
+pub mod vae;
 
 pub use ffjord::Ffjord;
 pub use glow::Glow;
@@ -25,6 +26,7 @@ pub use maf::Maf;
 pub use nsf::Nsf;
 pub use nice::Nice;
 pub use realnvp::{RealNvp, RealNvpImage};
+pub use vae::Vae;
 
 pub trait DensityModel: Send {
     /// The transform, data -> flat latent `[B, D]`.
@@ -68,8 +70,26 @@ pub trait DensityModel: Send {
 
     /// `n` samples at `temperature` (scales every prior's std), drawn from libtorch's generator.
     fn sample(&self, n: i64, temperature: f64, ctx: &Ctx, like: (Kind, tch::Device)) -> Result<Tensor> {
-        let eps = Tensor::f_randn([n, self.dim()], like)?.f_mul_scalar(temperature)?;
-        Ok(self.from_noise(&eps, ctx)?.0)
+        let eps = Tensor::f_randn([n, self.noise_dim()], like)?.f_mul_scalar(temperature)?;
+        self.sample_from_noise(&eps, ctx)
+    }
+
+    /// Size of the standard-normal noise one sample is made from: `dim()` for a flow, the
+    /// latent size for a VAE.
+    fn noise_dim(&self) -> i64 {
+        self.dim()
+    }
+
+    /// The sample made from standard-normal noise `[N, noise_dim()]` (already scaled by the
+    /// temperature): `from_noise` for a flow, the decoded prior draw for a VAE.
+    fn sample_from_noise(&self, eps: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        Ok(self.from_noise(eps, ctx)?.0)
+    }
+
+    /// A model with latent variables, whose `log_prob` is a lower bound (the ELBO of a VAE):
+    /// its importance weights. `None` for a flow, whose `log_prob` is exact.
+    fn latent_variable(&self) -> Option<&dyn LatentVariableModel> {
+        None
     }
 
     /// `n` reparameterised samples (gradients reach every parameter) with their log-density
@@ -95,6 +115,14 @@ pub trait DensityModel: Send {
         }
         Ok(())
     }
+}
+
+/// A model `p(x) = ∫ p(x | z) p(z) dz` with an approximate posterior `q(z | x)`.
+pub trait LatentVariableModel {
+    /// `log w_ij = log p(x_i, z_ij) − log q(z_ij | x_i)` for `k` draws `z_ij ~ q(· | x_i)` (from
+    /// libtorch's generator), `[B, k]`, in the units of `log_prob` (so `mean_j log w_ij` is
+    /// `log_prob`'s ELBO and `log mean_j exp(log w_ij)` the importance-weighted bound).
+    fn log_weights(&self, x: &Tensor, k: i64, ctx: &Ctx) -> Result<Tensor>;
 }
 
 /// A composition of the zoo over a fixed event shape: everything a model without behaviour of
@@ -154,6 +182,7 @@ pub fn build_for(cfg: &crate::config::Config, root: tch::nn::Path, info: &DataIn
         ("realnvp", DataKind::Tabular) => Ok(Box::new(RealNvp::build(root, cfg, &spec())?)),
         ("nice", DataKind::Tabular) => Ok(Box::new(Nice::build(root, cfg, &spec())?)),
         ("ffjord", DataKind::Tabular) => Ok(Box::new(Ffjord::build(root, cfg, &spec())?)),
+        ("vae", DataKind::Images) => Ok(Box::new(Vae::build(root, cfg)?)),
         // Conditional density estimation (a context from the data) is wired in later; the
         // models take a context size already.
         ("maf", DataKind::Tabular) => Ok(Box::new(Maf::build(root, cfg, &spec(), 0, false)?)),

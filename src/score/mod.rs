@@ -21,13 +21,15 @@
 pub mod complexity;
 pub mod measure;
 pub mod metrics;
+pub mod ood;
 pub mod report;
 pub mod stats;
 
 pub use complexity::png_complexity;
 pub use measure::{batch_typicality, measure_pixels, measure_rows, MeasureOptions, Measurements, NllUnit};
 pub use metrics::{auroc, average_precision, detection_metrics, fpr_at_tpr, DetectionMetrics};
-pub use report::{load_images_to_score, ood_paths, ood_report, score_measurements, score_path, OodReport, ScoreOptions, ScoreReport, ScoredInput};
+pub use ood::{ood_paths, ood_report, OodReport};
+pub use report::{score_measurements, score_path, ScoreOptions, ScoreReport, ScoredInput};
 pub use stats::{ensure_stats, stats_for_images, stats_for_rows, stats_for_run, ScoreStats, SplitStats, StatsOptions, Summary};
 
 use anyhow::{bail, Result};
@@ -63,7 +65,7 @@ impl ScoreKind {
             };
             for k in kinds {
                 if tabular && k == ScoreKind::Complexity {
-                    bail!("--score complexity is for images: a table row's bytes have no meaningful compressed length (use nll, typicality or all)");
+                    bail!("the complexity score is for images: a table row's bytes have no meaningful compressed length (use nll, typicality or all)");
                 }
                 if !out.contains(&k) {
                     out.push(k);

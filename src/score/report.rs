@@ -1,20 +1,17 @@
 //! Scoring what a user points at: a folder of images (or IDX files) or a table file, one row
-//! per input sorted most anomalous first and written with the `csv` crate; and the detection
-//! metrics of in-distribution against out-of-distribution inputs.
+//! per input sorted most anomalous first and written with the `csv` crate.
 //!
 //! Inputs are read by the same loaders as training ([`crate::data`]), with the run's
 //! `data.image_size`, `channels` and `bad_images` (bad files skipped and counted, or an error),
-//! or its columns and `bad_rows`. A folder with `train/` and `test/` is scored on `test/`, an
-//! IDX folder with both parts on its `t10k-*` part, as `flowzoo eval` does; any other folder
-//! whole.
-use super::{detection_metrics, measure_pixels, measure_rows, DetectionMetrics, MeasureOptions, Measurements, NllUnit, ScoreKind, ScoreStats};
-use crate::config::DataConfig;
-use crate::data::idx::{load_part, IdxFolder, IdxPart};
+//! or its columns and `bad_rows`. Which images of a path are scored is
+//! [`crate::data::load_evaluation_images`]'s rule, shared with `flowzoo eval`: a folder with
+//! `train/` and `test/` is scored on `test/`, an IDX folder with both parts on its `t10k-*`
+//! part, any other folder whole, an IDX file or one image file as it is.
+use super::{measure_pixels, measure_rows, MeasureOptions, Measurements, NllUnit, ScoreKind, ScoreStats};
+use crate::data::load_evaluation_images;
 use crate::data::tabular::load_table;
-use crate::data::{load_image_files, ImageSet, LoadReport};
 use crate::session::Session;
 use anyhow::{bail, Context, Result};
-use serde::ser::{SerializeMap, SerializeStruct};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
@@ -63,22 +60,38 @@ pub struct ScoreReport {
     pub dropped_rows: usize,
 }
 
-/// Scores measurements (ids in the same order) against a run's statistics, sorted.
-pub fn score_measurements(ids: Vec<String>, m: &Measurements, stats: &ScoreStats, opts: &ScoreOptions) -> Result<ScoreReport> {
+impl ScoreOptions {
+    /// Whether scoring needs the run's score statistics: typicality (the training mean) and
+    /// thresholds (the held-out quantiles) do, the raw nll and the complexity score do not.
+    pub fn needs_stats(&self) -> bool {
+        self.threshold_fpr.is_some() || self.kinds.contains(&ScoreKind::Typicality)
+    }
+}
+
+/// Scores measurements (ids in the same order) against a run's statistics, sorted. `stats`
+/// may be `None` when [`ScoreOptions::needs_stats`] says they are not needed.
+pub fn score_measurements(ids: Vec<String>, m: &Measurements, stats: Option<&ScoreStats>, opts: &ScoreOptions) -> Result<ScoreReport> {
     if ids.len() != m.len() {
         bail!("internal error: {} ids for {} measurements", ids.len(), m.len());
     }
     if opts.kinds.is_empty() {
         bail!("no score kinds chosen (use nll, typicality, complexity or all)");
     }
-    if stats.unit != m.unit {
-        bail!("the score statistics are in {}, the measurements in {}", stats.unit.as_str(), m.unit.as_str());
-    }
-    let mean = stats.train_nll_mean()?;
+    let mean = match stats {
+        Some(stats) => {
+            if stats.unit != m.unit {
+                bail!("the score statistics are in {}, the measurements in {}", stats.unit.as_str(), m.unit.as_str());
+            }
+            stats.train_nll_mean()?
+        }
+        None if opts.needs_stats() => bail!("typicality scores and thresholds need the run's score statistics"),
+        // Not read by nll and complexity.
+        None => f64::NAN,
+    };
     let per_kind = opts.kinds.iter().map(|&k| m.score(k, mean)).collect::<Result<Vec<_>>>()?;
-    let thresholds = match opts.threshold_fpr {
-        Some(fpr) => Some((fpr, opts.kinds.iter().map(|&k| stats.threshold_at_fpr(k, fpr)).collect::<Result<Vec<_>>>()?)),
-        None => None,
+    let thresholds = match (opts.threshold_fpr, stats) {
+        (Some(fpr), Some(stats)) => Some((fpr, opts.kinds.iter().map(|&k| stats.threshold_at_fpr(k, fpr)).collect::<Result<Vec<_>>>()?)),
+        _ => None,
     };
     let mut inputs: Vec<ScoredInput> = ids
         .into_iter()
@@ -130,29 +143,6 @@ impl ScoreReport {
     }
 }
 
-/// The images to score at `path` (see the module docs) and where each came from.
-pub fn load_images_to_score(path: &Path, cfg: &DataConfig) -> Result<(ImageSet, LoadReport, Vec<String>)> {
-    if path.is_file() {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if !name.contains("idx3-ubyte") {
-            bail!("{}: expected a folder of images or an IDX images file (*-idx3-ubyte[.gz])", path.display());
-        }
-        let labels = path.with_file_name(name.replace("images", "labels").replace("idx3", "idx1"));
-        let part = IdxPart { images: path.to_path_buf(), labels: labels.is_file().then_some(labels) };
-        let (set, sources) = load_part(&part, cfg, None)?;
-        let n = sources.len();
-        return Ok((set, LoadReport { loaded: n as usize, ..LoadReport::default() }, sources));
-    }
-    if let Some(IdxFolder { test: Some(test), .. }) = IdxFolder::find(path) {
-        let (set, sources) = load_part(&test, cfg, None)?;
-        let n = sources.len();
-        return Ok((set, LoadReport { loaded: n as usize, ..LoadReport::default() }, sources));
-    }
-    let (train, test) = (path.join("train"), path.join("test"));
-    let root = if train.is_dir() && test.is_dir() { test } else { path.to_path_buf() };
-    load_image_files(&root, cfg, None)
-}
-
 /// The rows to score in a table file, their ids, the id column's name and the rows dropped.
 fn load_rows_to_score(sess: &Session, path: &Path) -> Result<(Tensor, Vec<String>, &'static str, usize)> {
     let mut c = sess.cfg.data.clone();
@@ -168,83 +158,35 @@ fn load_rows_to_score(sess: &Session, path: &Path) -> Result<(Tensor, Vec<String
 }
 
 /// The inputs at a path, measured, with what the loader reported.
-struct MeasuredPath {
-    m: Measurements,
-    ids: Vec<String>,
-    id_column: &'static str,
-    skipped: Vec<(PathBuf, String)>,
-    dropped_rows: usize,
+pub(super) struct MeasuredPath {
+    pub m: Measurements,
+    pub ids: Vec<String>,
+    pub id_column: &'static str,
+    pub skipped: Vec<(PathBuf, String)>,
+    pub dropped_rows: usize,
 }
 
 /// Measures whatever is at `path` with the session's model: images (a folder, an IDX folder or
 /// file) for an image model, a table file for a tabular one.
-fn measure_path(sess: &Session, path: &Path, measure: &MeasureOptions, progress: &mut dyn FnMut(usize, usize)) -> Result<MeasuredPath> {
+pub(super) fn measure_path(sess: &Session, path: &Path, measure: &MeasureOptions, progress: &mut dyn FnMut(usize, usize)) -> Result<MeasuredPath> {
     if sess.is_tabular() {
         let (rows, ids, id_column, dropped_rows) = load_rows_to_score(sess, path)?;
         let m = measure_rows(sess, &rows, sess.cfg.data.uniform_noise, measure, progress)?;
         Ok(MeasuredPath { m, ids, id_column, skipped: vec![], dropped_rows })
     } else {
-        let (set, report, ids) = load_images_to_score(path, &sess.cfg.data)?;
+        let (set, report, ids, _) = load_evaluation_images(path, &sess.cfg.data, None)?;
         let m = measure_pixels(sess, &set.images, measure, progress)?;
         Ok(MeasuredPath { m, ids, id_column: "path", skipped: report.skipped, dropped_rows: 0 })
     }
 }
 
-/// Scores every input at `path` against the run's statistics (see [`ensure_stats`](super::ensure_stats)).
-pub fn score_path(sess: &Session, path: &Path, stats: &ScoreStats, opts: &ScoreOptions, progress: &mut dyn FnMut(usize, usize)) -> Result<ScoreReport> {
+/// Scores every input at `path` against the run's statistics (see
+/// [`ensure_stats`](super::ensure_stats); `None` when [`ScoreOptions::needs_stats`] is false).
+pub fn score_path(sess: &Session, path: &Path, stats: Option<&ScoreStats>, opts: &ScoreOptions, progress: &mut dyn FnMut(usize, usize)) -> Result<ScoreReport> {
     let mp = measure_path(sess, path, &opts.measure, progress)?;
     let mut report = score_measurements(mp.ids, &mp.m, stats, opts)?;
     report.id_column = mp.id_column;
     report.skipped = mp.skipped;
     report.dropped_rows = mp.dropped_rows;
     Ok(report)
-}
-
-/// Detection metrics of each score kind, in-distribution inputs as negatives and
-/// out-of-distribution inputs as positives. Serialises (`serde_json`) as exactly
-/// `{"n_in": N, "n_ood": M, "scores": {"nll": {"auroc": a, "auprc": p, "fpr95": f}, ...}}`,
-/// the kinds in the order asked for.
-#[derive(Clone, Debug, PartialEq)]
-pub struct OodReport {
-    pub n_in: usize,
-    pub n_ood: usize,
-    pub scores: Vec<(ScoreKind, DetectionMetrics)>,
-}
-
-impl serde::Serialize for OodReport {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        struct ByKind<'a>(&'a [(ScoreKind, DetectionMetrics)]);
-        impl serde::Serialize for ByKind<'_> {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-                let mut m = s.serialize_map(Some(self.0.len()))?;
-                for (k, v) in self.0 {
-                    m.serialize_entry(k.name(), v)?;
-                }
-                m.end()
-            }
-        }
-        let mut st = s.serialize_struct("OodReport", 3)?;
-        st.serialize_field("n_in", &self.n_in)?;
-        st.serialize_field("n_ood", &self.n_ood)?;
-        st.serialize_field("scores", &ByKind(&self.scores))?;
-        st.end()
-    }
-}
-
-/// The metrics of measured in-distribution and out-of-distribution inputs.
-pub fn ood_report(stats: &ScoreStats, inliers: &Measurements, outliers: &Measurements, kinds: &[ScoreKind]) -> Result<OodReport> {
-    let mean = stats.train_nll_mean()?;
-    let scores = kinds
-        .iter()
-        .map(|&k| Ok((k, detection_metrics(&inliers.score(k, mean)?, &outliers.score(k, mean)?).with_context(|| format!("{} score", k.name()))?)))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(OodReport { n_in: inliers.len(), n_ood: outliers.len(), scores })
-}
-
-/// [`ood_report`] of the inputs at two paths (folders, IDX data or table files); `progress`
-/// counts each path's inputs in turn (in-distribution first).
-pub fn ood_paths(sess: &Session, in_path: &Path, ood_path: &Path, stats: &ScoreStats, kinds: &[ScoreKind], measure: &MeasureOptions, progress: &mut dyn FnMut(usize, usize)) -> Result<OodReport> {
-    let inliers = measure_path(sess, in_path, measure, progress).with_context(|| format!("in-distribution data {}", in_path.display()))?;
-    let outliers = measure_path(sess, ood_path, measure, progress).with_context(|| format!("out-of-distribution data {}", ood_path.display()))?;
-    ood_report(stats, &inliers.m, &outliers.m, kinds)
 }

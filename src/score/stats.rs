@@ -240,7 +240,7 @@ fn subset(n: usize, max: usize, seed: u64) -> Option<Vec<i64>> {
 /// Statistics of an image model on its training and held-out (test) images.
 pub fn stats_for_images(sess: &Session, train: &ImageSet, heldout: &ImageSet, opts: &StatsOptions) -> Result<ScoreStats> {
     let train_px = match subset(train.len() as usize, opts.max_train, opts.measure.seed as u64) {
-        Some(idx) => train.images.f_index_select(0, &Tensor::f_from_slice(&idx)?)?,
+        Some(idx) => train.images.f_index_select(0, &Tensor::f_from_slice(&idx)?.f_to_device(train.images.device())?)?,
         None => train.images.shallow_clone(),
     };
     if heldout.is_empty() {
@@ -255,7 +255,7 @@ pub fn stats_for_images(sess: &Session, train: &ImageSet, heldout: &ImageSet, op
 /// the run's `data.uniform_noise`.
 pub fn stats_for_rows(sess: &Session, train: &Tensor, heldout: &Tensor, noise: f64, opts: &StatsOptions) -> Result<ScoreStats> {
     let train = match subset(train.size()[0] as usize, opts.max_train, opts.measure.seed as u64) {
-        Some(idx) => train.f_index_select(0, &Tensor::f_from_slice(&idx)?)?,
+        Some(idx) => train.f_index_select(0, &Tensor::f_from_slice(&idx)?.f_to_device(train.device())?)?,
         None => train.shallow_clone(),
     };
     if heldout.size()[0] == 0 {
@@ -272,7 +272,8 @@ pub fn stats_for_rows(sess: &Session, train: &Tensor, heldout: &Tensor, noise: f
 pub fn stats_for_run(run: &RunDir, which: Checkpoint, device: Device, opts: &StatsOptions) -> Result<ScoreStats> {
     let sess = Session::open(run, which, device)?;
     let cfg = &sess.cfg;
-    let path = Path::new(&cfg.data.path);
+    let path = cfg.data_path().context("the run's own data, which its score statistics are computed on")?;
+    let path = path.as_path();
     let mut stats = match cfg.data.kind {
         DataKind::Images => {
             let (train, test, _) = load_split(path, &cfg.data, cfg.train.seed)?;

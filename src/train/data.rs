@@ -27,6 +27,31 @@ impl TrainData {
             TrainData::Tabular { .. } => vec![],
         }
     }
+    /// What identifies this data across processes (a distributed run checks that every rank
+    /// holds the same): the split sizes, the classes and a checksum of the training rows. The
+    /// checksum is integer arithmetic (pixel values, or the bit patterns of table values;
+    /// per-row sums weighted by the row's position, wrapping), so it is the same on any CPU.
+    pub(super) fn fingerprint(&self) -> Result<Vec<(String, String)>> {
+        let (rows, held_out) = match self {
+            TrainData::Images { train, test, .. } => (train.images.shallow_clone(), test.len()),
+            TrainData::Tabular { train, val, .. } => {
+                let bits = if train.kind() == Kind::Double { Kind::Int64 } else { Kind::Int };
+                (train.f_contiguous()?.f_view_dtype(bits)?, val.size()[0])
+            }
+        };
+        let n = rows.size()[0];
+        let dims: Vec<i64> = (1..rows.dim() as i64).collect();
+        let per_row = rows.f_sum_dim_intlist(Some(dims.as_slice()), false, Kind::Int64)?.f_to_device(Device::Cpu)?;
+        let weights = Tensor::f_arange(n, (Kind::Int64, Device::Cpu))?.f_add_scalar(1)?;
+        let checksum = per_row.f_mul(&weights)?.f_sum(Kind::Int64)?.f_int64_value(&[])?;
+        Ok(vec![
+            ("data.train_rows".into(), n.to_string()),
+            ("data.held_out_rows".into(), held_out.to_string()),
+            ("data.classes".into(), self.classes().join(",")),
+            ("data.train_checksum".into(), format!("{checksum:016x}")),
+        ])
+    }
+
     /// Model-space input and labels for the given rows (noise drawn from the global generator).
     pub(super) fn batch(&self, idx: &Tensor, device: Device) -> Result<(Tensor, Tensor)> {
         match self {

@@ -14,19 +14,23 @@ pub struct MetricsLog {
 }
 
 impl MetricsLog {
-    /// The columns of an image run (losses in bits/dim).
+    /// The columns of an image run (losses in bits/dim). `allreduce_ms` and `comm_wait_ms`
+    /// (distributed runs, empty in one process): per step, the gradient all-reduce's wall time
+    /// and the communication the step waited for (see `parallel::DataParallel::take_comm_ms`).
     pub const IMAGE_COLUMNS: &'static [&'static str] =
-        &["step", "lr", "train_bpd", "grad_norm", "test_bpd", "steps_per_s", "elapsed_s", "skipped_steps"];
+        &["step", "lr", "train_bpd", "grad_norm", "test_bpd", "steps_per_s", "elapsed_s", "skipped_steps", "allreduce_ms", "comm_wait_ms"];
     /// The columns of a tabular run (negative log-likelihoods in nats).
     pub const TABULAR_COLUMNS: &'static [&'static str] =
-        &["step", "lr", "train_nll", "grad_norm", "val_nll", "steps_per_s", "elapsed_s", "skipped_steps"];
+        &["step", "lr", "train_nll", "grad_norm", "val_nll", "steps_per_s", "elapsed_s", "skipped_steps", "allreduce_ms", "comm_wait_ms"];
 
     pub fn new(columns: &[&str]) -> MetricsLog {
         MetricsLog { columns: columns.iter().map(|c| c.to_string()).collect(), rows: vec![] }
     }
 
     /// The rows of `path` up to step `upto` (none when the file does not exist yet). The file
-    /// must have `columns`; a row whose step is not a number is an error naming its line.
+    /// must have `columns`, or their first ones (written before the last columns were added:
+    /// its rows get those fields empty); a row whose step is not a number is an error naming
+    /// its line.
     pub fn read(path: &Path, columns: &[&str], upto: i64) -> Result<MetricsLog> {
         let mut log = MetricsLog::new(columns);
         if !path.exists() {
@@ -34,15 +38,18 @@ impl MetricsLog {
         }
         let mut rdr = csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
         let header: Vec<String> = rdr.headers().with_context(|| format!("{}: line 1", path.display()))?.iter().map(str::to_string).collect();
-        if header != log.columns {
+        if header.is_empty() || header.len() > log.columns.len() || header[..] != log.columns[..header.len()] {
             bail!("{} has the columns {:?}, expected {:?}", path.display(), header, log.columns);
         }
+        let missing = log.columns.len() - header.len();
         for (i, rec) in rdr.records().enumerate() {
             let line = i + 2;
             let rec = rec.with_context(|| format!("{}: line {line}", path.display()))?;
             let step: i64 = rec.get(0).unwrap_or("").parse().with_context(|| format!("{}: line {line}: the step {:?} is not a number", path.display(), rec.get(0).unwrap_or("")))?;
             if step <= upto {
-                log.push(rec.iter().map(str::to_string).collect())?;
+                let mut row: Vec<String> = rec.iter().map(str::to_string).collect();
+                row.extend(std::iter::repeat_n(String::new(), missing));
+                log.push(row)?;
             }
         }
         Ok(log)
@@ -102,5 +109,10 @@ mod tests {
         let e = format!("{:#}", MetricsLog::read(&p, &["step", "other"], 10).unwrap_err());
         assert!(e.contains("columns") && e.contains("other"), "{e}");
         assert!(log.clone().push(vec!["1".into()]).is_err());
+        // A file from before the last column was added reads with that field empty.
+        let newer = ["step", "loss, nats", "say \"hi\"", "added"];
+        let back = MetricsLog::read(&p, &newer, 2).unwrap();
+        assert_eq!(back.rows[0], vec!["1", "0.5", "a,b", ""]);
+        assert!(MetricsLog::read(&p, &newer[..2], 2).is_err(), "a file with more columns than expected");
     }
 }

@@ -1,15 +1,20 @@
 //! Training, split by job: one optimisation step and checkpoints (`step.rs`), the data and its
 //! batch order (`data.rs`), the loop (`train_loop.rs`), the metrics file (`metrics.rs`), our own
-//! Adam (`optim.rs`, its state is saved) and the plots (`plot.rs`).
+//! Adam (`optim.rs`, its state is saved), the plots (`plot.rs`), the run's score statistics
+//! saved when training ends (`score_stats.rs`) and data-parallel training across processes
+//! (`parallel.rs`, over `crate::dist`).
 mod data;
 pub mod metrics;
 pub mod optim;
+pub mod parallel;
 pub mod plot;
+mod score_stats;
 pub mod step;
 pub mod train_loop;
 
 pub use metrics::MetricsLog;
 pub use optim::Adam;
+pub use parallel::DataParallel;
 pub use step::{StepOutcome, Trainer};
 pub use train_loop::{train, TrainOptions, TrainSummary};
 
@@ -29,4 +34,7 @@ pub(crate) mod streams {
     pub const SAMPLES: u64 = 5;
     /// The dequantisation noise of each step.
     pub const STEP_NOISE: u64 = 6;
+    /// What a rank of a distributed run draws inside its step, after the shared batch noise
+    /// (indexed by `step · world + rank`).
+    pub const RANK_STEP: u64 = 7;
 }

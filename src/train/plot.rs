@@ -19,12 +19,12 @@ fn register_font() {
     });
 }
 
-fn plot_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
+pub(crate) fn plot_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow::anyhow!("plotting: {e}")
 }
 
 /// Draws a `width × height` picture with `draw` and writes it to `path` as PNG, atomically.
-fn write_png(path: &Path, (width, height): (u32, u32), draw: impl FnOnce(&DrawingArea<BitMapBackend, Shift>) -> Result<()>) -> Result<()> {
+pub(crate) fn write_png(path: &Path, (width, height): (u32, u32), draw: impl FnOnce(&DrawingArea<BitMapBackend, Shift>) -> Result<()>) -> Result<()> {
     register_font();
     let mut buf = vec![0u8; (width * height * 3) as usize];
     {
@@ -83,10 +83,10 @@ fn heat(t: f64) -> RGBColor {
     RGBColor(c(0.8, 0.6, -0.4), c(-0.2, 0.4, 0.75), c(1.6, -2.6, 1.3))
 }
 
-type Chart2d<'a, 'b> = ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+pub(crate) type Chart2d<'a, 'b> = ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
 /// A chart over `x × y` with small tick labels, filling `area`.
-fn square_chart<'a, 'b>(area: &'a DrawingArea<BitMapBackend<'b>, Shift>, caption: &str, x: std::ops::Range<f64>, y: std::ops::Range<f64>) -> Result<Chart2d<'a, 'b>> {
+pub(crate) fn square_chart<'a, 'b>(area: &'a DrawingArea<BitMapBackend<'b>, Shift>, caption: &str, x: std::ops::Range<f64>, y: std::ops::Range<f64>) -> Result<Chart2d<'a, 'b>> {
     ChartBuilder::on(area)
         .caption(caption, ("sans-serif", 13))
         .margin(4)
@@ -96,61 +96,100 @@ fn square_chart<'a, 'b>(area: &'a DrawingArea<BitMapBackend<'b>, Shift>, caption
         .map_err(plot_err)
 }
 
+/// A square window around 2-D points: the central 99% of them, squared up, with a margin.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Window {
+    pub cx: f64,
+    pub cy: f64,
+    pub half: f64,
+}
+
+impl Window {
+    pub fn around(pts: &[(f64, f64)]) -> Window {
+        let mut xs: Vec<f64> = pts.iter().map(|p| p.0).collect();
+        let mut ys: Vec<f64> = pts.iter().map(|p| p.1).collect();
+        xs.sort_by(f64::total_cmp);
+        ys.sort_by(f64::total_cmp);
+        let q = |v: &[f64], f: f64| v[((v.len() - 1) as f64 * f) as usize];
+        let (cx, cy) = ((q(&xs, 0.005) + q(&xs, 0.995)) / 2.0, (q(&ys, 0.005) + q(&ys, 0.995)) / 2.0);
+        let half = ((q(&xs, 0.995) - q(&xs, 0.005)).max(q(&ys, 0.995) - q(&ys, 0.005)) / 2.0 * 1.15).max(1e-3);
+        Window { cx, cy, half }
+    }
+    pub fn x_range(&self) -> std::ops::Range<f64> {
+        (self.cx - self.half)..(self.cx + self.half)
+    }
+    pub fn y_range(&self) -> std::ops::Range<f64> {
+        (self.cy - self.half)..(self.cy + self.half)
+    }
+    /// The centres of a GRID × GRID grid of cells, row by row from the top, `[GRID², 2]` float64.
+    pub fn grid(&self) -> Result<Tensor> {
+        let cell = 2.0 * self.half / GRID as f64;
+        let lin = Tensor::f_arange(GRID, (Kind::Double, Device::Cpu))?.f_add_scalar(0.5)?.f_mul_scalar(cell)?;
+        let gx = lin.f_add_scalar(self.cx - self.half)?.f_repeat([GRID])?;
+        let gy = lin.f_add_scalar(self.cy - self.half)?.f_flip([0])?.f_repeat_interleave_self_int(GRID, Some(0), None)?;
+        Ok(Tensor::f_stack(&[gx, gy], 1)?)
+    }
+}
+
+/// `[N, 2]` points as pairs, the non-finite ones left out.
+pub(crate) fn finite_pairs(points: &Tensor) -> Result<Vec<(f64, f64)>> {
+    Ok(Vec::<f64>::try_from(&points.f_reshape([-1])?.f_to_kind(Kind::Double)?)?
+        .chunks(2)
+        .map(|p| (p[0], p[1]))
+        .filter(|p| p.0.is_finite() && p.1.is_finite())
+        .collect())
+}
+
+/// A scatter of `pts` (those inside the window) in `area`.
+pub(crate) fn draw_scatter(area: &DrawingArea<BitMapBackend, Shift>, caption: &str, w: Window, pts: &[(f64, f64)]) -> Result<()> {
+    let mut chart = square_chart(area, caption, w.x_range(), w.y_range())?;
+    chart.configure_mesh().x_labels(5).y_labels(5).label_style(("sans-serif", 10)).draw().map_err(plot_err)?;
+    let (xr, yr) = (w.x_range(), w.y_range());
+    let inside = |p: &&(f64, f64)| xr.contains(&p.0) && yr.contains(&p.1);
+    chart.draw_series(pts.iter().filter(inside).map(|&p| Circle::new(p, 1, RGBColor(20, 60, 160).filled()))).map_err(plot_err)?;
+    Ok(())
+}
+
+/// A heat map of `dens` (values at the cells of `w.grid()`, scaled by their finite maximum).
+pub(crate) fn draw_heat_map(area: &DrawingArea<BitMapBackend, Shift>, caption: &str, w: Window, dens: &[f64]) -> Result<()> {
+    let max = dens.iter().copied().filter(|v| v.is_finite()).fold(0.0, f64::max).max(1e-300);
+    let cell = 2.0 * w.half / GRID as f64;
+    let mut chart = square_chart(area, caption, w.x_range(), w.y_range())?;
+    chart.configure_mesh().x_labels(5).y_labels(5).label_style(("sans-serif", 10)).disable_mesh().draw().map_err(plot_err)?;
+    chart
+        .draw_series(dens.iter().enumerate().map(|(i, d)| {
+            let (col, row) = ((i as i64 % GRID) as f64, (i as i64 / GRID) as f64);
+            let x0 = w.cx - w.half + col * cell;
+            let y1 = w.cy + w.half - row * cell;
+            let t = if d.is_finite() { (d / max).clamp(0.0, 1.0) } else { 0.0 };
+            Rectangle::new([(x0, y1 - cell), (x0 + cell, y1)], heat(t).filled())
+        }))
+        .map_err(plot_err)?;
+    Ok(())
+}
+
+/// The learned density of a 2-D model at the cells of `w.grid()`.
+pub(crate) fn model_density(sess: &Session, w: Window) -> Result<Vec<f64>> {
+    let _g = tch::no_grad_guard();
+    let lp = sess.model.log_prob(&w.grid()?.f_to_kind(sess.kind())?.f_to_device(sess.device())?, &crate::flows::Ctx::eval())?;
+    Ok(Vec::<f64>::try_from(&lp.f_exp()?.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?)?)
+}
+
 /// A 2-D model: a scatter of `n` samples (left) beside a heat map of the learned density
 /// (right), over the same square window; 610 × 300 pixels.
 pub fn plot_2d_model(sess: &Session, path: &Path, n: i64, temperature: f64, seed: i64) -> Result<()> {
     if sess.model.dim() != 2 {
         bail!("a density plot needs a 2-D model; this one has {} dimensions", sess.model.dim());
     }
-    let samples = sess.sample_rows(n, temperature, seed)?;
-    let pts: Vec<(f64, f64)> = Vec::<f64>::try_from(&samples.f_reshape([-1])?)?
-        .chunks(2)
-        .map(|p| (p[0], p[1]))
-        .filter(|p| p.0.is_finite() && p.1.is_finite())
-        .collect();
+    let pts = finite_pairs(&sess.sample_rows(n, temperature, seed)?)?;
     if pts.is_empty() {
         bail!("all samples are non-finite");
     }
-    // Window: the central 99% of the samples, squared up, with a margin.
-    let mut xs: Vec<f64> = pts.iter().map(|p| p.0).collect();
-    let mut ys: Vec<f64> = pts.iter().map(|p| p.1).collect();
-    xs.sort_by(f64::total_cmp);
-    ys.sort_by(f64::total_cmp);
-    let q = |v: &[f64], f: f64| v[((v.len() - 1) as f64 * f) as usize];
-    let (cx, cy) = ((q(&xs, 0.005) + q(&xs, 0.995)) / 2.0, (q(&ys, 0.005) + q(&ys, 0.995)) / 2.0);
-    let half = ((q(&xs, 0.995) - q(&xs, 0.005)).max(q(&ys, 0.995) - q(&ys, 0.005)) / 2.0 * 1.15).max(1e-3);
-    let (x_range, y_range) = ((cx - half)..(cx + half), (cy - half)..(cy + half));
-    // The density at the centres of a GRID × GRID grid of cells, row by row from the top.
-    let cell = 2.0 * half / GRID as f64;
-    let lin = Tensor::f_arange(GRID, (Kind::Double, Device::Cpu))?.f_add_scalar(0.5)?.f_mul_scalar(cell)?;
-    let gx = lin.f_add_scalar(cx - half)?.f_repeat([GRID])?;
-    let gy = lin.f_add_scalar(cy - half)?.f_flip([0])?.f_repeat_interleave_self_int(GRID, Some(0), None)?;
-    let grid = Tensor::f_stack(&[gx, gy], 1)?;
-    let dens = {
-        let _g = tch::no_grad_guard();
-        let lp = sess.model.log_prob(&grid.f_to_kind(sess.kind())?.f_to_device(sess.device())?, &crate::flows::Ctx::eval())?;
-        Vec::<f64>::try_from(&lp.f_exp()?.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?)?
-    };
-    let max = dens.iter().copied().filter(|v| v.is_finite()).fold(0.0, f64::max).max(1e-300);
-
+    let w = Window::around(&pts);
+    let dens = model_density(sess, w)?;
     write_png(path, (610, 300), |root| {
         let areas = root.split_by_breakpoints([300, 310], [] as [u32; 0]);
-        let chart = |area, caption: &str| square_chart(area, caption, x_range.clone(), y_range.clone());
-        let mut left = chart(&areas[0], &format!("{} samples, T = {temperature}", pts.len()))?;
-        left.configure_mesh().x_labels(5).y_labels(5).label_style(("sans-serif", 10)).draw().map_err(plot_err)?;
-        let inside = |p: &&(f64, f64)| x_range.contains(&p.0) && y_range.contains(&p.1);
-        left.draw_series(pts.iter().filter(inside).map(|&p| Circle::new(p, 1, RGBColor(20, 60, 160).filled()))).map_err(plot_err)?;
-        let mut right = chart(&areas[2], "learned density")?;
-        right.configure_mesh().x_labels(5).y_labels(5).label_style(("sans-serif", 10)).disable_mesh().draw().map_err(plot_err)?;
-        right
-            .draw_series(dens.iter().enumerate().map(|(i, d)| {
-                let (col, row) = ((i as i64 % GRID) as f64, (i as i64 / GRID) as f64);
-                let x0 = cx - half + col * cell;
-                let y1 = cy + half - row * cell;
-                let t = if d.is_finite() { (d / max).clamp(0.0, 1.0) } else { 0.0 };
-                Rectangle::new([(x0, y1 - cell), (x0 + cell, y1)], heat(t).filled())
-            }))
-            .map_err(plot_err)?;
-        Ok(())
+        draw_scatter(&areas[0], &format!("{} samples, T = {temperature}", pts.len()), w, &pts)?;
+        draw_heat_map(&areas[2], "learned density", w, &dens)
     })
 }

@@ -25,6 +25,8 @@ pub struct Trainer {
     pub state: RunState,
     /// Consecutive non-finite steps so far.
     pub nonfinite_run: i64,
+    /// This process's part in a data-parallel run (`None`: training in one process).
+    pub parallel: Option<super::DataParallel>,
 }
 
 impl Trainer {
@@ -36,7 +38,7 @@ impl Trainer {
         let opt = Adam::new(params)?;
         let columns = sess.columns.clone();
         let state = RunState { classes, columns, flowzoo_version: env!("CARGO_PKG_VERSION").into(), ..RunState::default() };
-        Ok(Trainer { sess, opt, ema, state, nonfinite_run: 0 })
+        Ok(Trainer { sess, opt, ema, state, nonfinite_run: 0, parallel: None })
     }
 
     /// Restarts the EMA from the current weights (after the data-dependent initialisation).
@@ -67,9 +69,6 @@ impl Trainer {
     /// One step on a batch already in model space (dequantised). NaN/Inf in the loss or the
     /// gradients skips the update and counts it; `max_nonfinite` in a row is an error.
     pub fn train_step(&mut self, x: &Tensor, cond: Option<&Tensor>) -> Result<StepOutcome> {
-        let step = self.state.step;
-        let lr = self.lr_at(step);
-        self.opt.zero_grad();
         let lp = self.sess.model.log_prob(x, &self.sess.ctx_train(cond))?;
         let loss = if self.sess.is_tabular() {
             // mean negative log-likelihood, nats
@@ -80,9 +79,28 @@ impl Trainer {
             let n_bits = self.sess.cfg.data.n_bits as f64;
             lp.f_mean(Kind::Float)?.f_neg()?.f_div_scalar(dims * std::f64::consts::LN_2)?.f_add_scalar(n_bits)?
         };
-        loss.f_backward()?;
+        self.step_on_loss(&loss)
+    }
+
+    /// The update for a scalar `loss` whose graph reaches the parameters (any objective: the
+    /// likelihood of [`train_step`](Self::train_step), the reverse KL of `crate::vi`): backward,
+    /// the NaN/Inf check that skips and counts, clipping, Adam, EMA; the step counter advances.
+    pub fn step_on_loss(&mut self, loss: &Tensor) -> Result<StepOutcome> {
+        let step = self.state.step;
+        let lr = self.lr_at(step);
+        self.opt.zero_grad();
+        // Distributed: gradients and loss averaged over the ranks, so every rank takes the same
+        // update (or skips the same non-finite step).
+        match &mut self.parallel {
+            Some(p) => p.backward(loss, &self.opt, step)?,
+            None => loss.f_backward()?,
+        }
         let norm = self.opt.grad_norm()?;
-        let host = Vec::<f64>::try_from(Tensor::f_stack(&[loss.f_detach()?.f_to_kind(Kind::Double)?, norm.f_to_kind(Kind::Double)?], 0)?.f_to_device(Device::Cpu)?)?;
+        let mut loss_d = loss.f_detach()?.f_to_kind(Kind::Double)?;
+        if let Some(p) = &mut self.parallel {
+            loss_d = p.mean_loss(&loss_d)?;
+        }
+        let host = Vec::<f64>::try_from(Tensor::f_stack(&[loss_d, norm.f_to_kind(Kind::Double)?], 0)?.f_to_device(Device::Cpu)?)?;
         let (loss_v, norm_v) = (host[0], host[1]);
         self.state.step += 1;
         if !loss_v.is_finite() || !norm_v.is_finite() {

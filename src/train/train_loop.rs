@@ -4,14 +4,16 @@
 //! uninterrupted one would be.
 use super::data::{load_train_data, Batches, TrainData};
 use super::metrics::MetricsLog;
+use super::parallel::{rank_device, DataParallel};
 use super::{streams, StepOutcome, Trainer};
 use crate::config::Config;
+use crate::dist::DistEnv;
 use crate::io::png::save_grid;
 use crate::io::RunDir;
 use crate::models::DataInfo;
 use crate::rng::{derive_seed, seeded_permutation};
 use crate::session::Session;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -38,35 +40,69 @@ pub struct TrainSummary {
     pub unit: &'static str,
     /// Training stopped early (no better validation score for `patience` evaluations).
     pub stopped_early: bool,
+    /// This process's rank and the number of processes (0 and 1 without a distributed launch).
+    pub rank: usize,
+    pub world_size: usize,
 }
 
 /// Trains the model of `cfg` on its data, writing the run directory `opts.out`.
+///
+/// Launched by torchrun (its variables `MASTER_ADDR`, `MASTER_PORT`, `RANK`, `WORLD_SIZE` are
+/// set), this process is one rank of a data-parallel run (`super::parallel`): batch
+/// `train.batch_size` per rank, a CUDA device means `cuda:LOCAL_RANK`, and only rank 0 prints
+/// progress and writes the run directory.
 pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
     cfg.validate()?;
+    // The one switch between objectives: a reverse-KL run has a target density, not data, and
+    // is trained by `crate::vi::fit` (which shares the step and checkpoints of `Trainer`).
+    if cfg.train.objective == crate::config::Objective::ReverseKl {
+        bail!("train.objective = \"reverse_kl\" fits a target density, not data: use `flowzoo fit --target FILE.pt --dim D` (or flowzoo::vi::fit)");
+    }
     // The run records where its data was found (its config.toml then means the same data).
     let cfg = &cfg.with_resolved_data_path()?;
     let t_cfg = cfg.train.clone();
     crate::runtime::set_threads(t_cfg.threads)?;
     crate::runtime::apply_precision(t_cfg.precision)?;
-    let (mut data, columns, stats) = load_train_data(cfg, opts.verbose)?;
-    if opts.device.is_cuda() {
+    let launch = DistEnv::from_env()?;
+    let device = match &launch {
+        Some(env) => rank_device(env, opts.device)?,
+        None => opts.device,
+    };
+    let parallel = match &launch {
+        Some(env) => Some(DataParallel::connect(env, cfg, device)?),
+        None => None,
+    };
+    let (rank, world) = parallel.as_ref().map_or((0, 1), |p| (p.rank(), p.world()));
+    // Only rank 0 prints and writes; the others train in silence (errors still say where).
+    let writer = rank == 0;
+    let verbose = opts.verbose && writer;
+    let (mut data, columns, stats) = load_train_data(cfg, verbose)?;
+    let mut fingerprint = if parallel.is_some() { Some(data.fingerprint()?) } else { None };
+    if device.is_cuda() {
         // The decoded training set lives on the GPU (uint8 images are small), so a step never
         // waits on a host-to-device copy.
         match &mut data {
-            TrainData::Images { train, .. } => train.images = train.images.f_to_device(opts.device)?,
-            TrainData::Tabular { train, .. } => *train = train.f_to_kind(Kind::Float)?.f_to_device(opts.device)?,
+            TrainData::Images { train, .. } => train.images = train.images.f_to_device(device)?,
+            TrainData::Tabular { train, .. } => *train = train.f_to_kind(Kind::Float)?.f_to_device(device)?,
         }
     }
     let tabular = matches!(data, TrainData::Tabular { .. });
     let unit = if tabular { "nats (validation NLL)" } else { "bits/dim" };
-    let run = if opts.resume { RunDir::open(&opts.out)? } else { RunDir::create(&opts.out)? };
+    let run = match (opts.resume, writer) {
+        (true, _) => RunDir::open(&opts.out).with_context(|| resume_hint(rank))?,
+        (false, true) => RunDir::create(&opts.out)?,
+        // Never written to: every write below is rank 0's.
+        (false, false) => RunDir { path: opts.out.clone() },
+    };
     let classes = data.classes();
-    let sess = Session::new_for(cfg, DataInfo { classes: classes.clone(), columns }, opts.device)?;
+    let sess = Session::new_for(cfg, DataInfo { classes: classes.clone(), columns }, device)?;
     let n_params = sess.parameter_count();
     let mut tr = Trainer::new(sess, classes.clone())?;
-    let mut batches = Batches { seed: t_cfg.seed, batch: t_cfg.batch_size, n: data.len(), epoch: -1, perm: vec![] };
+    // W ranks with batch B together take the steps of one process with batch W·B.
+    let global_batch = t_cfg.batch_size * world as i64;
+    let mut batches = Batches { seed: t_cfg.seed, batch: global_batch, n: data.len(), epoch: -1, perm: vec![] };
     if opts.resume {
-        tr.load_checkpoint(&run)?;
+        tr.load_checkpoint(&run).with_context(|| resume_hint(rank))?;
         // Only a class-conditional model depends on the class list; tabular ones on the columns.
         if cfg.model.conditional && tr.state.classes != classes {
             bail!("--resume: the data's classes {classes:?} differ from the run's {:?}", tr.state.classes);
@@ -74,43 +110,79 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
         if tr.state.columns != tr.sess.columns {
             bail!("--resume: the data's columns {:?} differ from the run's {:?}", tr.sess.columns, tr.state.columns);
         }
-        if opts.verbose {
+        if verbose {
             eprintln!("resuming {} at step {}", run.path.display(), tr.state.step);
         }
+        if let (Some(p), Some(f)) = (&parallel, fingerprint.take()) {
+            p.check_consistent(cfg, &tr, f)?;
+        }
     } else {
+        if let (Some(p), Some(f)) = (&parallel, fingerprint.take()) {
+            p.check_consistent(cfg, &tr, f)?;
+        }
         if let Some((mean, std)) = &stats {
             tr.sess.set_standardization(mean, std)?;
         }
-        // Data-dependent initialisation (ActNorm) on one seeded batch of up to 512 rows.
-        let n = data.len().min(t_cfg.batch_size.max(512));
+        // Data-dependent initialisation (ActNorm) on one seeded batch of up to 512 rows (or
+        // the whole batch of all ranks): every rank of a distributed run draws the same one.
+        let n = data.len().min(global_batch.max(512));
         let idx = Tensor::f_from_slice(&seeded_permutation(data.len() as usize, derive_seed(t_cfg.seed, streams::INIT_BATCH, 0) as u64)[..n as usize])?;
         tch::manual_seed(derive_seed(t_cfg.seed, streams::INIT_NOISE, 0));
-        let (x, labels) = data.batch(&idx, opts.device)?;
+        let (x, labels) = data.batch(&idx, device)?;
         let cond = tr.sess.one_hot(&labels)?;
         tr.data_init(&x, cond.as_ref())?;
+    }
+    if let Some(p) = &parallel {
+        p.broadcast_from_rank0(&tr, opts.resume)?;
+    }
+    if !opts.resume {
         tr.reset_ema();
     }
-    run.save_config(cfg)?;
-    if opts.verbose {
-        eprintln!("{} | {} parameters | device {:?}", tr.sess.model.describe(), n_params, opts.device);
+    tr.parallel = parallel;
+    if writer {
+        run.save_config(cfg)?;
+    }
+    if verbose {
+        eprintln!("{} | {} parameters | device {:?}", tr.sess.model.describe(), n_params, device);
+        if let Some(p) = &tr.parallel {
+            eprintln!("{}", p.describe(t_cfg.batch_size));
+        }
     }
 
     let columns = if tabular { MetricsLog::TABULAR_COLUMNS } else { MetricsLog::IMAGE_COLUMNS };
-    let mut metrics = MetricsLog::read(&run.metrics_path(), columns, tr.state.step)?;
-    let eval_seed = derive_seed(t_cfg.seed, streams::EVAL, 0);
+    let mut metrics = if writer { MetricsLog::read(&run.metrics_path(), columns, tr.state.step)? } else { MetricsLog::new(columns) };
+    // Each rank of a distributed run scores its share with its own noise seed (rank 0's is
+    // a single process's); the sums are all-reduced.
+    let eval_seed = derive_seed(t_cfg.seed, streams::EVAL, rank as i64);
     // Lower is better: test bits/dim (images) or validation NLL in nats (tabular).
     let evaluate = |tr: &Trainer| -> Result<f64> {
-        match &data {
-            TrainData::Images { test, .. } if test.is_empty() => Ok(f64::NAN),
-            TrainData::Images { test, .. } => tr.with_eval_weights(|s| {
-                Ok(s.score_pixels(&test.images, &test.labels, t_cfg.eval_draws, 256, eval_seed)?.mean_bpd())
-            }),
-            TrainData::Tabular { val, .. } if val.size()[0] == 0 => Ok(f64::NAN),
-            TrainData::Tabular { val, noise, .. } => tr.with_eval_weights(|s| {
-                let lp = s.score_rows(val, *noise, t_cfg.eval_draws, 1024, eval_seed)?;
-                Ok(-lp.iter().sum::<f64>() / lp.len() as f64)
-            }),
+        let n = match &data {
+            TrainData::Images { test, .. } => test.len(),
+            TrainData::Tabular { val, .. } => val.size()[0],
+        };
+        let (start, len) = tr.parallel.as_ref().map_or((0, n), |p| p.eval_share(n));
+        if let Some(p) = &tr.parallel {
+            p.sync_buffers(&tr.sess)?;
         }
+        let (sum, count) = match &data {
+            _ if len == 0 => (0.0, 0.0),
+            TrainData::Images { test, .. } => tr.with_eval_weights(|s| {
+                let (px, labels) = (test.images.f_narrow(0, start, len)?, test.labels.f_narrow(0, start, len)?);
+                Ok((s.score_pixels(&px, &labels, t_cfg.eval_draws, 256, eval_seed)?.bpd.iter().sum::<f64>(), len as f64))
+            })?,
+            TrainData::Tabular { val, noise, .. } => tr.with_eval_weights(|s| {
+                let lp = s.score_rows(&val.f_narrow(0, start, len)?, *noise, t_cfg.eval_draws, 1024, eval_seed)?;
+                Ok((-lp.iter().sum::<f64>(), len as f64))
+            })?,
+        };
+        let (sum, count) = match &tr.parallel {
+            Some(p) => match p.sum_over_ranks(&[sum, count])?[..] {
+                [s, c] => (s, c),
+                _ => bail!("internal error: the evaluation sums came back with another length"),
+            },
+            None => (sum, count),
+        };
+        Ok(if count == 0.0 { f64::NAN } else { sum / count })
     };
     let write_samples = |tr: &Trainer, name: &str| -> Result<()> {
         if tabular {
@@ -125,7 +197,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
     };
 
     let start_step = tr.state.step;
-    let bar = if opts.verbose { ProgressBar::new(t_cfg.max_steps as u64) } else { ProgressBar::hidden() };
+    let bar = if verbose { ProgressBar::new(t_cfg.max_steps as u64) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}, {per_sec}]")
             .expect("static template"),
@@ -142,7 +214,12 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
         let step = tr.state.step;
         let idx = batches.at(step)?;
         tch::manual_seed(derive_seed(t_cfg.seed, streams::STEP_NOISE, step));
-        let (x, labels) = data.batch(&idx, opts.device)?;
+        let (x, labels) = data.batch(&idx, device)?;
+        // Distributed: this rank's rows of the batch of all ranks (same rows, same noise).
+        let (x, labels) = match &tr.parallel {
+            Some(p) => p.shard_batch(&x, &labels, step, t_cfg.seed)?,
+            None => (x, labels),
+        };
         let cond = tr.sess.one_hot(&labels)?;
         match tr.train_step(&x, cond.as_ref())? {
             StepOutcome::Updated { loss, grad_norm } => {
@@ -151,7 +228,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
                 window.2 += 1;
             }
             StepOutcome::Skipped { loss, grad_norm } => {
-                log(&bar, format!("step {}: non-finite loss {loss} / gradient norm {grad_norm}: update skipped", step + 1));
+                log(&bar, writer, format!("step {}: non-finite loss {loss} / gradient norm {grad_norm}: update skipped", step + 1));
             }
         }
         let done = tr.state.step;
@@ -163,7 +240,9 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
             eval_field = format!("{last_eval:.6}");
             if last_eval.is_finite() && tr.state.best_test_bpd.is_none_or(|b| last_eval < b) {
                 if tr.sess.non_finite_variables().is_empty() {
-                    tr.with_eval_weights(|s| s.save_weights(&run.best_path(), done))?;
+                    if writer {
+                        tr.with_eval_weights(|s| s.save_weights(&run.best_path(), done))?;
+                    }
                     tr.state.best_test_bpd = Some(last_eval);
                     tr.state.best_step = Some(done);
                 }
@@ -173,11 +252,11 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
                     if (done - best_step) / t_cfg.eval_every >= t_cfg.patience && !last {
                         stopped_early = true;
                         last = true;
-                        log(&bar, format!("early stop at step {done}: no better validation score for {} evaluations (best at step {best_step})", t_cfg.patience));
+                        log(&bar, writer, format!("early stop at step {done}: no better validation score for {} evaluations (best at step {best_step})", t_cfg.patience));
                     }
                 }
             }
-            if !is_tty && opts.verbose {
+            if !is_tty && verbose {
                 eprintln!(
                     "step {done}/{}: train {:.4} {short}, {} {last_eval:.4} {short} (best {:.4} at step {})",
                     t_cfg.max_steps,
@@ -192,6 +271,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
             let dt = last_log.0.elapsed().as_secs_f64();
             let sps = (done - last_log.1) as f64 / dt.max(1e-9);
             let train_loss = window.0 / window.2.max(1) as f64;
+            let comm = tr.parallel.as_mut().and_then(|p| p.take_comm_ms());
             metrics.push(vec![
                 done.to_string(),
                 format!("{:.6e}", tr.lr_at(step)),
@@ -201,15 +281,18 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
                 format!("{sps:.3}"),
                 format!("{:.2}", tr.state.train_seconds + t0.elapsed().as_secs_f64()),
                 tr.state.skipped_steps.to_string(),
+                comm.map_or(String::new(), |c| format!("{:.3}", c.0)),
+                comm.map_or(String::new(), |c| format!("{:.3}", c.1)),
             ])?;
-            bar.set_message(format!("loss {train_loss:.3} {short} | eval {last_eval:.3} | {sps:.1} steps/s"));
+            let comm_msg = comm.map_or(String::new(), |(all, wait)| format!(" | all-reduce {all:.1} ms (waited {wait:.1})"));
+            bar.set_message(format!("loss {train_loss:.3} {short} | eval {last_eval:.3} | {sps:.1} steps/s{comm_msg}"));
             window = (0.0, 0.0, 0);
             last_log = (Instant::now(), done);
         }
-        if last || (t_cfg.sample_every > 0 && done % t_cfg.sample_every == 0) {
+        if writer && (last || (t_cfg.sample_every > 0 && done % t_cfg.sample_every == 0)) {
             write_samples(&tr, &format!("step_{done:07}.png"))?;
         }
-        if last || (t_cfg.checkpoint_every > 0 && done % t_cfg.checkpoint_every == 0) {
+        if writer && (last || (t_cfg.checkpoint_every > 0 && done % t_cfg.checkpoint_every == 0)) {
             let elapsed = t0.elapsed().as_secs_f64();
             tr.state.train_seconds += elapsed;
             let saved = tr.save_checkpoint(&run);
@@ -220,7 +303,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
             let title = if tabular { "negative log-likelihood (nats)" } else { "bits/dim" };
             let eval_label = if tabular { "validation" } else { "test" };
             if let Err(e) = super::plot::plot_curves(&run.path.join("curves.png"), title, eval_label, &a, &b) {
-                log(&bar, format!("warning: could not draw curves.png: {e}"));
+                log(&bar, writer, format!("warning: could not draw curves.png: {e}"));
             }
         }
         bar.set_position(done as u64);
@@ -231,11 +314,14 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
     bar.finish_and_clear();
     let elapsed = t0.elapsed().as_secs_f64();
     tr.state.train_seconds += elapsed;
-    write_samples(&tr, "final.png")?;
-    run.save_state(&tr.state)?;
-    metrics.write(&run.metrics_path())?;
+    if writer {
+        write_samples(&tr, "final.png")?;
+        run.save_state(&tr.state)?;
+        metrics.write(&run.metrics_path())?;
+        super::score_stats::save_score_stats(&run, &data, opts.device, opts.verbose);
+    }
     let steps = tr.state.step - start_step;
-    Ok(TrainSummary {
+    let summary = TrainSummary {
         steps: tr.state.step,
         final_eval: if last_eval.is_nan() { evaluate(&tr)? } else { last_eval },
         best_eval: tr.state.best_test_bpd.unwrap_or(f64::NAN),
@@ -245,11 +331,30 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
         skipped_steps: tr.state.skipped_steps,
         unit,
         stopped_early,
-    })
+        rank,
+        world_size: world,
+    };
+    // Every rank returns once rank 0 has written the whole run directory.
+    if let Some(p) = &tr.parallel {
+        p.barrier().context("the final barrier (rank 0 writes the run directory meanwhile)")?;
+    }
+    Ok(summary)
 }
 
-/// A line above the progress bar on a terminal, on stderr otherwise.
-fn log(bar: &ProgressBar, msg: String) {
+/// What `--resume` needs of every rank, named when a rank cannot read the checkpoint.
+fn resume_hint(rank: usize) -> String {
+    if rank == 0 {
+        "--resume".into()
+    } else {
+        format!("--resume on rank {rank}: every rank loads the checkpoint, so the run directory must be readable at the same path on every machine (a shared filesystem, or a copy)")
+    }
+}
+
+/// A line above the progress bar on a terminal, on stderr otherwise (rank 0's only: `say`).
+fn log(bar: &ProgressBar, say: bool, msg: String) {
+    if !say {
+        return;
+    }
     if bar.is_hidden() {
         eprintln!("{msg}");
     } else {

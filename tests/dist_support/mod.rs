@@ -97,3 +97,82 @@ pub fn child_timeout_env(ms: &str) -> [(&'static str, String); 1] {
 pub fn seconds_to_error(out: &str) -> f64 {
     out.split("FZ-ERROR after ").nth(1).and_then(|s| s.split(' ').next()).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no timing in:\n{out}"))
 }
+
+/// A `flowzoo` process (the binary under test) with stdout and stderr in files of `dir`.
+pub struct Proc {
+    pub child: std::process::Child,
+    pub log: std::path::PathBuf,
+}
+
+impl Proc {
+    /// What it printed so far (stdout then stderr).
+    pub fn output(&self) -> String {
+        let out = std::fs::read_to_string(self.log.with_extension("out")).unwrap_or_default();
+        let err = std::fs::read_to_string(self.log.with_extension("err")).unwrap_or_default();
+        format!("{out}{err}")
+    }
+}
+
+/// `flowzoo ARGS` as rank `rank` of `world` at `127.0.0.1:port` (rank 0 hosts the store, as
+/// in a launch by hand), Gloo on loopback.
+pub fn spawn_flowzoo_rank(dir: &std::path::Path, port: u16, rank: usize, world: usize, args: &[String]) -> Proc {
+    let log = dir.join(format!("rank{rank}-{port}"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowzoo"));
+    cmd.args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .env("RANK", rank.to_string())
+        .env("WORLD_SIZE", world.to_string())
+        .env("LOCAL_RANK", rank.to_string())
+        .env("GLOO_SOCKET_IFNAME", "lo")
+        .env_remove("TORCHELASTIC_USE_AGENT_STORE")
+        .stdout(std::fs::File::create(log.with_extension("out")).unwrap())
+        .stderr(std::fs::File::create(log.with_extension("err")).unwrap());
+    Proc { child: cmd.spawn().expect("start flowzoo"), log }
+}
+
+/// Waits for every process (killing all of them and failing after `limit`); their exit
+/// statuses and outputs.
+pub fn wait_procs(mut procs: Vec<Proc>, limit: Duration) -> Vec<(std::process::ExitStatus, String)> {
+    let t0 = std::time::Instant::now();
+    let mut status: Vec<Option<std::process::ExitStatus>> = procs.iter().map(|_| None).collect();
+    while status.iter().any(Option::is_none) {
+        for (p, s) in procs.iter_mut().zip(status.iter_mut()) {
+            if s.is_none() {
+                *s = p.child.try_wait().unwrap();
+            }
+        }
+        if t0.elapsed() > limit {
+            let outs: Vec<String> = procs.iter().map(Proc::output).collect();
+            for p in &mut procs {
+                let _ = p.child.kill();
+                let _ = p.child.wait();
+            }
+            panic!("ranks still running after {limit:?} (a hang):\n{}", outs.join("\n---\n"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    procs.iter().zip(status).map(|(p, s)| (s.unwrap(), p.output())).collect()
+}
+
+/// torchrun from the venv (first on PATH under `make test`), if there is one.
+pub fn torchrun() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join("torchrun")).find(|p| p.is_file())
+}
+
+/// In a build without distributed support, `flowzoo train` under torchrun's variables must say
+/// so (and how to get it): true when that was checked (the caller's test has nothing else to do).
+pub fn train_without_support_says_so() -> bool {
+    if dist::AVAILABLE {
+        return false;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let args: Vec<String> = ["train", "--config", "configs/glow_digits.toml", "--out"].iter().map(|s| s.to_string()).chain([d.path().join("run").display().to_string()]).collect();
+    let outs = wait_procs(vec![spawn_flowzoo_rank(d.path(), free_port(), 0, 2, &args)], Duration::from_secs(60));
+    let (status, out) = &outs[0];
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(out.contains("launched as rank 0 of 2") && out.contains("no distributed support") && out.contains("libgloo-dev"), "{out}");
+    true
+}
