@@ -96,7 +96,7 @@ fn every_family_inverts_with_exact_log_dets() {
 fn conditional_models_depend_on_their_context() {
     // Seeded draws: tests that use libtorch's global generator take turns.
     let _rng = common::rng_lock();
-    let spec = VectorSpec { dim: 3, standardize: true };
+    let spec = VectorSpec { dim: 3, standardize: true, context_dim: 2 };
     for (what, kind, sets) in [
         ("MAF", "maf", &["model.permutation=reverse"][..]),
         ("IAF", "iaf", &["model.permutation=reverse"][..]),
@@ -107,8 +107,8 @@ fn conditional_models_depend_on_their_context() {
         tch::manual_seed(8);
         let mut vs = VarStore::new(Device::Cpu);
         let m = match kind {
-            "nsf" => Nsf::build(vs.root(), &c, &spec, 2).unwrap(),
-            k => Maf::build(vs.root(), &c, &spec, 2, k == "iaf").unwrap(),
+            "nsf" => Nsf::build(vs.root(), &c, &spec).unwrap(),
+            k => Maf::build(vs.root(), &c, &spec, k == "iaf").unwrap(),
         };
         assert!(m.desc.contains("context 2"), "{what}: {}", m.desc);
         perturb_all(&vs);
