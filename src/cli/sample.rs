@@ -46,7 +46,8 @@ pub struct SampleArgs {
     #[arg(long, conflicts_with = "context_csv", allow_hyphen_values = true)]
     context: Option<String>,
     /// A conditional tabular model: one context per sample, the rows of this CSV file (a
-    /// header naming the context columns, or exactly those columns); its rows replace -n.
+    /// header naming the context columns, or exactly those columns); its rows replace -n
+    /// (a PNG of 2-D data: -n samples at each of them).
     #[arg(long)]
     context_csv: Option<PathBuf>,
 }

@@ -21,7 +21,10 @@
 //!
 //! The code creates every tensor with the dtype and device of an input or a parameter, so the
 //! module works at any batch size, after `m.double()` and after `m.to("cuda")`. Class-conditional
-//! models take `labels` (int64 class indices `[B]`); unconditional ones refuse them.
+//! models (a conditional Glow, a tabular `data.label_column`) take `labels` (int64 class indices
+//! `[B]`); unconditional ones refuse them. A tabular model conditioned on `data.context_columns`
+//! takes `context` in their place (the columns' raw values `[B, K]`, or `[K]` for every row,
+//! standardised inside as flowzoo does), and has the int attribute `context_dim` (0 otherwise).
 //!
 //! # How a model is written
 //! The layers write their own TorchScript through [`crate::script`] (each layer's

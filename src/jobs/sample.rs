@@ -84,8 +84,10 @@ pub fn sample_tabular(sess: &Session, n: i64, req: &SampleRequest) -> Result<Wri
         bail!("--raw-out is for image models; a tabular model's CSV samples are already raw");
     }
     let ctx = sample_context(sess, req.context, req.label)?;
+    let is_png = req.output.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    // CSV rows: one sample per context row; a PNG draws `n` samples at each context.
     let n = match &ctx {
-        Some(c) if c.per_row => {
+        Some(c) if c.per_row && !is_png => {
             let rows = c.raw.size()[0];
             if let Some(e) = req.eps.filter(|e| e.tensor.size()[0] != rows) {
                 bail!("{}: {} rows of noise but {rows} contexts in --context-csv", e.origin(), e.tensor.size()[0]);
@@ -94,7 +96,6 @@ pub fn sample_tabular(sess: &Session, n: i64, req: &SampleRequest) -> Result<Wri
         }
         _ => n,
     };
-    let is_png = req.output.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"));
     if is_png {
         if sess.model.dim() != 2 {
             bail!("a PNG scatter needs 2-D data; this model has {} dimensions: write CSV (-o samples.csv)", sess.model.dim());
