@@ -51,7 +51,12 @@ fn autoregressive_layers_match_their_torchscript() {
         ("spline", Box::new(|| Box::new(RationalQuadraticSpline::new(5, 2.0).unwrap()))),
     ];
     for (name, t) in &transforms {
-        for inverse in [InverseMethod::Sequential, InverseMethod::Jacobi { tol: 1e-12 }] {
+        // Jacobi with tol 0 stops only at an exact fixed point, so its result is the exact
+        // inverse: a positive tol stops within tol of it, which steep splines (slopes up to 1e3
+        // per feature) amplify past the 1e-8 the round-trip check allows, depending on the
+        // last bits of the BLAS results. (Early stops at a positive tol are compared with
+        // TorchScript in the whole-model test below and from Python.)
+        for inverse in [InverseMethod::Sequential, InverseMethod::Jacobi { tol: 0.0 }] {
             for (residual, context, iaf) in [(false, 0i64, false), (true, 2, false), (false, 2, true)] {
                 let mut vs = VarStore::new(Device::Cpu);
                 let transform = t();
