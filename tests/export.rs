@@ -386,7 +386,7 @@ fn fake_run(dir: &Path) -> Config {
 }
 
 fn opts(pt: &Path) -> ExportOptions {
-    ExportOptions { checkpoint: Checkpoint::Best, torchscript: Some(pt.to_path_buf()), safetensors: None, python: None, device: Device::Cpu, reference_in: None, reference_out: None }
+    ExportOptions { checkpoint: Checkpoint::Best, torchscript: Some(pt.to_path_buf()), safetensors: None, python: None, device: Device::Cpu, ode_solver: None, ode_steps: None, reference_in: None, reference_out: None }
 }
 
 #[test]

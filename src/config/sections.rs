@@ -187,8 +187,9 @@ pub struct TrainConfig {
     pub grad_sync: GradSync,
     /// Distributed runs: the largest gradient bucket one all-reduce carries, in MiB.
     pub bucket_mib: f64,
-    /// "likelihood" (fit data: `flowzoo train`) or "reverse_kl" (fit an unnormalised target
-    /// density: `flowzoo fit`, which sets it).
+    /// "mle" (maximum likelihood on data: `flowzoo train`; "likelihood" also reads),
+    /// "flow_matching" (FFJORD: conditional flow matching on data) or "reverse_kl" (fit an
+    /// unnormalised target density: `flowzoo fit`, which sets it).
     pub objective: Objective,
     /// Reverse KL: samples drawn from the flow per step (the ELBO's Monte Carlo size).
     pub vi_samples: i64,
