@@ -215,6 +215,8 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
     let mut last_eval = f64::NAN;
     let mut stopped_early = false;
     let short = if tabular { "nats" } else { "bpd" };
+    // The unit of the training loss: the flow-matching loss is a squared velocity error.
+    let loss_unit = if t_cfg.objective == crate::config::Objective::FlowMatching { "(flow-matching loss)" } else { short };
     while tr.state.step < t_cfg.max_steps {
         let step = tr.state.step;
         let idx = batches.at(step)?;
@@ -259,7 +261,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
             }
             if !is_tty && verbose {
                 eprintln!(
-                    "step {done}/{}: train {:.4} {short}, {} {last_eval:.4} {short} (best {:.4} at step {}){}",
+                    "step {done}/{}: train {:.4} {loss_unit}, {} {last_eval:.4} {short} (best {:.4} at step {}){}",
                     t_cfg.max_steps,
                     window.mean_loss(),
                     if tabular { "validation" } else { "test" },
@@ -291,7 +293,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
             row.extend(window.step_fields(if eval_field.is_empty() { None } else { eval_nfe }));
             metrics.push(row)?;
             let comm_msg = comm.map_or(String::new(), |(all, wait)| format!(" | all-reduce {all:.1} ms (waited {wait:.1})"));
-            bar.set_message(format!("loss {train_loss:.3} {short} | eval {last_eval:.3} | {sps:.1} steps/s{}{comm_msg}", window.nfe_message()));
+            bar.set_message(format!("loss {train_loss:.3} {loss_unit} | eval {last_eval:.3} | {sps:.1} steps/s{}{comm_msg}", window.nfe_message()));
             window = LogWindow::default();
             last_log = (Instant::now(), done);
         }

@@ -143,11 +143,12 @@ fn field_body(cnf: &Cnf) -> String {
 }
 
 /// `error_norm(ratio) -> float`: the RMS or the maximum of the scaled error, infinite when it
-/// is not finite (as the solver's `reduce` and `combine`).
+/// is not finite (as the solver's `reduce` and `combine`). A host number: a constant to
+/// autograd (the Rust solver computes it under no-grad).
 fn error_norm_body(norm: ErrorNorm) -> String {
     match norm {
-        ErrorNorm::Rms => "e = float(torch.sum(torch.square(ratio), dtype=7))\nif not e - e == 0.0:\n    return float(\"inf\")\nreturn (e / float(max(ratio.numel(), 1))) ** 0.5".into(),
-        ErrorNorm::Max => "e = float(torch.max(torch.abs(ratio)).to(dtype=7))\nif not e - e == 0.0:\n    return float(\"inf\")\nreturn max(e, 0.0)".into(),
+        ErrorNorm::Rms => "e = float(torch.sum(torch.square(ratio.detach()), dtype=7))\nif not e - e == 0.0:\n    return float(\"inf\")\nreturn (e / float(max(ratio.numel(), 1))) ** 0.5".into(),
+        ErrorNorm::Max => "e = float(torch.max(torch.abs(ratio.detach())).to(dtype=7))\nif not e - e == 0.0:\n    return float(\"inf\")\nreturn max(e, 0.0)".into(),
     }
 }
 
@@ -218,7 +219,7 @@ while direction * (s1 - t) > 0.0:
         "    err = {}
     scale = torch.maximum(torch.abs(y), torch.abs(y_next)) * $rtol + $atol
     err_norm = $self.error_norm(err / scale)
-    k1_sum = float(torch.sum(k1, dtype=7))
+    k1_sum = float(torch.sum(k1.detach(), dtype=7))
     step_ok = err_norm <= 1.0
     if not k1_sum - k1_sum == 0.0:
         assert False, \"dopri5: the derivative at the current state became non-finite (NaN or Inf) at t = \" + str(t)
