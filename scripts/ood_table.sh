@@ -62,10 +62,10 @@ specs=(
 echo "== $MODEL: bits/dim and PNG length of the in-distribution images" >&2
 "$BIN" score --model "$MODEL" --data "$sets/in" --score complexity -o "$work/in.scores.csv"
 for spec in "${specs[@]}"; do
-  set=${spec%%=*}
-  echo "== $MODEL: Fashion-MNIST test vs $set" >&2
-  "$BIN" ood --model "$MODEL" --in "$sets/in" --ood "$sets/$set" --json > "$work/$set.ood.json"
-  "$BIN" score --model "$MODEL" --data "$sets/$set" --score complexity -o "$work/$set.scores.csv"
+  name=${spec%%=*}
+  echo "== $MODEL: Fashion-MNIST test vs $name" >&2
+  "$BIN" ood --model "$MODEL" --in "$sets/in" --ood "$sets/$name" --json > "$work/$name.ood.json"
+  "$BIN" score --model "$MODEL" --data "$sets/$name" --score complexity -o "$work/$name.scores.csv"
 done
 python3 scripts/ood_tables.py images "$work" "$MODEL" "$SEED" "$DOCS" "${specs[@]}"
 cat "$DOCS.md"
