@@ -16,13 +16,14 @@ export PATH := $(VENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 export CARGO_TARGET_DIR := $(FLOWZOO_TARGET)
 
-.PHONY: setup build demo test test-rust test-python test-gpu-script bench models ood-table toys vi-examples clean-cache help
+.PHONY: setup build demo test test-rust test-python test-gpu-script bench models ood-table ood-tabular toys vi-examples clean-cache help
 help:
 	@echo "make demo   - set up, build, train the digits Glow, evaluate, sample, export"
 	@echo "make test   - set up, build, run every test (Rust and Python)"
-	@echo "make bench  - flowzoo vs the PyTorch reference, same work, same threads"
+	@echo "make bench  - flowzoo vs the PyTorch reference, nflows and zuko: same work, same threads"
 	@echo "make models - rebuild the shipped pretrained models under models/"
-	@echo "make ood-table - measure README's \"Finding anomalies\" tables (needs Fashion-MNIST)"
+	@echo "make ood-table - measure README's \"Finding anomalies\" tables (needs Fashion-MNIST; OOD_MODEL=RUN)"
+	@echo "make ood-tabular - only its tabular table (digits64 without one class, ~8 min)"
 	@echo "make vi-examples - the README's flowzoo fit examples, measured (docs/vi/)"
 
 # After the venv: Gloo's headers (libgloo-dev) and, with a CUDA wheel, the CUDA headers that
@@ -62,10 +63,12 @@ test-python:
 
 # One invocation, one table per part: Glow against the PyTorch reference (bench/run.sh), then
 # tabular RealNVP against nflows (bench/tabular.sh installs nflows into the venv on first use),
-# then FFJORD against zuko's CNF (bench/cnf.sh installs zuko on first use).
+# MAF / NSF / IAF against zuko and nflows (bench/ar.sh installs zuko too), then FFJORD against
+# zuko's CNF (bench/cnf.sh).
 bench: setup build
 	PYTHON=$(PYTHON) FLOWZOO_BIN=$(BIN) THREADS=$(THREADS) bash bench/run.sh
 	PYTHON=$(PYTHON) FLOWZOO_BIN=$(BIN) THREADS=$(THREADS) bash bench/tabular.sh
+	PYTHON=$(PYTHON) FLOWZOO_BIN=$(BIN) THREADS=$(THREADS) bash bench/ar.sh
 	PYTHON=$(PYTHON) THREADS=$(THREADS) bash bench/cnf.sh
 
 # bench/gpu.sh on a tiny model on the CPU (under a minute), so the H200 script never rots.
@@ -75,10 +78,16 @@ test-gpu-script:
 models: setup build
 	bash scripts/build_models.sh
 
-# README's "Finding anomalies" tables: models/glow_fashion_mnist against out-of-distribution
-# sets made from data we have, and a digits64 RealNVP finding a class it never saw.
+# README's "Finding anomalies" tables (docs/ood/): a Fashion-MNIST Glow (OOD_MODEL, default
+# models/glow_fashion_mnist) against out-of-distribution sets made from data we have
+# (scripts/ood_table.sh), and digits64 RealNVPs finding a class they never saw
+# (scripts/ood_tabular.sh; alone: make ood-tabular).
+OOD_MODEL ?= models/glow_fashion_mnist
 ood-table: setup build
-	FLOWZOO_BIN=$(BIN) bash scripts/ood_table.sh --update-readme
+	FLOWZOO_BIN=$(BIN) OOD_MODEL=$(OOD_MODEL) bash scripts/ood_table.sh --update-readme
+	FLOWZOO_BIN=$(BIN) bash scripts/ood_tabular.sh --update-readme
+ood-tabular: setup build
+	FLOWZOO_BIN=$(BIN) bash scripts/ood_tabular.sh --update-readme
 
 # The bundled 2-D toys under data/toys (seeded; the committed files are these).
 toys: build

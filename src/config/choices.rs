@@ -102,12 +102,27 @@ pub enum ModelKind {
     Ffjord,
     /// A variational auto-encoder (Kingma & Welling 2014) with a flow posterior: images.
     Vae,
+    /// MAF (Papamakarios et al. 2017): tabular data.
+    Maf,
+    /// IAF (Kingma et al. 2016), an inverted MAF: tabular data.
+    Iaf,
+    /// Neural spline flows (Durkan et al. 2019), coupling or autoregressive: tabular data.
+    Nsf,
 }
 
 impl ModelKind {
-    pub const ALL: [ModelKind; 5] = [ModelKind::Glow, ModelKind::Realnvp, ModelKind::Nice, ModelKind::Ffjord, ModelKind::Vae];
+    pub const ALL: [ModelKind; 8] = [
+        ModelKind::Glow,
+        ModelKind::Realnvp,
+        ModelKind::Nice,
+        ModelKind::Ffjord,
+        ModelKind::Vae,
+        ModelKind::Maf,
+        ModelKind::Iaf,
+        ModelKind::Nsf,
+    ];
 
-    /// The config spelling ("glow", "realnvp", "nice", "ffjord", "vae").
+    /// The config spelling ("glow", "realnvp", "nice", "ffjord", "vae", "maf", "iaf", "nsf").
     pub fn as_str(self) -> &'static str {
         match self {
             ModelKind::Glow => "glow",
@@ -115,6 +130,9 @@ impl ModelKind {
             ModelKind::Nice => "nice",
             ModelKind::Ffjord => "ffjord",
             ModelKind::Vae => "vae",
+            ModelKind::Maf => "maf",
+            ModelKind::Iaf => "iaf",
+            ModelKind::Nsf => "nsf",
         }
     }
 }

@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+mod autoregressive;
 pub mod cnf;
 mod choices;
 pub mod data_path;
@@ -21,6 +22,7 @@ mod overrides;
 mod sections;
 mod validate;
 
+pub use autoregressive::{DegreesChoice, InverseChoice, MadeOrderChoice, StructureChoice};
 pub use choices::*;
 pub use cnf::CnfConfig;
 pub use sections::{DataConfig, ModelConfig, TrainConfig};

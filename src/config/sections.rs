@@ -1,5 +1,6 @@
 //! The three sections of a config (`[data]`, `[model]`, `[train]`) with their defaults. Every
 //! field's range is checked by `Config::validate` (src/config/validate.rs).
+use super::autoregressive::*;
 use super::choices::*;
 use serde::{Deserialize, Serialize};
 
@@ -63,7 +64,8 @@ impl Default for DataConfig {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// Model family: "glow", "realnvp" or "nice".
+    /// Model family: "glow" (images), "realnvp" (images or tabular), "nice", "ffjord", "maf",
+    /// "iaf", "nsf" (tabular).
     pub kind: ModelKind,
     /// L: number of levels (squeeze + K steps [+ split]).
     pub levels: i64,
@@ -107,6 +109,29 @@ pub struct ModelConfig {
     pub posterior_width: i64,
     /// VAE: features the encoder hands to the posterior flow as its context (`ctx.cond`).
     pub context: i64,
+    /// NSF: K, the rational-quadratic spline's bins (2..=256).
+    pub bins: i64,
+    /// NSF: B, the splines cover [-B, B] (the identity outside); > 0.
+    pub tail_bound: f64,
+    /// NSF: "autoregressive" (NSF-AR, a MADE conditioner) or "coupling" (NSF-C, an MLP
+    /// conditioner on `mask`ed halves).
+    pub structure: StructureChoice,
+    /// MAF / IAF / NSF-AR: each MADE's feature order: "natural", "reversed", "random" (seeded
+    /// by `train.seed`, saved with the weights) or "alternating" (natural, reversed, natural, ...;
+    /// zuko's default, with `permutation = "none"` the same model as natural orders with
+    /// reversals between the layers).
+    pub made_order: MadeOrderChoice,
+    /// MAF / IAF / NSF-AR: the MADEs' hidden degrees: "cyclic" or "random" (not with `residual`).
+    pub made_degrees: DegreesChoice,
+    /// MAF / IAF / NSF-AR: residual MADE blocks (the NSF paper's); `depth` counts the blocks.
+    pub residual: bool,
+    /// MAF / IAF / NSF-AR: how the autoregressive layers invert (sampling a MAF, density of an
+    /// IAF): "sequential" (D passes, one feature each) or "jacobi" (fixed-point iteration over all
+    /// features, stopping at `jacobi_tol`, at most D iterations).
+    pub inverse: InverseChoice,
+    /// Jacobi inverse: stop when no feature moves by more than this (>= 0; 0 = always D
+    /// iterations).
+    pub jacobi_tol: f64,
 }
 
 impl Default for ModelConfig {
@@ -134,6 +159,14 @@ impl Default for ModelConfig {
             posterior_layers: 4,
             posterior_width: 64,
             context: 32,
+            bins: 8,
+            tail_bound: 3.0,
+            structure: StructureChoice::Autoregressive,
+            made_order: MadeOrderChoice::Natural,
+            made_degrees: DegreesChoice::Cyclic,
+            residual: false,
+            inverse: InverseChoice::Sequential,
+            jacobi_tol: 1e-6,
         }
     }
 }

@@ -126,6 +126,7 @@ pub fn check(cfg: &Config) -> Result<(), Invalid> {
     at_least("model.posterior_layers", m.posterior_layers, 1, "")?;
     at_least("model.posterior_width", m.posterior_width, 1, "")?;
     at_least("model.context", m.context, 1, " (features the encoder hands to the posterior flow)")?;
+    super::autoregressive::check(m)?;
 
     // [train]
     at_least("train.batch_size", t.batch_size, 1, "")?;
@@ -171,11 +172,11 @@ pub fn check(cfg: &Config) -> Result<(), Invalid> {
         (ModelKind::Glow, DataKind::Tabular) => {
             return Err(invalid(
                 "model.kind",
-                "model.kind = \"glow\" models images: use data.kind = \"images\" (or model.kind = \"realnvp\" / \"nice\" for tabular data)".into(),
+                "model.kind = \"glow\" models images: use data.kind = \"images\" (or model.kind = \"realnvp\", \"nice\", \"maf\", \"iaf\", \"nsf\" or \"ffjord\" for tabular data)".into(),
             ))
         }
-        (ModelKind::Nice, DataKind::Images) => {
-            return Err(invalid("model.kind", "model.kind = \"nice\" is for tabular data (data.kind = \"tabular\")".into()))
+        (ModelKind::Nice | ModelKind::Maf | ModelKind::Iaf | ModelKind::Nsf, DataKind::Images) => {
+            return Err(invalid("model.kind", format!("model.kind = \"{}\" is for tabular data (data.kind = \"tabular\")", m.kind)))
         }
         (ModelKind::Ffjord, DataKind::Images) => {
             return Err(invalid(

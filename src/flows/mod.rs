@@ -8,9 +8,12 @@
 //! - a [`Partition`] (structure): which features condition which ([`ChannelHalves`],
 //!   [`Checkerboard`], [`Alternating`]);
 //! - an [`ElementwiseBijection`]: a monotone map of each transformed feature given its raw
-//!   parameters ([`Affine`], [`Additive`]);
+//!   parameters ([`Affine`], [`Additive`], [`RationalQuadraticSpline`]);
 //! - a [`Conditioner`]: a network from the conditioning features and the context to those raw
-//!   parameters ([`ConvNet`], [`MlpNet`]).
+//!   parameters ([`ConvNet`], [`MlpNet`], [`Made`]).
+//!
+//! An [`Autoregressive`] layer (MAF, NSF-AR) is the same idea with a [`Made`] as both structure
+//! (its ordering) and conditioner, times any elementwise bijection; IAF is `Inverse` of one.
 //!
 //! A continuous flow ([`Cnf`], FFJORD) integrates a neural ODE with the solvers of
 //! [`crate::flows::ode`]; its log-det is the integrated trace of the field's Jacobian.
@@ -44,6 +47,7 @@ use anyhow::Result;
 use tch::Tensor;
 
 pub mod actnorm;
+pub mod autoregressive;
 pub mod base;
 pub mod batchnorm;
 pub mod bijection;
@@ -65,11 +69,12 @@ pub mod testing;
 pub mod zeroconv;
 
 pub use actnorm::{ActNorm, ActNormParam};
+pub use autoregressive::{Autoregressive, InverseMethod};
 pub use base::{standard_normal_log_prob, Base, DiagGaussian, StandardNormal};
 pub use batchnorm::BatchNormFlow;
+pub use bijection::{Additive, Affine, ElementwiseBijection, ParamLayout, RationalQuadraticSpline, ScaleFn};
+pub use conditioner::{Activation, Conditioner, ConvNet, HiddenDegrees, Made, MadeOptions, MadeOrder, MlpNet};
 pub use cnf::{Cnf, CnfOptions, LayerType, Noise, OdeActivation, OdeNet, TraceChoice};
-pub use bijection::{Additive, Affine, ElementwiseBijection, ParamLayout, ScaleFn};
-pub use conditioner::{Activation, Conditioner, ConvNet, MlpNet};
 pub use coupling::{Alternating, ChannelHalves, Checkerboard, Coupling, Partition};
 pub use ctx::{Ctx, Sink};
 pub use elementwise::ElementwiseAffine;

@@ -14,12 +14,16 @@ use tch::{Kind, Tensor};
 
 pub mod ffjord;
 pub mod glow;
+pub mod maf;
 pub mod nice;
+pub mod nsf;
 pub mod realnvp;
 pub mod vae;
 
 pub use ffjord::Ffjord;
 pub use glow::Glow;
+pub use maf::Maf;
+pub use nsf::Nsf;
 pub use nice::Nice;
 pub use realnvp::{RealNvp, RealNvpImage};
 pub use vae::Vae;
@@ -179,6 +183,11 @@ pub fn build_for(cfg: &crate::config::Config, root: tch::nn::Path, info: &DataIn
         ("nice", DataKind::Tabular) => Ok(Box::new(Nice::build(root, cfg, &spec())?)),
         ("ffjord", DataKind::Tabular) => Ok(Box::new(Ffjord::build(root, cfg, &spec())?)),
         ("vae", DataKind::Images) => Ok(Box::new(Vae::build(root, cfg)?)),
+        // Conditional density estimation (a context from the data) is wired in later; the
+        // models take a context size already.
+        ("maf", DataKind::Tabular) => Ok(Box::new(Maf::build(root, cfg, &spec(), 0, false)?)),
+        ("iaf", DataKind::Tabular) => Ok(Box::new(Maf::build(root, cfg, &spec(), 0, true)?)),
+        ("nsf", DataKind::Tabular) => Ok(Box::new(Nsf::build(root, cfg, &spec(), 0)?)),
         (kind, data) => anyhow::bail!("model.kind {kind:?} cannot model data.kind {data:?}"),
     }
 }

@@ -30,6 +30,7 @@ const SPELLINGS: &[(&str, &str)] = &[
     ("torch.softplus(", "F.softplus("),
     ("torch.softmax(", "F.softmax("),
     ("torch.pad(", "F.pad("),
+    ("dtype == 7", "dtype == torch.float64"),
     ("dtype=0)", "dtype=torch.uint8)"),
     ("dtype=4)", "dtype=torch.int64)"),
     ("dtype=4,", "dtype=torch.int64,"),

@@ -60,10 +60,13 @@ pub fn fit_columns(dim: i64) -> Vec<String> {
 pub fn check_fit_model(cfg: &Config) -> Result<()> {
     match cfg.model.kind {
         // Coupling flows invert in one pass.
-        ModelKind::Realnvp | ModelKind::Nice => {}
-        ModelKind::Glow => bail!("model.kind = \"glow\" is an image model: fit needs a flow on vectors that samples in one pass (\"realnvp\" or \"nice\")"),
-        ModelKind::Ffjord => bail!("model.kind = \"ffjord\" samples by solving an ODE and its log q needs the trace along it: fit needs a flow that samples in one pass (\"realnvp\" or \"nice\")"),
-        ModelKind::Vae => bail!("model.kind = \"vae\" is an image model with its own ELBO: fit needs a flow on vectors that samples in one pass (\"realnvp\" or \"nice\")"),
+        ModelKind::Realnvp | ModelKind::Nice | ModelKind::Iaf => {}
+        ModelKind::Nsf if cfg.model.structure == crate::config::StructureChoice::Coupling => {}
+        ModelKind::Nsf => bail!("model.kind = \"nsf\" with model.structure = \"autoregressive\" samples in D passes: fit needs a flow that samples in one pass (set model.structure = \"coupling\", or use \"iaf\", \"realnvp\" or \"nice\")"),
+        ModelKind::Maf => bail!("model.kind = \"maf\" samples in D passes: fit needs a flow that samples in one pass (\"iaf\" is a MAF inverted for that; or \"realnvp\", \"nice\", \"nsf\" with structure = \"coupling\")"),
+        ModelKind::Glow => bail!("model.kind = \"glow\" is an image model: fit needs a flow on vectors that samples in one pass (\"iaf\", \"realnvp\", \"nice\", or \"nsf\" with structure = \"coupling\")"),
+        ModelKind::Ffjord => bail!("model.kind = \"ffjord\" samples by solving an ODE and its log q needs the trace along it: fit needs a flow that samples in one pass (\"iaf\", \"realnvp\", \"nice\", or \"nsf\" with structure = \"coupling\")"),
+        ModelKind::Vae => bail!("model.kind = \"vae\" is an image model with its own ELBO: fit needs a flow on vectors that samples in one pass (\"iaf\", \"realnvp\", \"nice\", or \"nsf\" with structure = \"coupling\")"),
     }
     if cfg.model.norm == NormChoice::Batchnorm {
         bail!("model.norm = \"batchnorm\": its statistics come from data batches, and fit has no data (its draws only run the inverse); use \"actnorm\" (a learned per-feature affine map) or \"none\"");

@@ -51,6 +51,26 @@ VARIANTS = {
         dim=64,
     ),
     "nice_digits64": dict(config="configs/nice_digits64.toml", sets=["model.blocks=2", "model.width=16"], dim=64),
+    # Autoregressive and spline flows: MADE masks and orders as buffers, the sequential and
+    # Jacobi inverse loops (sampling a MAF, the density of an IAF), splines in MADEs (NSF-AR,
+    # residual blocks) and in couplings (NSF-C), LU-linear maps and batch norm between layers.
+    "maf_moons": dict(config="configs/maf_moons.toml", sets=["model.blocks=2", "model.width=16"], dim=2),
+    "maf_digits64_jacobi": dict(
+        config="configs/maf_digits64.toml",
+        sets=["model.blocks=2", "model.width=32", "model.inverse=jacobi", "model.made_order=random",
+              "model.made_degrees=random", "model.permutation=invconv_lu"],
+        dim=64,
+    ),
+    "iaf_moons": dict(config="configs/iaf_moons.toml", sets=["model.blocks=2", "model.width=16"], dim=2),
+    # An IAF's density through Jacobi's loop, which stops early (test_export_python.py checks
+    # that torch.export / torch.compile, which trace every iteration, give the same result).
+    "iaf_digits64_jacobi": dict(
+        config="configs/maf_digits64.toml",
+        sets=["model.kind=iaf", "model.blocks=2", "model.width=16", "model.inverse=jacobi", "model.jacobi_tol=1e-4"],
+        dim=64,
+    ),
+    "nsf_ar_moons": dict(config="configs/nsf_moons.toml", sets=["model.blocks=2", "model.width=16", "model.residual=true"], dim=2),
+    "nsf_c_digits64": dict(config="configs/nsf_digits64.toml", sets=["model.blocks=2", "model.width=16", "model.norm=batchnorm"], dim=64),
     # FFJORD (hidden 16): the adaptive Dormand-Prince in the module, and RK4 chosen by the config's
     # eval_solver (two blocks with batch norm, zuko's MLP field, softplus). The Rust reference
     # integrates with the same solver. Dormand-Prince takes the same steps as the Rust one when

@@ -1,6 +1,7 @@
 """flowzoo export: a trained model as a TorchScript module, checked from plain PyTorch.
 
-For each model family (Glow in five variants, RealNVP on images and vectors, NICE), a tiny
+For each model family (Glow in five variants, RealNVP on images and vectors, NICE, MAF, IAF,
+NSF with autoregressive and coupling structures), a tiny
 model is trained with the flowzoo binary ($FLOWZOO_BIN, else target/release/flowzoo) on bundled
 data (8x8 digits, two moons, 64-d digits), exported with `flowzoo export`, loaded with
 `torch.jit.load` and compared with the Rust model's own outputs on the same inputs, which
@@ -39,7 +40,8 @@ def test_state_dict_is_the_safetensors_file(exported):
     # What is not trained is a buffer: ActNorm's flag, permutations, LU's P and sign(s),
     # batch-norm statistics, the standardisation of tabular data.
     for k in buffers:
-        assert k.rsplit(".", 1)[1] in ("initialized", "perm", "p", "sign_s", "running_mean", "running_var", "mean", "std"), k
+        assert k.rsplit(".", 1)[1] in ("initialized", "perm", "p", "sign_s", "running_mean", "running_var", "mean", "std",
+                                       "mask", "degrees", "order"), k
     assert all(float(v) == 1.0 for k, v in buffers.items() if k.endswith("initialized"))
     assert m.event_shape() == list(exported["shape"]) and m.dim == exported["dim"]
     assert m.n_bits == (4 if exported["image"] else 0)

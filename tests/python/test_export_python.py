@@ -183,6 +183,31 @@ def test_trains_with_adam(exported):
         assert max_diff(ts.log_prob(x, labels), m.log_prob(x, labels)) <= 1e-4 * max(1.0, m.log_prob(x, labels).abs().max().item())
 
 
+@pytest.mark.parametrize("exported", ["iaf_digits64_jacobi"], indirect=True)
+def test_jacobi_early_stop_is_the_traced_fixed_count(exported, monkeypatch):
+    """Jacobi's inverse stops when no feature moves by more than the tolerance: eager PyTorch
+    breaks out of the loop; under torch.export / torch.compile (no branching on a tensor's
+    value) every one of the D iterations runs and those after the stop keep x and the log-det
+    (`torch.where`). Both give the same numbers, and the stop really happens here."""
+    m = load_py(exported, torch.float64)
+    x = make_x(exported, 5, torch.Generator().manual_seed(8), torch.float64)
+    calls = []
+    for mod in m.modules():
+        if hasattr(mod, "masked") and hasattr(mod, "hidden"):  # the MADEs
+            orig = mod.hidden
+            mod.hidden = lambda *a, orig=orig: calls.append(1) or orig(*a)
+    with torch.no_grad():
+        eager = m.log_prob(x)
+    layers = 2
+    assert 0 < len(calls) < layers * exported["dim"], len(calls)
+    calls.clear()
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    with torch.no_grad():
+        traced_path = m.log_prob(x)
+    assert len(calls) == layers * exported["dim"]
+    assert torch.equal(eager, traced_path)
+
+
 @pytest.mark.parametrize("exported", ["glow_affine_lu"], indirect=True)
 def test_readme_example_runs(exported, monkeypatch):
     code = readme_example("torch.export.export")

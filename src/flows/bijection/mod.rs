@@ -7,8 +7,11 @@ use anyhow::Result;
 use tch::Tensor;
 
 pub mod affine;
+pub mod spline;
+mod spline_script;
 
 pub use affine::{Additive, Affine, ParamLayout, ScaleFn};
+pub use spline::RationalQuadraticSpline;
 
 /// `y = f(x; θ)` per feature, strictly increasing in `x`.
 ///

@@ -10,9 +10,11 @@ use anyhow::{bail, Result};
 use tch::Tensor;
 
 pub mod convnet;
+pub mod made;
 pub mod mlp;
 
 pub use convnet::ConvNet;
+pub use made::{HiddenDegrees, Made, MadeOptions, MadeOrder, MaskedLinear};
 pub use mlp::{Activation, MlpNet};
 
 pub trait Conditioner: Send {
