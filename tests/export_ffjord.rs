@@ -220,6 +220,8 @@ fn the_model_module_matches_the_model_with_every_solver() {
 
 #[test]
 fn export_ode_flags_choose_the_default_solver_and_are_checked() {
+    // It draws from the global generator too (the other tests compare seeded draws).
+    let _g = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let d = tempfile::tempdir().unwrap();
     let run = d.path().join("run");
     let bin = env!("CARGO_BIN_EXE_flowzoo");
