@@ -93,6 +93,7 @@ ood-tabular: setup build
 toys: build
 	for t in moons circles 8gaussians checkerboard pinwheel 2spirals; do \
 	  $(BIN) toy $$t -n 10000 --seed 0 -o data/toys/$$t.csv; done
+	$(BIN) toy moons -n 10000 --seed 0 --rotate -o data/toys/moons_rotated.csv
 
 # The README's "Fitting a density" examples: U1-U4, the Gaussian with a known log Z, the
 # logistic regression against its MCMC reference; figures in docs/vi/ (scripts/vi_examples.sh).

@@ -22,6 +22,38 @@ pub struct Session {
     /// The dtype the conditioner networks compute in (`train.precision = "bf16"`), carried
     /// into every call through [`Ctx::compute_kind`].
     pub compute_kind: Option<Kind>,
+    /// The context of a tabular model conditioned on `data.context_columns`.
+    pub context: Option<ContextInput>,
+}
+
+/// The context of a model conditioned on `data.context_columns`: the raw column values,
+/// standardised with the training split's statistics when `data.standardize` is on (buffers
+/// `context_standardize.{mean,std}`, saved with the weights and exported).
+pub struct ContextInput {
+    /// The columns as the config names them.
+    pub columns: Vec<String>,
+    /// `(mean, std)`, each `[K]`.
+    pub standardize: Option<(Tensor, Tensor)>,
+}
+
+impl ContextInput {
+    fn new(vs: &VarStore, cfg: &Config) -> Option<ContextInput> {
+        let columns = cfg.data.context_columns.clone();
+        if cfg.data.kind != DataKind::Tabular || columns.is_empty() {
+            return None;
+        }
+        let k = columns.len() as i64;
+        let standardize = cfg.data.standardize.then(|| {
+            let p = vs.root() / "context_standardize";
+            let zeros = Tensor::zeros([k], (Kind::Float, vs.device()));
+            (p.add("mean", zeros.copy(), false), p.add("std", zeros.ones_like(), false))
+        });
+        Some(ContextInput { columns, standardize })
+    }
+
+    pub fn dim(&self) -> i64 {
+        self.columns.len() as i64
+    }
 }
 
 /// Per-sample scores.
@@ -59,7 +91,8 @@ impl Session {
             bail!("internal error: duplicate parameter name {dup}");
         }
         let compute_kind = crate::runtime::compute_kind(cfg.train.precision);
-        Ok(Session { cfg: cfg.clone(), vs, model, classes: info.classes, columns: info.columns, compute_kind })
+        let context = ContextInput::new(&vs, cfg);
+        Ok(Session { cfg: cfg.clone(), vs, model, classes: info.classes, columns: info.columns, compute_kind, context })
     }
 
     /// An evaluation context with this session's compute dtype.
@@ -87,25 +120,112 @@ impl Session {
         Ok(())
     }
 
+    /// Sets the context's standardisation (a model conditioned on `data.context_columns`) from
+    /// training-set statistics of the raw context columns.
+    pub fn set_context_standardization(&self, mean: &Tensor, std: &Tensor) -> Result<()> {
+        let Some((m, s)) = self.context.as_ref().and_then(|c| c.standardize.as_ref()) else { return Ok(()) };
+        let _g = tch::no_grad_guard();
+        m.shallow_clone().f_copy_(&mean.f_to_kind(m.kind())?)?;
+        s.shallow_clone().f_copy_(&std.f_to_kind(s.kind())?)?;
+        Ok(())
+    }
+
+    /// Whether the model reads a context: class labels (a class-conditional Glow, a tabular
+    /// `data.label_column`) or `data.context_columns`.
+    pub fn is_conditional(&self) -> bool {
+        self.model.n_classes().is_some() || self.context.is_some()
+    }
+
+    /// What conditions the model, for messages: `the label column "y" (classes 0, 1)`.
+    pub fn conditioning_description(&self) -> String {
+        match (&self.context, self.model.n_classes()) {
+            (Some(c), _) => format!("the context columns {}", c.columns.join(", ")),
+            (None, Some(_)) if self.is_tabular() => format!("the label column {:?} (classes {})", self.cfg.data.label_column, self.classes.join(", ")),
+            (None, Some(k)) => format!("class labels (0..{})", k - 1),
+            (None, None) => "nothing: the model is unconditional".into(),
+        }
+    }
+
+    /// The conditioning input the data holds, from the conditioning columns' raw values `[N, K]`
+    /// of a table: a label column's values become class indices (an unknown label is an error
+    /// naming `rows`); context columns stay as they are.
+    pub fn context_from_columns(&self, values: &Tensor, rows: &str) -> Result<Tensor> {
+        if self.context.is_none() && self.model.n_classes().is_some() {
+            return crate::data::labels::label_indices(values, &self.classes, rows);
+        }
+        Ok(values.shallow_clone())
+    }
+
+    /// The model's `ctx.cond` for `n` points from their conditioning input: class indices
+    /// (int64 `[n]`) of a class- or label-conditional model, one-hot; the raw context `[n, K]`
+    /// (or `[K]` / `[1, K]`: one context for every point) of a model conditioned on
+    /// `data.context_columns`, standardised. `None` for an unconditional model, whatever
+    /// `input` is; a conditional model without an input, or a context of another size, is an
+    /// error naming `what`.
+    pub fn cond_for(&self, input: Option<&Tensor>, n: i64, what: &str) -> Result<Option<Tensor>> {
+        let Some(c) = &self.context else {
+            return match (self.model.n_classes(), input) {
+                // One label for every point, or one each.
+                (Some(_), Some(l)) if l.numel() == 1 && n != 1 => self.one_hot(&l.f_reshape([1])?.f_expand([n], false)?),
+                (Some(_), Some(l)) => self.one_hot(l),
+                (Some(_), None) => bail!("{what}: this model is conditional on {}: its labels are needed", self.conditioning_description()),
+                (None, _) => Ok(None),
+            };
+        };
+        let k = c.dim();
+        let Some(v) = input else {
+            bail!("{what}: this model is conditional on {}: pass {k} context value(s) per point", self.conditioning_description())
+        };
+        let v = match v.dim() {
+            1 => v.f_unsqueeze(0)?,
+            2 => v.shallow_clone(),
+            _ => bail!("{what}: expected a context of shape [{n}, {k}], got {:?}", v.size()),
+        };
+        let rows = v.size()[0];
+        if v.size()[1] != k || !(rows == n || rows == 1) {
+            bail!("{what}: expected a context of shape [{n}, {k}] ({}), got {:?}", c.columns.join(", "), v.size());
+        }
+        let v = v.f_expand([n, k], false)?.f_to_device(self.device())?.f_to_kind(self.kind())?;
+        Ok(Some(match &c.standardize {
+            Some((mean, std)) => v.f_sub(mean)?.f_div(std)?,
+            None => v,
+        }))
+    }
+
     /// Per-row log-density (nats, data units) of tabular rows, each averaged over `draws`
-    /// draws of the configured uniform noise (one pass when there is none).
+    /// draws of the configured uniform noise (one pass when there is none). Only for an
+    /// unconditional model (see [`score_rows_given`](Self::score_rows_given)).
     pub fn score_rows(&self, rows: &Tensor, noise: f64, draws: i64, batch: i64, seed: i64) -> Result<Vec<f64>> {
-        Ok(self.score_rows_with(rows, noise, draws, batch, seed, None)?.0)
+        self.score_rows_given(rows, None, noise, draws, batch, seed)
     }
 
-    /// [`score_rows`](Self::score_rows), with the layers' counters (an ODE solve's function
-    /// evaluations) reported to `sink`; also returns the number of `log_prob` calls made.
-    pub fn score_rows_counted(&self, rows: &Tensor, noise: f64, draws: i64, batch: i64, seed: i64, sink: &Sink) -> Result<(Vec<f64>, i64)> {
-        self.score_rows_with(rows, noise, draws, batch, seed, Some(sink))
+    /// [`score_rows`](Self::score_rows) given each row's conditioning input (`[N, K]`, see
+    /// [`cond_for`](Self::cond_for)): log p(x | context).
+    pub fn score_rows_given(&self, rows: &Tensor, context: Option<&Tensor>, noise: f64, draws: i64, batch: i64, seed: i64) -> Result<Vec<f64>> {
+        Ok(self.score_rows_with(rows, context, noise, draws, batch, seed, None)?.0)
     }
 
-    fn score_rows_with(&self, rows: &Tensor, noise: f64, draws: i64, batch: i64, seed: i64, sink: Option<&Sink>) -> Result<(Vec<f64>, i64)> {
+    /// [`score_rows_given`](Self::score_rows_given), with the layers' counters (an ODE solve's
+    /// function evaluations) reported to `sink`; also returns the number of `log_prob` calls made.
+    #[allow(clippy::too_many_arguments)]
+    pub fn score_rows_counted(&self, rows: &Tensor, context: Option<&Tensor>, noise: f64, draws: i64, batch: i64, seed: i64, sink: &Sink) -> Result<(Vec<f64>, i64)> {
+        self.score_rows_with(rows, context, noise, draws, batch, seed, Some(sink))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn score_rows_with(&self, rows: &Tensor, context: Option<&Tensor>, noise: f64, draws: i64, batch: i64, seed: i64, sink: Option<&Sink>) -> Result<(Vec<f64>, i64)> {
         let draws = if noise > 0.0 { draws } else { 1 };
         let n = leading_dim(rows, "rows")?;
+        if let Some(c) = context {
+            if leading_dim(c, "a context")? != n {
+                bail!("{n} rows but {} contexts", c.size()[0]);
+            }
+        }
         let lp = self.mean_log_prob(n, batch, draws, seed, sink, |start, len| {
             let x = rows.f_narrow(0, start, len)?.f_to_device(self.device())?.f_to_kind(self.kind())?;
             let x = if noise > 0.0 { x.f_add(&x.f_rand_like()?.f_mul_scalar(noise)?)? } else { x };
-            Ok((x, None))
+            let c = context.map(|c| c.f_narrow(0, start, len)).transpose()?;
+            Ok((x, self.cond_for(c.as_ref(), len, "scoring rows")?))
         })?;
         let calls = draws * ((n + batch.max(1) - 1) / batch.max(1));
         Ok((Vec::<f64>::try_from(&lp)?, calls))
@@ -144,7 +264,13 @@ impl Session {
 
     /// `n` samples of a tabular model in data units, `[n, D]` on the CPU.
     pub fn sample_rows(&self, n: i64, temperature: f64, seed: i64) -> Result<Tensor> {
-        let x = self.sample_model_space(None, n, temperature, seed, None)?;
+        self.sample_rows_given(n, temperature, seed, None)
+    }
+
+    /// [`sample_rows`](Self::sample_rows) given the conditioning input (see
+    /// [`sample_model_space`](Self::sample_model_space)): samples of p(x | context).
+    pub fn sample_rows_given(&self, n: i64, temperature: f64, seed: i64, context: Option<&Tensor>) -> Result<Tensor> {
+        let x = self.sample_model_space(None, n, temperature, seed, context)?;
         Ok(x.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?)
     }
 
@@ -242,7 +368,9 @@ impl Session {
     /// Samples in model space, `x = f⁻¹(T · eps)`, from given standard-normal noise `eps`
     /// (`[N, D]` in the flat latent order: level 0's factored-out half, level 1's, ..., the top,
     /// each (C, H, W) row-major) or, without it, from `n` draws after seeding with `seed`.
-    /// `labels` pick classes of a class-conditional model (default: cycling through them).
+    /// `labels` pick classes of a class-conditional model (default: cycling through them), or
+    /// hold the raw context (`[n, K]`, or one `[K]` for all) of a model conditioned on
+    /// `data.context_columns` (required there).
     pub fn sample_model_space(&self, eps: Option<&Tensor>, n: i64, temperature: f64, seed: i64, labels: Option<&Tensor>) -> Result<Tensor> {
         let _g = tch::no_grad_guard();
         let d = self.model.noise_dim();
@@ -259,15 +387,9 @@ impl Session {
             }
         };
         let n = eps.size()[0];
-        let cond = match self.model.n_classes() {
-            Some(k) => {
-                let l = match labels {
-                    Some(l) => l.shallow_clone(),
-                    None => Tensor::f_arange(n, (Kind::Int64, Device::Cpu))?.f_remainder(k)?,
-                };
-                self.one_hot(&l)?
-            }
-            None => None,
+        let cond = match (self.model.n_classes(), labels, &self.context) {
+            (Some(k), None, None) => self.one_hot(&Tensor::f_arange(n, (Kind::Int64, Device::Cpu))?.f_remainder(k)?)?,
+            _ => self.cond_for(labels, n, "sampling")?,
         };
         self.model.sample_from_noise(&eps.f_mul_scalar(temperature)?, &self.ctx_eval(cond.as_ref()))
     }

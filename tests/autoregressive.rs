@@ -2,6 +2,7 @@
 //! ordering (and every output sees the context), the layers invert and match the brute-force
 //! log-det for every bijection, the Jacobi inverse equals the sequential one, and IAF (the
 //! inverse of a MAF layer) samples in one pass.
+mod common;
 use flowzoo::flows::testing::{check_flow, perturb};
 use flowzoo::flows::*;
 use tch::{nn::VarStore, Device, Kind, Tensor};
@@ -38,6 +39,8 @@ fn jacobian(made: &Made, x: &Tensor, c: Option<&Tensor>) -> (Tensor, Option<Tens
 
 #[test]
 fn made_jacobian_is_strictly_triangular_under_its_ordering() {
+    // Seeded draws: tests that use libtorch's global generator take turns.
+    let _rng = common::rng_lock();
     tch::manual_seed(0);
     let d = 5;
     let p = 2;
@@ -93,6 +96,8 @@ fn made_jacobian_is_strictly_triangular_under_its_ordering() {
 
 #[test]
 fn made_saves_its_order_and_masks_and_refuses_bad_options() {
+    // Seeded draws: tests that use libtorch's global generator take turns.
+    let _rng = common::rng_lock();
     tch::manual_seed(1);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("w.safetensors");
@@ -142,6 +147,8 @@ fn transforms() -> Vec<(&'static str, Box<dyn Fn() -> Box<dyn ElementwiseBijecti
 /// inverse to 1e-10, log-det against the brute-force Jacobian, forward + inverse log-det = 0.
 #[test]
 fn autoregressive_layers_invert_with_exact_log_dets() {
+    // Seeded draws: tests that use libtorch's global generator take turns.
+    let _rng = common::rng_lock();
     tch::manual_seed(3);
     let d = 4;
     for (name, t) in transforms() {
@@ -179,6 +186,8 @@ fn autoregressive_layers_invert_with_exact_log_dets() {
 /// close to the identity, still within that tolerance's reach.
 #[test]
 fn jacobi_inverse_equals_the_sequential_inverse() {
+    // Seeded draws: tests that use libtorch's global generator take turns.
+    let _rng = common::rng_lock();
     tch::manual_seed(4);
     let d = 6;
     for (name, t) in transforms() {
@@ -233,6 +242,8 @@ fn jacobi_inverse_equals_the_sequential_inverse() {
 /// density (its forward) D passes; and it is a correct flow.
 #[test]
 fn iaf_samples_in_one_pass() {
+    // Seeded draws: tests that use libtorch's global generator take turns.
+    let _rng = common::rng_lock();
     tch::manual_seed(5);
     let d = 5;
     let mut vs = VarStore::new(Device::Cpu);

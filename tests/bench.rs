@@ -47,11 +47,13 @@ fn flat_adam_is_bitwise_the_per_tensor_update() {
         let (bc1, bc2) = (1.0 - b1.powf(t), 1.0 - b2.powf(t));
         for i in 0..b.len() {
             let g = if scale != 1.0 { grads[i].f_mul_scalar(scale).unwrap() } else { grads[i].shallow_clone() };
-            m[i] = &m[i] * b1 + g.f_mul_scalar(1.0 - b1).unwrap();
-            v[i] = &v[i] * b2 + g.square().f_mul_scalar(1.0 - b2).unwrap();
-            let denom = v[i].sqrt().f_div_scalar(bc2.sqrt()).unwrap().f_add_scalar(eps).unwrap();
-            let update = m[i].f_div(&denom).unwrap().f_mul_scalar(lr / bc1).unwrap();
-            let _ = b[i].shallow_clone().f_sub_(&update).unwrap();
+            // m = β1 m + (1 − β1) g and v = β2 v + (1 − β2) g², as lerps; then
+            // p −= (lr / bc1) · m / (√v / √bc2 + eps), written as p += m / t.
+            m[i] = m[i].lerp(&g, 1.0 - b1);
+            v[i] = v[i].lerp(&g.square(), 1.0 - b2);
+            let c = -bc1 / lr;
+            let t = v[i].sqrt().f_mul_scalar(c / bc2.sqrt()).unwrap().f_add_scalar(c * eps).unwrap();
+            let _ = b[i].shallow_clone().f_addcdiv_(&m[i], &t).unwrap();
         }
     }
     for i in 0..a.len() {

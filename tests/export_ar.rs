@@ -148,7 +148,7 @@ fn conditional_models_match_their_torchscript() {
     use flowzoo::models::realnvp::VectorSpec;
     use flowzoo::models::{Maf, Nsf};
     let _rng = common::rng_lock();
-    let spec = VectorSpec { dim: 3, standardize: true };
+    let spec = VectorSpec { dim: 3, standardize: true, context_dim: 2 };
     for (what, kind, sets) in [
         ("MAF", "maf", &["model.inverse=jacobi", "model.jacobi_tol=0"][..]),
         ("IAF", "iaf", &[][..]),
@@ -162,7 +162,7 @@ fn conditional_models_match_their_torchscript() {
         let cfg = cfg.with_overrides(&all).unwrap();
         tch::manual_seed(3);
         let mut vs = VarStore::new(Device::Cpu);
-        let model = if kind == "nsf" { Nsf::build(vs.root(), &cfg, &spec, 2).unwrap() } else { Maf::build(vs.root(), &cfg, &spec, 2, kind == "iaf").unwrap() };
+        let model = if kind == "nsf" { Nsf::build(vs.root(), &cfg, &spec).unwrap() } else { Maf::build(vs.root(), &cfg, &spec, kind == "iaf").unwrap() };
         let mut whole = Sequential::new();
         whole.layers.push(Box::new(model.flow));
         whole.push(BaseFlow(model.base));

@@ -2,6 +2,7 @@
 //! between-layer choices inverts with an exact log-det, the conditional models depend on their
 //! context, IAF samples in one pass per layer, and the new config keys are range-checked with
 //! messages naming them.
+mod common;
 use flowzoo::config::{Config, DataKind};
 use flowzoo::flows::testing::{check_flow, perturb};
 use flowzoo::flows::{Ctx, Sink};
@@ -49,6 +50,8 @@ fn assert_exact(what: &str, m: &dyn DensityModel, x: &Tensor, ctx: &Ctx) {
 
 #[test]
 fn every_family_inverts_with_exact_log_dets() {
+    // Seeded draws: tests that use libtorch's global generator take turns.
+    let _rng = common::rng_lock();
     let cols: Vec<String> = (0..5).map(|i| format!("c{i}")).collect();
     let cases: &[(&str, &[&str])] = &[
         ("maf", &["model.permutation=reverse", "model.norm=batchnorm"]),
@@ -91,7 +94,9 @@ fn every_family_inverts_with_exact_log_dets() {
 /// an error naming its shape.
 #[test]
 fn conditional_models_depend_on_their_context() {
-    let spec = VectorSpec { dim: 3, standardize: true };
+    // Seeded draws: tests that use libtorch's global generator take turns.
+    let _rng = common::rng_lock();
+    let spec = VectorSpec { dim: 3, standardize: true, context_dim: 2 };
     for (what, kind, sets) in [
         ("MAF", "maf", &["model.permutation=reverse"][..]),
         ("IAF", "iaf", &["model.permutation=reverse"][..]),
@@ -102,8 +107,8 @@ fn conditional_models_depend_on_their_context() {
         tch::manual_seed(8);
         let mut vs = VarStore::new(Device::Cpu);
         let m = match kind {
-            "nsf" => Nsf::build(vs.root(), &c, &spec, 2).unwrap(),
-            k => Maf::build(vs.root(), &c, &spec, 2, k == "iaf").unwrap(),
+            "nsf" => Nsf::build(vs.root(), &c, &spec).unwrap(),
+            k => Maf::build(vs.root(), &c, &spec, k == "iaf").unwrap(),
         };
         assert!(m.desc.contains("context 2"), "{what}: {}", m.desc);
         perturb_all(&vs);
@@ -128,6 +133,8 @@ fn conditional_models_depend_on_their_context() {
 /// An IAF samples with one MADE pass per layer and scores with D; a MAF the other way round.
 #[test]
 fn iaf_samples_and_maf_scores_in_one_pass_per_layer() {
+    // Seeded draws: tests that use libtorch's global generator take turns.
+    let _rng = common::rng_lock();
     let cols: Vec<String> = (0..4).map(|i| format!("c{i}")).collect();
     for (kind, sample_passes, density_passes) in [("iaf", 1.0, 4.0), ("maf", 4.0, 1.0)] {
         let c = config(kind, &["model.permutation=reverse", "model.norm=none"]);

@@ -30,6 +30,9 @@ pub fn run(a: InfoArgs) -> Result<()> {
         println!("target: {} dimensions, {}", sess.model.dim(), target.split_whitespace().collect::<Vec<_>>().join(" "));
     } else {
         println!("data: {} ({} classes: {})", sess.cfg.data.path, state.classes.len(), state.classes.join(" "));
+        if sess.is_tabular() && sess.is_conditional() {
+            println!("conditional on {}", sess.conditioning_description());
+        }
     }
     println!("steps: {} of {} ({:.1} s training, {} skipped)", state.step, sess.cfg.train.max_steps, state.train_seconds, state.skipped_steps);
     // state.json keeps "lower is better": bits/dim, validation NLL, or a fit's −ELBO.

@@ -3,6 +3,7 @@ use super::{Which, DEVICE_HELP};
 use anyhow::Result;
 use flowzoo::io::RunDir;
 use flowzoo::jobs::inputs::read_tensor_spec;
+use flowzoo::jobs::context::ContextArg;
 use flowzoo::jobs::sample::{sample, SampleRequest};
 use flowzoo::session::Session;
 use std::path::PathBuf;
@@ -40,6 +41,15 @@ pub struct SampleArgs {
     /// Also write the raw model-space samples [N, C, H, W] to this safetensors file (key "x").
     #[arg(long)]
     raw_out: Option<PathBuf>,
+    /// A conditional tabular model: the context of every sample, its columns' values separated
+    /// by commas (e.g. --context 0.5,1.0; a label model: the label's value).
+    #[arg(long, conflicts_with = "context_csv", allow_hyphen_values = true)]
+    context: Option<String>,
+    /// A conditional tabular model: one context per sample, the rows of this CSV file (a
+    /// header naming the context columns, or exactly those columns); its rows replace -n
+    /// (a PNG of 2-D data: -n samples at each of them).
+    #[arg(long)]
+    context_csv: Option<PathBuf>,
 }
 
 pub fn run(a: SampleArgs) -> Result<()> {
@@ -54,6 +64,11 @@ pub fn run(a: SampleArgs) -> Result<()> {
         eps: eps.as_ref(),
         raw_out: a.raw_out.as_deref(),
         output: &a.output,
+        context: match (&a.context, &a.context_csv) {
+            (Some(v), _) => Some(ContextArg::Values(v)),
+            (None, Some(p)) => Some(ContextArg::Csv(p)),
+            (None, None) => None,
+        },
     };
     let w = sample(&sess, &req)?;
     if w.with_density {

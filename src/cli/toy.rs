@@ -17,11 +17,18 @@ pub struct ToyArgs {
     /// The CSV file to write (header x,y).
     #[arg(short, long)]
     output: PathBuf,
+    /// Add a context column `rotation` (uniform in [0, 1)) and turn each point by rotation·π
+    /// about the origin (header x,y,rotation): data for p(x, y | rotation).
+    #[arg(long)]
+    rotate: bool,
 }
 
 pub fn run(a: ToyArgs) -> Result<()> {
-    let pts = flowzoo::data::toys::generate(&a.name, a.n, a.seed)?;
-    flowzoo::io::atomic::atomic_write_bytes(&a.output, flowzoo::data::toys::to_csv(&pts).as_bytes())?;
-    println!("wrote {} points of {} (seed {}) to {}", a.n, a.name, a.seed, a.output.display());
+    use flowzoo::data::toys;
+    let pts = toys::generate(&a.name, a.n, a.seed)?;
+    let csv = if a.rotate { toys::rotated_to_csv(&toys::rotate(&pts, a.seed)) } else { toys::to_csv(&pts) };
+    flowzoo::io::atomic::atomic_write_bytes(&a.output, csv.as_bytes())?;
+    let how = if a.rotate { ", each turned by rotation·π" } else { "" };
+    println!("wrote {} points of {} (seed {}{how}) to {}", a.n, a.name, a.seed, a.output.display());
     Ok(())
 }

@@ -38,6 +38,14 @@ pub struct DataConfig {
     pub standardize: bool,
     /// Tabular `.npz`: the array to read.
     pub npz_key: String,
+    /// Tabular: columns (header names or 0-based indices) that condition the flow instead of
+    /// being modelled: the model is p(x | context), every conditioner reads them (standardised
+    /// with training-set statistics when `standardize` is on). The modelled columns are
+    /// `columns`, or all the others.
+    pub context_columns: Vec<String>,
+    /// Tabular: a column holding a class label (numbers; each distinct value is a class) that
+    /// conditions the flow as a one-hot vector: p(x | label). Not with `context_columns`.
+    pub label_column: String,
 }
 
 impl Default for DataConfig {
@@ -57,6 +65,29 @@ impl Default for DataConfig {
             uniform_noise: 0.0,
             standardize: true,
             npz_key: String::new(),
+            context_columns: vec![],
+            label_column: String::new(),
+        }
+    }
+}
+
+impl DataConfig {
+    /// The columns a conditional tabular model reads: `context_columns`, or the
+    /// `label_column` (empty: an unconditional model).
+    pub fn conditioning_columns(&self) -> Vec<String> {
+        if self.label_column.is_empty() {
+            self.context_columns.clone()
+        } else {
+            vec![self.label_column.clone()]
+        }
+    }
+
+    /// The config key that names the conditioning columns, for messages.
+    pub fn conditioning_key(&self) -> &'static str {
+        if self.label_column.is_empty() {
+            "data.context_columns"
+        } else {
+            "data.label_column"
         }
     }
 }

@@ -111,6 +111,7 @@ pub fn check(cfg: &Config) -> Result<(), Invalid> {
     if let Some(i) = d.columns.iter().position(|c| c.is_empty()) {
         return Err(invalid("data.columns", format!("data.columns[{i}] is empty: name a column or give its 0-based index")));
     }
+    check_context_columns(d)?;
 
     // [model]
     at_least("model.levels", m.levels, 1, "")?;
@@ -242,6 +243,36 @@ pub fn check(cfg: &Config) -> Result<(), Invalid> {
                     d.image_size, m.levels
                 ),
             ));
+        }
+    }
+    Ok(())
+}
+
+/// `data.context_columns` and `data.label_column`: tabular only, one or the other, each column
+/// named once and not also modelled.
+fn check_context_columns(d: &super::DataConfig) -> Result<(), Invalid> {
+    let (ctx, label) = (&d.context_columns, &d.label_column);
+    if ctx.is_empty() && label.is_empty() {
+        return Ok(());
+    }
+    let key = if ctx.is_empty() { "data.label_column" } else { "data.context_columns" };
+    if d.kind != DataKind::Tabular {
+        return Err(invalid(key, format!("{key} conditions a tabular model on columns of its table: it needs data.kind = \"tabular\" (class-conditional image models use model.conditional)")));
+    }
+    if !ctx.is_empty() && !label.is_empty() {
+        return Err(invalid("data.label_column", format!("data.label_column = {label:?} and data.context_columns = {ctx:?}: condition on one or the other (a label is a one-hot context)")));
+    }
+    if let Some(i) = ctx.iter().position(|c| c.is_empty()) {
+        return Err(invalid("data.context_columns", format!("data.context_columns[{i}] is empty: name a column or give its 0-based index")));
+    }
+    for (i, c) in ctx.iter().enumerate() {
+        if ctx[..i].contains(c) {
+            return Err(invalid("data.context_columns", format!("data.context_columns names {c:?} twice")));
+        }
+    }
+    for c in ctx.iter().chain(std::iter::once(label).filter(|l| !l.is_empty())) {
+        if d.columns.contains(c) {
+            return Err(invalid(key, format!("{key}: {c:?} is also in data.columns: a column is either modelled or conditioned on, not both")));
         }
     }
     Ok(())

@@ -3,6 +3,7 @@
 pub mod dequant;
 pub mod evaluation_set;
 pub mod idx;
+pub mod labels;
 pub mod images;
 
 pub use dequant::{bits_per_dim, dequantize, nats_to_bpd, to_model_space, to_pixels};

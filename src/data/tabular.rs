@@ -14,6 +14,11 @@ pub struct Table {
     /// CSV: the 1-based line of the file each row came from (so reports can name it after bad
     /// rows were dropped); `None` for `.npy`/`.npz`, whose rows are their 0-based index.
     pub lines: Option<Vec<u64>>,
+    /// The conditioning columns (`data.context_columns`, or the `data.label_column`'s raw
+    /// values), `[N, K]` float64 beside `rows`; `None` for an unconditional model.
+    pub context: Option<Tensor>,
+    /// Their names.
+    pub context_columns: Vec<String>,
 }
 
 pub struct TabularSplit {
@@ -22,6 +27,8 @@ pub struct TabularSplit {
     pub test: Tensor,
     pub columns: Vec<String>,
     pub dropped: usize,
+    /// The conditioning columns of each split (see [`Table::context`]): train, val, test.
+    pub context: Option<[Tensor; 3]>,
 }
 
 /// Reads a table; errors name the file, line and column.
@@ -53,7 +60,7 @@ pub fn load_table(path: &Path, cfg: &DataConfig) -> Result<Table> {
         }
         _ => bail!("{}: unknown tabular format (use .csv, .npy or .npz)", path.display()),
     };
-    select_columns(path, table, &cfg.columns)
+    select_columns(path, table, cfg)
 }
 
 fn from_array(path: &Path, t: Tensor) -> Result<Table> {
@@ -70,7 +77,7 @@ fn from_array(path: &Path, t: Tensor) -> Result<Table> {
         bail!("{}: {n_bad} rows hold NaN or Inf (first: row {first})", path.display());
     }
     let d = t.size()[1];
-    Ok(Table { rows: t, columns: (0..d).map(|i| i.to_string()).collect(), dropped: 0, lines: None })
+    Ok(Table { rows: t, columns: (0..d).map(|i| i.to_string()).collect(), dropped: 0, lines: None, context: None, context_columns: vec![] })
 }
 
 fn read_csv(path: &Path, cfg: &DataConfig) -> Result<Table> {
@@ -134,27 +141,60 @@ fn read_csv(path: &Path, cfg: &DataConfig) -> Result<Table> {
     if dropped > 0 {
         eprintln!("warning: {}: dropped {dropped} bad rows", path.display());
     }
-    Ok(Table { rows: Tensor::f_from_slice(&values)?.f_reshape([n as i64, d as i64])?, columns, dropped, lines: Some(lines) })
+    let rows = Tensor::f_from_slice(&values)?.f_reshape([n as i64, d as i64])?;
+    Ok(Table { rows, columns, dropped, lines: Some(lines), context: None, context_columns: vec![] })
 }
 
-fn select_columns(path: &Path, t: Table, wanted: &[String]) -> Result<Table> {
-    if wanted.is_empty() {
+/// The index of the column `wanted` names (a header name or a 0-based index); `key` is the
+/// config key that names it, for the message.
+fn column_index(path: &Path, columns: &[String], key: &str, wanted: &str) -> Result<usize> {
+    if let Some(j) = columns.iter().position(|c| c == wanted) {
+        return Ok(j);
+    }
+    match wanted.parse::<usize>() {
+        Ok(j) if j < columns.len() => Ok(j),
+        _ => bail!("{}: {key} names {wanted:?}, which is neither a column ({}) nor an index below {}", path.display(), columns.join(", "), columns.len()),
+    }
+}
+
+/// The modelled columns (`data.columns`, or every column not conditioned on) as `rows`, and
+/// the conditioning columns as `context`.
+fn select_columns(path: &Path, t: Table, cfg: &DataConfig) -> Result<Table> {
+    let cond = cfg.conditioning_columns();
+    if cfg.columns.is_empty() && cond.is_empty() {
         return Ok(t);
     }
-    let mut idx = vec![];
-    for w in wanted {
-        let j = match t.columns.iter().position(|c| c == w) {
-            Some(j) => j,
-            None => match w.parse::<usize>() {
-                Ok(j) if j < t.columns.len() => j,
-                _ => bail!("{}: data.columns names {w:?}, which is neither a column ({}) nor an index below {}", path.display(), t.columns.join(", "), t.columns.len()),
-            },
-        };
-        idx.push(j as i64);
+    let key = cfg.conditioning_key();
+    let ctx: Vec<usize> = cond.iter().map(|w| column_index(path, &t.columns, key, w)).collect::<Result<_>>()?;
+    let idx: Vec<usize> = if cfg.columns.is_empty() {
+        (0..t.columns.len()).filter(|j| !ctx.contains(j)).collect()
+    } else {
+        cfg.columns.iter().map(|w| column_index(path, &t.columns, "data.columns", w)).collect::<Result<_>>()?
+    };
+    if let Some(j) = ctx.iter().find(|j| idx.contains(j)) {
+        bail!("{}: column {:?} is both modelled (data.columns) and conditioned on ({key})", path.display(), t.columns[*j]);
     }
-    let rows = t.rows.f_index_select(1, &Tensor::f_from_slice(&idx)?)?;
-    let columns = idx.iter().map(|&j| t.columns[j as usize].clone()).collect();
-    Ok(Table { rows, columns, dropped: t.dropped, lines: t.lines })
+    for (i, j) in ctx.iter().enumerate() {
+        if ctx[..i].contains(j) {
+            bail!("{}: {key} names column {:?} twice", path.display(), t.columns[*j]);
+        }
+    }
+    if idx.is_empty() {
+        bail!("{}: no column is left to model ({key} takes all of {})", path.display(), t.columns.join(", "));
+    }
+    let pick = |cols: &[usize]| -> Result<Tensor> {
+        let cols: Vec<i64> = cols.iter().map(|&j| j as i64).collect();
+        Ok(t.rows.f_index_select(1, &Tensor::f_from_slice(&cols)?)?)
+    };
+    let context = if ctx.is_empty() { None } else { Some(pick(&ctx)?) };
+    Ok(Table {
+        rows: pick(&idx)?,
+        columns: idx.iter().map(|&j| t.columns[j].clone()).collect(),
+        dropped: t.dropped,
+        lines: t.lines,
+        context,
+        context_columns: ctx.iter().map(|&j| t.columns[j].clone()).collect(),
+    })
 }
 
 /// Seeded split: test first, then validation, the rest training.
@@ -166,13 +206,20 @@ pub fn split_table(t: &Table, cfg: &DataConfig, seed: u64) -> Result<TabularSpli
         bail!("{} rows leave fewer than 2 for training (test_fraction {}, val_fraction {})", n, cfg.test_fraction, cfg.val_fraction);
     }
     let perm = Tensor::f_from_slice(&crate::rng::seeded_permutation(n as usize, seed))?;
-    let take = |start: i64, len: i64| t.rows.f_index_select(0, &perm.narrow(0, start, len));
+    let n_train = n - n_test - n_val;
+    // The same rows of the conditioning columns.
+    let parts = |of: &Tensor| -> Result<[Tensor; 3]> {
+        let take = |start: i64, len: i64| of.f_index_select(0, &perm.narrow(0, start, len));
+        Ok([take(n_test + n_val, n_train)?, take(n_test, n_val)?, take(0, n_test)?])
+    };
+    let [train, val, test] = parts(&t.rows)?;
     Ok(TabularSplit {
-        test: take(0, n_test)?,
-        val: take(n_test, n_val)?,
-        train: take(n_test + n_val, n - n_test - n_val)?,
+        test,
+        val,
+        train,
         columns: t.columns.clone(),
         dropped: t.dropped,
+        context: t.context.as_ref().map(parts).transpose()?,
     })
 }
 

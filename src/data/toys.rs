@@ -59,3 +59,28 @@ pub fn to_csv(points: &[[f64; 2]]) -> String {
     }
     s
 }
+
+/// The conditional variant of a toy (`flowzoo toy NAME --rotate`): each point gets a context
+/// `rotation` drawn uniformly from [0, 1) (its own stream: the points are the toy's own) and is
+/// turned by `rotation · π` about the origin, so p(x, y | rotation) is the toy turned by that
+/// angle: a context that visibly moves the density.
+pub fn rotate(points: &[[f64; 2]], seed: u64) -> Vec<[f64; 3]> {
+    let mut r = SplitMix64::from_state(seed ^ 0x6A09_E667_F3BC_C908);
+    points
+        .iter()
+        .map(|p| {
+            let c = r.uniform();
+            let (sin, cos) = (c * std::f64::consts::PI).sin_cos();
+            [cos * p[0] - sin * p[1], sin * p[0] + cos * p[1], c]
+        })
+        .collect()
+}
+
+/// CSV text with header `x,y,rotation`.
+pub fn rotated_to_csv(points: &[[f64; 3]]) -> String {
+    let mut s = String::from("x,y,rotation\n");
+    for p in points {
+        s.push_str(&format!("{:.6},{:.6},{:.6}\n", p[0], p[1], p[2]));
+    }
+    s
+}

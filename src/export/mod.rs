@@ -21,7 +21,10 @@
 //!
 //! The code creates every tensor with the dtype and device of an input or a parameter, so the
 //! module works at any batch size, after `m.double()` and after `m.to("cuda")`. Class-conditional
-//! models take `labels` (int64 class indices `[B]`); unconditional ones refuse them.
+//! models (a conditional Glow, a tabular `data.label_column`) take `labels` (int64 class indices
+//! `[B]`); unconditional ones refuse them. A tabular model conditioned on `data.context_columns`
+//! takes `context` in their place (the columns' raw values `[B, K]`, or `[K]` for every row,
+//! standardised inside as flowzoo does), and has the int attribute `context_dim` (0 otherwise).
 //!
 //! # How a model is written
 //! The layers write their own TorchScript through [`crate::script`] (each layer's
@@ -64,6 +67,17 @@ pub struct ModelSpec {
     /// A model whose transform integrates ODEs (FFJORD): the default solver name and steps of
     /// the `*_ode` methods (see [`ode`]).
     pub ode: Option<(String, i64)>,
+    /// A model conditioned on context columns: the methods take `context` instead of `labels`.
+    pub context: Option<ContextSpec>,
+}
+
+/// The context of a model conditioned on `data.context_columns`.
+#[derive(Clone, Debug)]
+pub struct ContextSpec {
+    /// The columns, in order (their count is the context's size).
+    pub columns: Vec<String>,
+    /// The registered names of the standardisation's mean and std, when it has one.
+    pub standardize: Option<(String, String)>,
 }
 
 fn int_list(v: &[i64]) -> String {
@@ -106,14 +120,21 @@ fn add_model_methods(ts: &mut ScriptBuilder, flow: &ScriptFlow, (transform, base
     ts.module_mut().register_attribute_int("dim", dim)?;
     ts.module_mut().register_attribute_int("n_classes", k)?;
     ts.module_mut().register_attribute_int("n_bits", spec.n_bits.unwrap_or(0))?;
+    let context_dim = spec.context.as_ref().map_or(0, |c| c.columns.len() as i64);
+    ts.module_mut().register_attribute_int("context_dim", context_dim)?;
     let cls = &spec.class;
     let want = format!("[B, {}]", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "));
     let mut shape_test = format!("x.dim() == {}", shape.len() + 1);
     for (i, d) in shape.iter().enumerate() {
         shape_test += &format!(" and x.size({}) == {d}", i + 1);
     }
-    let (opt, t2) = ("labels: Optional[Tensor]=None", "Tuple[Tensor, Tensor]");
-    let cond_fn = if k > 0 {
+    // The conditioning argument: class labels, or a context of raw column values.
+    let (arg, to_cond) = if spec.context.is_some() { ("context", "_context_to_cond") } else { ("labels", "_labels_to_cond") };
+    let opt = format!("{arg}: Optional[Tensor]=None");
+    let t2 = "Tuple[Tensor, Tensor]";
+    let cond_fn = if let Some(c) = &spec.context {
+        context_to_cond(cls, c)
+    } else if k > 0 {
         format!(
             "assert labels is not None, \"flowzoo {cls}: this model is class-conditional: pass labels (int64 class indices [B] in 0..{km1})\"\n\
              lab = labels\n\
@@ -133,14 +154,15 @@ fn add_model_methods(ts: &mut ScriptBuilder, flow: &ScriptFlow, (transform, base
         .int("dim", dim)
         .int("n_classes", k)
         .int("n_bits", spec.n_bits.unwrap_or(0))
+        .int("context_dim", context_dim)
         .child("flow", flow)
         .method("event_shape", "", "List[int]", &format!("return {}", int_list(shape)))
-        .method("_labels_to_cond", "labels: Optional[Tensor], like: Tensor", "Optional[Tensor]", &cond_fn)
+        .method(to_cond, &format!("{arg}: Optional[Tensor], like: Tensor"), "Optional[Tensor]", &cond_fn)
         .method(
             "forward",
             &format!("x: Tensor, {opt}"),
             t2,
-            &format!("assert {shape_test}, \"flowzoo {cls}: expected x of shape {want}, got \" + str(x.size())\nreturn $flow.forward(x, $self._labels_to_cond(labels, x))"),
+            &format!("assert {shape_test}, \"flowzoo {cls}: expected x of shape {want}, got \" + str(x.size())\nreturn $flow.forward(x, $self.{to_cond}({arg}, x))"),
         )
         .method(
             "inverse",
@@ -148,21 +170,24 @@ fn add_model_methods(ts: &mut ScriptBuilder, flow: &ScriptFlow, (transform, base
             "Tensor",
             &format!(
                 "assert z.dim() == 2 and z.size(1) == {dim}, \"flowzoo {cls}: expected z of shape [B, {dim}], got \" + str(z.size())\n\
-                 x, logabsdet = $flow.inverse(z, $self._labels_to_cond(labels, z))\nreturn x"
+                 x, logabsdet = $flow.inverse(z, $self.{to_cond}({arg}, z))\nreturn x"
             ),
         )
         .method(
             "log_prob",
             &format!("x: Tensor, {opt}"),
             "Tensor",
-            &format!("z, logabsdet = $self.forward(x, labels)\nb = z.size(0)\nsq = torch.sum(z.reshape([b, -1]).square(), [1])\nreturn (sq * (-0.5) - {normal_const}) + logabsdet"),
+            &format!("z, logabsdet = $self.forward(x, {arg})\nb = z.size(0)\nsq = torch.sum(z.reshape([b, -1]).square(), [1])\nreturn (sq * (-0.5) - {normal_const}) + logabsdet"),
         )
         .method(
             "sample",
             &format!("n: int, temperature: float=1.0, {opt}"),
             "Tensor",
-            &format!("ref = $ref\neps = torch.randn([n, {dim}], dtype=ref.dtype, device=ref.device) * temperature\n{sample_labels}return $self.inverse(eps, labels)"),
+            &format!("ref = $ref\neps = torch.randn([n, {dim}], dtype=ref.dtype, device=ref.device) * temperature\n{sample_labels}return $self.inverse(eps, {arg})"),
         );
+    if let Some((mean, std)) = spec.context.as_ref().and_then(|c| c.standardize.as_ref()) {
+        root = root.tensor_named("context_mean", mean).tensor_named("context_std", std);
+    }
     if let Some(n_bits) = spec.n_bits {
         let d = dim as f64;
         let c = ts_float(d * (n_bits as f64) * std::f64::consts::LN_2)?;
@@ -172,7 +197,7 @@ fn add_model_methods(ts: &mut ScriptBuilder, flow: &ScriptFlow, (transform, base
         let scale = ts_float(255.0 / ((1i64 << n_bits) as f64 - 1.0).max(1.0))?;
         let floor = if n_bits < 8 { format!("k = torch.floor(k / {div})\n") } else { String::new() };
         root = root
-            .method("bits_per_dim", &format!("x: Tensor, {opt}"), "Tensor", &format!("lp = $self.log_prob(x, labels)\nreturn (-(lp - {c})) / {dl}"))
+            .method("bits_per_dim", &format!("x: Tensor, {opt}"), "Tensor", &format!("lp = $self.log_prob(x, {arg})\nreturn (-(lp - {c})) / {dl}"))
             .method(
                 "preprocess",
                 "pixels: Tensor, dequantize: bool=True",
@@ -193,6 +218,24 @@ fn add_model_methods(ts: &mut ScriptBuilder, flow: &ScriptFlow, (transform, base
         root = ode::add_ode_methods(root, transform, base, &shape_test, &want, cls, dim, solver, *steps)?;
     }
     ts.add_root(root)
+}
+
+/// `_context_to_cond(context, like)`: the raw context `[B, K]` (or `[K]` / `[1, K]`, one for
+/// every row) checked, cast to `like`'s dtype and device and standardised as
+/// [`Session::cond_for`] does it, op for op.
+fn context_to_cond(cls: &str, c: &ContextSpec) -> String {
+    let k = c.columns.len();
+    // Column names inside a TorchScript string literal.
+    let names: String = c.columns.join(", ").chars().filter(|ch| !matches!(ch, '"' | '\\' | '\n' | '\r')).collect();
+    let mut body = format!(
+        "assert context is not None, \"flowzoo {cls}: this model is conditional on the context columns {names}: pass context, their values [B, {k}] (or [{k}] for every row)\"\n\
+         c = context\n\
+         if c.dim() == 1:\n    c = c.unsqueeze(0)\n\
+         assert c.dim() == 2 and c.size(1) == {k} and (c.size(0) == like.size(0) or c.size(0) == 1), \"flowzoo {cls}: expected a context of shape [\" + str(like.size(0)) + \", {k}] ({names}), got \" + str(context.size())\n\
+         c = c.expand([like.size(0), {k}]).to(device=like.device, dtype=like.dtype)\n"
+    );
+    body += if c.standardize.is_some() { "return (c - $context_mean) / $context_std" } else { "return c" };
+    body
 }
 
 /// The plain PyTorch source of a model described to `ts` (see [`crate::script::python`]).
@@ -228,6 +271,10 @@ pub fn session_spec(sess: &Session) -> ModelSpec {
         n_classes: sess.model.n_classes(),
         n_bits: image.then_some(sess.cfg.data.n_bits),
         ode: (sess.cfg.model.kind == crate::config::ModelKind::Ffjord).then(|| (sess.cfg.model.cnf.eval_solver.name().to_string(), sess.cfg.model.cnf.eval_steps)),
+        context: sess.context.as_ref().map(|c| ContextSpec {
+            columns: c.columns.clone(),
+            standardize: c.standardize.as_ref().map(|_| ("context_standardize.mean".to_string(), "context_standardize.std".to_string())),
+        }),
     }
 }
 
@@ -326,7 +373,12 @@ fn self_check(sess: &Session, module: &ScriptModule) -> Result<f64> {
     let mut shape = vec![2];
     shape.extend(sess.model.event_shape());
     let x = Tensor::f_rand(&shape[..], (sess.kind(), sess.device()))?.f_sub_scalar(0.5)?;
-    let labels = sess.model.n_classes().map(|_| Tensor::from_slice(&[0i64, 0]).to_device(sess.device()));
+    // A class 0 for both points, or a context of two random rows.
+    let labels = match (&sess.context, sess.model.n_classes()) {
+        (Some(c), _) => Some(Tensor::f_randn([2, c.dim()], (sess.kind(), sess.device()))?),
+        (None, Some(_)) => Some(Tensor::from_slice(&[0i64, 0]).to_device(sess.device())),
+        (None, None) => None,
+    };
     let mut args = vec![IValue::Tensor(x.shallow_clone())];
     if let Some(l) = &labels {
         args.push(IValue::Tensor(l.shallow_clone()));
@@ -334,10 +386,7 @@ fn self_check(sess: &Session, module: &ScriptModule) -> Result<f64> {
     let IValue::Tensor(lp_ts) = m.method_is("log_prob", &args)? else {
         bail!("log_prob of the exported module did not return a tensor");
     };
-    let cond = match &labels {
-        Some(l) => sess.one_hot(l)?,
-        None => None,
-    };
+    let cond = sess.cond_for(labels.as_ref(), 2, "checking the export")?;
     let lp = sess.model.log_prob(&x, &crate::flows::Ctx::eval().with_cond(cond.as_ref()))?;
     let diff = lp_ts.f_sub(&lp)?.f_abs()?.f_max()?.f_double_value(&[])?;
     let scale = lp.f_abs()?.f_max()?.f_double_value(&[])?.max(1.0);

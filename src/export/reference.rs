@@ -22,7 +22,8 @@ fn scalar_input(inputs: &BTreeMap<String, Tensor>, key: &str) -> Result<Option<f
 /// Inputs: `x` `[B, *event_shape]`, float32 or float64 (the model runs in that dtype; float64
 /// converts its weights); optional `labels` (int64 `[B]`, class-conditional models), `eps`
 /// (`[N, D]`, latents to invert), and `sample_n`, `sample_temperature`, `sample_seed` (one number
-/// each; optional `sample_labels` `[sample_n]`).
+/// each; optional `sample_labels` `[sample_n]`). A model conditioned on context columns takes
+/// its raw contexts (`[B, K]`) under the same three `*labels` keys.
 ///
 /// Outputs: `z`, `logabsdet` (the flow's forward), `log_prob`, `bits_per_dim` (image models),
 /// `x_rec` (inverse of `z`), `inverse_eps` and `inverse_eps_logabsdet` (the flow's inverse of
@@ -43,15 +44,16 @@ pub fn write_reference(sess: &mut Session, input: &Path, output: &Path) -> Resul
     }
     sess.model.check_input(&x).context("reference input x")?;
     let _g = tch::no_grad_guard();
-    let cond_of = |key: &str| -> Result<Option<Tensor>> {
-        match (inputs.get(key), sess.model.n_classes()) {
-            (Some(l), Some(_)) => Ok(sess.one_hot(l)?),
-            (None, Some(_)) => bail!("{}: the model is class-conditional: {key} is needed", input.display()),
-            (Some(_), None) => bail!("{}: {key} given but the model is not class-conditional", input.display()),
-            (None, None) => Ok(None),
+    // Class labels, or the raw context of a model conditioned on context columns, for `n` rows.
+    let cond_of = |key: &str, n: i64| -> Result<Option<Tensor>> {
+        match (inputs.get(key), sess.is_conditional()) {
+            (Some(l), true) => sess.cond_for(Some(l), n, key),
+            (None, true) => bail!("{}: the model is conditional on {}: {key} is needed", input.display(), sess.conditioning_description()),
+            (Some(_), false) => bail!("{}: {key} given but the model is not conditional", input.display()),
+            (None, false) => Ok(None),
         }
     };
-    let cond = cond_of("labels")?;
+    let cond = cond_of("labels", x.size()[0])?;
     let ctx = Ctx::eval().with_cond(cond.as_ref());
     let model = sess.model.as_ref();
     let mut out: Vec<(String, Tensor)> = vec![];
@@ -68,7 +70,7 @@ pub fn write_reference(sess: &mut Session, input: &Path, output: &Path) -> Resul
     out.push(("x_rec".into(), x_rec));
     if let Some(eps) = inputs.get("eps") {
         let eps = eps.f_to_kind(kind)?;
-        let cond = cond_of("eps_labels")?;
+        let cond = cond_of("eps_labels", eps.size()[0])?;
         let (xe, lde) = model.from_noise(&eps, &Ctx::eval().with_cond(cond.as_ref()))?;
         out.push(("inverse_eps".into(), xe));
         out.push(("inverse_eps_logabsdet".into(), lde));
@@ -76,7 +78,7 @@ pub fn write_reference(sess: &mut Session, input: &Path, output: &Path) -> Resul
     if let Some(n) = scalar_input(&inputs, "sample_n")? {
         let t = scalar_input(&inputs, "sample_temperature")?.unwrap_or(1.0);
         let seed = scalar_input(&inputs, "sample_seed")?.unwrap_or(0.0);
-        let cond = cond_of("sample_labels")?;
+        let cond = cond_of("sample_labels", n as i64)?;
         tch::manual_seed(seed as i64);
         let s = sess.model.sample(n as i64, t, &Ctx::eval().with_cond(cond.as_ref()), (kind, sess.device()))?;
         out.push(("sample".into(), s));

@@ -108,33 +108,42 @@ pub fn eval_images(sess: &Session, data: Option<&Path>) -> Result<(Tensor, Tenso
 }
 
 /// `eval` of a tabular model: mean log-likelihood (nats, data units) with its standard error.
+/// A conditional model scores each row given its context: log p(x | context), the context read
+/// from the table's conditioning columns (the run's `data.context_columns` / `label_column`).
 pub fn eval_tabular(sess: &Session, opts: &EvalOptions) -> Result<EvalReport> {
     let cfg = &sess.cfg.data;
-    let (rows, noise, what) = if let Some(spec) = opts.tensors {
+    let (rows, context, noise, what) = if let Some(spec) = opts.tensors {
+        if sess.is_conditional() {
+            bail!("--tensors {spec}: this model is conditional on {}: score rows with their context from a table (--csv FILE or --data FILE)", sess.conditioning_description());
+        }
         let x = read_tensor_spec("--tensors", spec)?;
         x.expect_points(&sess.model.event_shape(), "input")?;
-        (x.tensor.f_to_kind(Kind::Double)?, 0.0, spec.to_string())
-    } else if let Some(file) = opts.csv {
+        (x.tensor.f_to_kind(Kind::Double)?, None, 0.0, spec.to_string())
+    } else if let Some(file) = opts.csv.or(opts.data) {
+        let flag = if opts.csv.is_some() { "--csv" } else { "--data" };
         let mut c = cfg.clone();
         c.columns = sess.columns.clone();
-        c.header = Header::Auto;
-        let t = load_table(file, &c)?;
-        sess.model.check_input(&t.rows).with_context(|| format!("--csv {}", file.display()))?;
-        (t.rows, 0.0, file.display().to_string())
-    } else if let Some(file) = opts.data {
-        let mut c = cfg.clone();
-        c.columns = sess.columns.clone();
-        let t = load_table(file, &c)?;
-        (t.rows, cfg.uniform_noise, file.display().to_string())
+        if opts.csv.is_some() {
+            c.header = Header::Auto;
+        }
+        let t = load_table(file, &c).context(flag)?;
+        sess.model.check_input(&t.rows).with_context(|| format!("{flag} {}", file.display()))?;
+        let what = file.display().to_string();
+        let context = t.context.as_ref().map(|v| sess.context_from_columns(v, &format!("{flag} {what}"))).transpose()?;
+        let noise = if opts.csv.is_some() { 0.0 } else { cfg.uniform_noise };
+        (t.rows, context, noise, what)
     } else {
         let path = sess.cfg.data_path().context("the run's own test split (pass --csv FILE to score other rows)")?;
-        let split = split_table(&load_table(&path, cfg)?, cfg, sess.cfg.train.seed)?;
+        let table = load_table(&path, cfg)?;
+        let split = split_table(&table, cfg, sess.cfg.train.seed)?;
         if split.test.size()[0] == 0 {
             bail!("the run's data {} has no test split; pass --csv FILE", path.display());
         }
-        (split.test, cfg.uniform_noise, format!("{} (test split)", path.display()))
+        let what = format!("{} (test split)", path.display());
+        let context = split.context.as_ref().map(|[_, _, test]| sess.context_from_columns(test, &what)).transpose()?;
+        (split.test, context, cfg.uniform_noise, what)
     };
-    let lp = sess.score_rows(&rows, noise, opts.draws, opts.batch, opts.seed)?;
+    let lp = sess.score_rows_given(&rows, context.as_ref(), noise, opts.draws, opts.batch, opts.seed)?;
     let n = lp.len() as f64;
     let mean = lp.iter().sum::<f64>() / n;
     let var = lp.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);

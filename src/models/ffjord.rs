@@ -127,6 +127,8 @@ pub struct Ffjord {
     pub base: StandardNormal,
     pub dim: i64,
     pub desc: String,
+    /// Classes of a label-conditional model (`data.label_column`).
+    pub n_classes: Option<i64>,
 }
 
 impl Ffjord {
@@ -154,7 +156,7 @@ impl Ffjord {
         let mut norms: Vec<Option<Box<dyn Flow>>> = vec![];
         for b in 0..m.blocks {
             let p = &root / "blocks" / b;
-            let net = OdeNet::with_layers(&p / "cnf" / "net", c.layer_type, c.time_frequencies, d, 0, &c.hidden, c.activation)?;
+            let net = OdeNet::with_layers(&p / "cnf" / "net", c.layer_type, c.time_frequencies, d, spec.context_dim, &c.hidden, c.activation)?;
             cnfs.push(Cnf::with_net(&p / "cnf", net, c.time_length, c.train_time, options.clone())?);
             norms.push(match m.norm {
                 NormChoice::Batchnorm => Some(Box::new(BatchNormFlow::new(&p / "norm", d, 2))),
@@ -167,7 +169,7 @@ impl Ffjord {
             other => format!("{} {} steps", other.name(), s.steps),
         };
         let desc = format!(
-            "FFJORD: {d} dims, {} blocks of CNF ({} {:?}, {:?}), T = {}{}, train {}, eval {}, trace {:?} ({:?} noise), kinetic {} jacobian {}, norm {:?}, standardize {}",
+            "FFJORD: {d} dims, {} blocks of CNF ({} {:?}, {:?}), T = {}{}, train {}, eval {}, trace {:?} ({:?} noise), kinetic {} jacobian {}, norm {:?}, standardize {}{}",
             m.blocks,
             match c.layer_type {
                 LayerType::ConcatSquash => "concat-squash".to_string(),
@@ -184,9 +186,10 @@ impl Ffjord {
             c.kinetic_weight,
             c.jacobian_weight,
             m.norm,
-            spec.standardize
+            spec.standardize,
+            super::realnvp::context_note(spec)
         );
-        Ok(Ffjord { flow: FfjordFlow { standardize, cnfs, norms }, base: StandardNormal, dim: d, desc })
+        Ok(Ffjord { flow: FfjordFlow { standardize, cnfs, norms }, base: StandardNormal, dim: d, desc, n_classes: None })
     }
 }
 
@@ -199,6 +202,9 @@ impl DensityModel for Ffjord {
     }
     fn event_shape(&self) -> Vec<i64> {
         vec![self.dim]
+    }
+    fn n_classes(&self) -> Option<i64> {
+        self.n_classes
     }
     fn describe(&self) -> String {
         self.desc.clone()

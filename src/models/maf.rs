@@ -20,8 +20,9 @@ use tch::nn;
 pub struct Maf;
 
 impl Maf {
-    /// `context_dim > 0` builds p(x | c): every MADE reads the context `[B, context_dim]`.
-    pub fn build(root: nn::Path, cfg: &Config, spec: &VectorSpec, context_dim: i64, inverted: bool) -> Result<FlowModel> {
+    /// `spec.context_dim > 0` builds p(x | c): every MADE reads the context `[B, context_dim]`.
+    pub fn build(root: nn::Path, cfg: &Config, spec: &VectorSpec, inverted: bool) -> Result<FlowModel> {
+        let context_dim = spec.context_dim;
         let m = &cfg.model;
         let name = if inverted { "IAF" } else { "MAF" };
         let model = autoregressive_stack(root, m, spec, context_dim, inverted, &|| Box::new(Affine::exp_tanh()))?;

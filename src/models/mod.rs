@@ -171,23 +171,37 @@ pub fn build(cfg: &crate::config::Config, root: tch::nn::Path, n_classes: i64) -
     build_for(cfg, root, &DataInfo { classes, columns: vec![] })
 }
 
-/// Builds the model a config names for data described by `info`.
+/// Builds the model a config names for data described by `info`. A tabular model conditioned
+/// on `data.context_columns` reads a context of that many values; one conditioned on
+/// `data.label_column` reads the one-hot label of `info.classes` (its classes).
 pub fn build_for(cfg: &crate::config::Config, root: tch::nn::Path, info: &DataInfo) -> Result<Box<dyn DensityModel>> {
-    use crate::config::DataKind;
+    use crate::config::{DataKind, ModelKind};
     let n_classes = info.classes.len().max(1) as i64;
-    let spec = || realnvp::VectorSpec { dim: info.columns.len() as i64, standardize: cfg.data.standardize };
-    match (cfg.model.kind.as_str(), cfg.data.kind) {
-        ("glow", DataKind::Images) => Ok(Box::new(Glow::new(root, &glow::GlowConfig::from_config(cfg, n_classes)?)?)),
-        ("realnvp", DataKind::Images) => Ok(Box::new(RealNvpImage::build(root, cfg)?)),
-        ("realnvp", DataKind::Tabular) => Ok(Box::new(RealNvp::build(root, cfg, &spec())?)),
-        ("nice", DataKind::Tabular) => Ok(Box::new(Nice::build(root, cfg, &spec())?)),
-        ("ffjord", DataKind::Tabular) => Ok(Box::new(Ffjord::build(root, cfg, &spec())?)),
-        ("vae", DataKind::Images) => Ok(Box::new(Vae::build(root, cfg)?)),
-        // Conditional density estimation (a context from the data) is wired in later; the
-        // models take a context size already.
-        ("maf", DataKind::Tabular) => Ok(Box::new(Maf::build(root, cfg, &spec(), 0, false)?)),
-        ("iaf", DataKind::Tabular) => Ok(Box::new(Maf::build(root, cfg, &spec(), 0, true)?)),
-        ("nsf", DataKind::Tabular) => Ok(Box::new(Nsf::build(root, cfg, &spec(), 0)?)),
-        (kind, data) => anyhow::bail!("model.kind {kind:?} cannot model data.kind {data:?}"),
+    let labelled = !cfg.data.label_column.is_empty();
+    if labelled && info.classes.is_empty() {
+        anyhow::bail!("data.label_column = {:?}: the model needs the label's classes", cfg.data.label_column);
+    }
+    let context_dim = if labelled { info.classes.len() as i64 } else { cfg.data.context_columns.len() as i64 };
+    let spec = || realnvp::VectorSpec { dim: info.columns.len() as i64, standardize: cfg.data.standardize, context_dim };
+    // A label-conditional tabular model takes class indices, as a class-conditional Glow does.
+    let labels = |mut m: FlowModel| -> Box<dyn DensityModel> {
+        m.n_classes = labelled.then_some(context_dim);
+        Box::new(m)
+    };
+    match (cfg.model.kind, cfg.data.kind) {
+        (ModelKind::Glow, DataKind::Images) => Ok(Box::new(Glow::new(root, &glow::GlowConfig::from_config(cfg, n_classes)?)?)),
+        (ModelKind::Realnvp, DataKind::Images) => Ok(Box::new(RealNvpImage::build(root, cfg)?)),
+        (ModelKind::Realnvp, DataKind::Tabular) => Ok(labels(RealNvp::build(root, cfg, &spec())?)),
+        (ModelKind::Nice, DataKind::Tabular) => Ok(labels(Nice::build(root, cfg, &spec())?)),
+        (ModelKind::Ffjord, DataKind::Tabular) => {
+            let mut m = Ffjord::build(root, cfg, &spec())?;
+            m.n_classes = labelled.then_some(context_dim);
+            Ok(Box::new(m))
+        }
+        (ModelKind::Vae, DataKind::Images) => Ok(Box::new(Vae::build(root, cfg)?)),
+        (ModelKind::Maf, DataKind::Tabular) => Ok(labels(Maf::build(root, cfg, &spec(), false)?)),
+        (ModelKind::Iaf, DataKind::Tabular) => Ok(labels(Maf::build(root, cfg, &spec(), true)?)),
+        (ModelKind::Nsf, DataKind::Tabular) => Ok(labels(Nsf::build(root, cfg, &spec())?)),
+        (kind, data) => anyhow::bail!("model.kind {:?} cannot model data.kind {data:?}", kind.as_str()),
     }
 }

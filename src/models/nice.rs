@@ -1,7 +1,7 @@
 //! NICE (Dinh, Krueger & Bengio, 2015): additive couplings with MLP conditioners on alternating
 //! halves, then a learned diagonal scaling. Volume-preserving except for the scaling.
 //! Parameter names: `standardize.{mean,std}`, `blocks.{b}.coupling.net.*`, `scaling.log_scale`.
-use super::realnvp::{push_standardize, vector_mask, VectorSpec};
+use super::realnvp::{context_note, push_standardize, vector_mask, VectorSpec};
 use super::FlowModel;
 use crate::config::Config;
 use crate::flows::{Additive, Coupling, ElementwiseAffine, Sequential, StandardNormal};
@@ -22,12 +22,12 @@ impl Nice {
         for b in 0..m.blocks {
             let p = &root / "blocks" / b;
             let mask = vector_mask(m.mask, b, d, crate::config::PermutationChoice::None);
-            flow.push(Coupling::with_mlp(&p / "coupling", mask, Box::new(Additive), d, 0, m.width, m.depth, m.activation)?);
+            flow.push(Coupling::with_mlp(&p / "coupling", mask, Box::new(Additive), d, spec.context_dim, m.width, m.depth, m.activation)?);
         }
         flow.push(ElementwiseAffine::scaling(&root / "scaling", d));
         let desc = format!(
-            "NICE: {d} dims, {} additive blocks, MLP width {} depth {} ({:?}), {:?} masks, standardize {}",
-            m.blocks, m.width, m.depth, m.activation, m.mask, spec.standardize
+            "NICE: {d} dims, {} additive blocks, MLP width {} depth {} ({:?}), {:?} masks, standardize {}{}",
+            m.blocks, m.width, m.depth, m.activation, m.mask, spec.standardize, context_note(spec)
         );
         Ok(FlowModel { event_shape: vec![d], flow, base: Box::new(StandardNormal), n_classes: None, desc })
     }

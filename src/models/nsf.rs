@@ -17,8 +17,9 @@ use tch::nn;
 pub struct Nsf;
 
 impl Nsf {
-    /// `context_dim > 0` builds p(x | c): every conditioner reads the context.
-    pub fn build(root: nn::Path, cfg: &Config, spec: &VectorSpec, context_dim: i64) -> Result<FlowModel> {
+    /// `spec.context_dim > 0` builds p(x | c): every conditioner reads the context.
+    pub fn build(root: nn::Path, cfg: &Config, spec: &VectorSpec) -> Result<FlowModel> {
+        let context_dim = spec.context_dim;
         let m = &cfg.model;
         let d = spec.dim;
         let spline = RationalQuadraticSpline::new(m.bins, m.tail_bound)?;

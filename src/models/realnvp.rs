@@ -16,11 +16,13 @@ use crate::flows::{
 use anyhow::{bail, Result};
 use tch::nn;
 
-/// What a vector model needs beyond the config: its dimension.
+/// What a vector model needs beyond the config: its dimension, and the size of the context
+/// its conditioners read (0: an unconditional model).
 #[derive(Clone, Debug)]
 pub struct VectorSpec {
     pub dim: i64,
     pub standardize: bool,
+    pub context_dim: i64,
 }
 
 /// The mask of block `block`. Consecutive blocks must transform different features, so the mask
@@ -48,6 +50,15 @@ pub fn push_standardize(flow: &mut Sequential, root: &nn::Path, spec: &VectorSpe
     }
 }
 
+/// `, context K` for a conditional model's description.
+pub fn context_note(spec: &VectorSpec) -> String {
+    if spec.context_dim > 0 {
+        format!(", context {}", spec.context_dim)
+    } else {
+        String::new()
+    }
+}
+
 /// RealNVP on vectors.
 pub struct RealNvp;
 
@@ -63,7 +74,7 @@ impl RealNvp {
         for b in 0..m.blocks {
             let p = &root / "blocks" / b;
             let mask = vector_mask(m.mask, b, d, m.permutation);
-            flow.push(Coupling::with_mlp(&p / "coupling", mask, Box::new(Affine::exp_tanh()), d, 0, m.width, m.depth, m.activation)?);
+            flow.push(Coupling::with_mlp(&p / "coupling", mask, Box::new(Affine::exp_tanh()), d, spec.context_dim, m.width, m.depth, m.activation)?);
             match m.norm {
                 NormChoice::Batchnorm => flow.push(BatchNormFlow::new(&p / "norm", d, 2)),
                 NormChoice::Actnorm => flow.push(ActNorm::new(&p / "norm", d, 2, ActNormParam::Log)),
@@ -84,8 +95,8 @@ impl RealNvp {
             BaseChoice::Normal => Box::new(StandardNormal),
         };
         let desc = format!(
-            "RealNVP: {d} dims, {} blocks, MLP width {} depth {} ({:?}), {:?} masks, norm {:?}, base {:?}, standardize {}",
-            m.blocks, m.width, m.depth, m.activation, m.mask, m.norm, m.base, spec.standardize
+            "RealNVP: {d} dims, {} blocks, MLP width {} depth {} ({:?}), {:?} masks, norm {:?}, base {:?}, standardize {}{}",
+            m.blocks, m.width, m.depth, m.activation, m.mask, m.norm, m.base, spec.standardize, context_note(spec)
         );
         Ok(FlowModel { event_shape: vec![d], flow, base, n_classes: None, desc })
     }

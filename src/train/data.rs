@@ -1,7 +1,8 @@
 //! The training data and the order in which a run visits it.
 use super::streams;
 use crate::config::{Config, DataKind};
-use crate::data::tabular::{load_table, split_table, standardization};
+use crate::data::labels::{label_classes, label_indices};
+use crate::data::tabular::{load_table, split_table, standardization, TabularSplit, Table};
 use crate::data::{dequantize, load_split, to_model_space, ImageSet};
 use crate::rng::{derive_seed, seeded_permutation};
 use anyhow::Result;
@@ -11,7 +12,19 @@ use tch::{Device, Kind, Tensor};
 /// The training data and how a batch of it becomes model-space input.
 pub(super) enum TrainData {
     Images { train: ImageSet, test: ImageSet, n_bits: i64 },
-    Tabular { train: Tensor, val: Tensor, noise: f64 },
+    Tabular { train: Tensor, val: Tensor, noise: f64, context: Option<TabularContext> },
+}
+
+/// The conditioning input of a conditional tabular model's rows (see
+/// [`crate::session::Session::cond_for`]): class indices (int64 `[N]`) of a `data.label_column`,
+/// or the raw `data.context_columns` (`[N, K]` float64).
+pub(crate) struct TabularContext {
+    pub train: Tensor,
+    pub val: Tensor,
+    /// The label's classes, in index order (empty for context columns).
+    pub classes: Vec<String>,
+    /// Training-set mean and std of the context columns (for their standardisation).
+    pub stats: Option<(Tensor, Tensor)>,
 }
 
 impl TrainData {
@@ -24,7 +37,7 @@ impl TrainData {
     pub(super) fn classes(&self) -> Vec<String> {
         match self {
             TrainData::Images { train, .. } => train.classes.clone(),
-            TrainData::Tabular { .. } => vec![],
+            TrainData::Tabular { context, .. } => context.as_ref().map_or(vec![], |c| c.classes.clone()),
         }
     }
     /// What identifies this data across processes (a distributed run checks that every rank
@@ -61,12 +74,16 @@ impl TrainData {
                 let x = dequantize(&to_model_space(&px, *n_bits, Kind::Float)?, *n_bits)?;
                 Ok((x, train.labels.f_index_select(0, idx)?))
             }
-            TrainData::Tabular { train, noise, .. } => {
+            TrainData::Tabular { train, noise, context, .. } => {
                 let mut x = train.f_index_select(0, &idx.f_to_device(train.device())?)?.f_to_device(device)?.f_to_kind(Kind::Float)?;
                 if *noise > 0.0 {
                     x = x.f_add(&x.f_rand_like()?.f_mul_scalar(*noise)?)?;
                 }
-                Ok((x, Tensor::f_zeros([idx.size()[0]], (Kind::Int64, Device::Cpu))?))
+                let cond = match context {
+                    Some(c) => c.train.f_index_select(0, idx)?,
+                    None => Tensor::f_zeros([idx.size()[0]], (Kind::Int64, Device::Cpu))?,
+                };
+                Ok((x, cond))
             }
         }
     }
@@ -107,9 +124,25 @@ pub(super) fn load_train_data(cfg: &Config, verbose: bool) -> Result<(TrainData,
             }
             let (mean, std) = standardization(&split.train, cfg.data.uniform_noise)?;
             let columns = split.columns.clone();
-            Ok((TrainData::Tabular { train: split.train, val: split.val, noise: cfg.data.uniform_noise }, columns, Some((mean, std))))
+            let context = tabular_context(cfg, &table, &split)?;
+            Ok((TrainData::Tabular { train: split.train, val: split.val, noise: cfg.data.uniform_noise, context }, columns, Some((mean, std))))
         }
     }
+}
+
+/// The conditioning input of the training and validation rows: a label column's classes (every
+/// distinct value in the file) and class indices, or the raw context columns and their
+/// statistics.
+fn tabular_context(cfg: &Config, table: &Table, split: &TabularSplit) -> Result<Option<TabularContext>> {
+    let (Some(all), Some([train, val, _])) = (&table.context, &split.context) else { return Ok(None) };
+    let label = &cfg.data.label_column;
+    if label.is_empty() {
+        let stats = Some(standardization(train, 0.0)?);
+        return Ok(Some(TabularContext { train: train.shallow_clone(), val: val.shallow_clone(), classes: vec![], stats }));
+    }
+    let classes = label_classes(all, label)?;
+    let what = format!("{} (data.label_column {label:?})", cfg.data.path);
+    Ok(Some(TabularContext { train: label_indices(train, &classes, &what)?, val: label_indices(val, &classes, &what)?, classes, stats: None }))
 }
 
 /// The row indices of every step: a seeded permutation per epoch, cut in order.

@@ -1,6 +1,6 @@
 //! Training, split by job: one optimisation step and checkpoints (`step.rs`), the data and its
 //! batch order (`data.rs`), the loop (`train_loop.rs`), the metrics file (`metrics.rs`), our own
-//! Adam (`optim.rs`, its state is saved), the plots (`plot.rs`), the run's score statistics
+//! Adam (`optim.rs`, its state is saved), the plots (`plot.rs`, and `plot_conditional.rs` for p(x | context)), the run's score statistics
 //! saved when training ends (`score_stats.rs`) and data-parallel training across processes
 //! (`parallel.rs`, over `crate::dist`).
 mod data;
@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod optim;
 pub mod parallel;
 pub mod plot;
+pub mod plot_conditional;
 mod score_stats;
 pub mod step;
 pub mod train_loop;

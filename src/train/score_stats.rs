@@ -38,7 +38,9 @@ fn compute_and_save(run: &RunDir, data: &TrainData, device: Device) -> Result<Op
     let sess = Session::open(run, Checkpoint::Best, device)?;
     let mut stats = match data {
         TrainData::Images { train, test, .. } => stats_for_images(&sess, train, test, &opts)?,
-        TrainData::Tabular { train, val, noise } => stats_for_rows(&sess, train, val, *noise, &opts)?,
+        // Scores of p(x | context) need each row's context, which `flowzoo score` does not read.
+        TrainData::Tabular { context: Some(_), .. } => return Ok(None),
+        TrainData::Tabular { train, val, noise, context: None } => stats_for_rows(&sess, train, val, *noise, &opts)?,
     };
     stats.stamp(run, Checkpoint::Best)?;
     stats.save(run, Checkpoint::Best)?;

@@ -2,7 +2,7 @@
 //! Every random draw is seeded from `(seed, stream, step or epoch)` (`crate::rng::derive_seed`),
 //! and the optimizer state is ours and saved, so a resumed run continues exactly where the
 //! uninterrupted one would be.
-use super::data::{load_train_data, Batches, TrainData};
+use super::data::{load_train_data, Batches, TabularContext, TrainData};
 use super::metrics::{LogWindow, MetricsLog};
 use super::parallel::{rank_device, DataParallel};
 use super::{streams, StepOutcome, Trainer};
@@ -104,7 +104,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
     if opts.resume {
         tr.load_checkpoint(&run).with_context(|| resume_hint(rank))?;
         // Only a class-conditional model depends on the class list; tabular ones on the columns.
-        if cfg.model.conditional && tr.state.classes != classes {
+        if (cfg.model.conditional || !cfg.data.label_column.is_empty()) && tr.state.classes != classes {
             bail!("--resume: the data's classes {classes:?} differ from the run's {:?}", tr.state.classes);
         }
         if tr.state.columns != tr.sess.columns {
@@ -123,13 +123,16 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
         if let Some((mean, std)) = &stats {
             tr.sess.set_standardization(mean, std)?;
         }
+        if let TrainData::Tabular { context: Some(TabularContext { stats: Some((mean, std)), .. }), .. } = &data {
+            tr.sess.set_context_standardization(mean, std)?;
+        }
         // Data-dependent initialisation (ActNorm) on one seeded batch of up to 512 rows (or
         // the whole batch of all ranks): every rank of a distributed run draws the same one.
         let n = data.len().min(global_batch.max(512));
         let idx = Tensor::f_from_slice(&seeded_permutation(data.len() as usize, derive_seed(t_cfg.seed, streams::INIT_BATCH, 0) as u64)[..n as usize])?;
         tch::manual_seed(derive_seed(t_cfg.seed, streams::INIT_NOISE, 0));
         let (x, labels) = data.batch(&idx, device)?;
-        let cond = tr.sess.one_hot(&labels)?;
+        let cond = tr.sess.cond_for(Some(&labels), labels.size()[0], "training")?;
         tr.data_init(&x, cond.as_ref())?;
     }
     if let Some(p) = &parallel {
@@ -172,8 +175,9 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
                 let (px, labels) = (test.images.f_narrow(0, start, len)?, test.labels.f_narrow(0, start, len)?);
                 Ok((s.score_pixels(&px, &labels, t_cfg.eval_draws, 256, eval_seed)?.bpd.iter().sum::<f64>(), len as f64, 0.0))
             })?,
-            TrainData::Tabular { val, noise, .. } => tr.with_eval_weights(|s| {
-                let (lp, batches) = s.score_rows_counted(&val.f_narrow(0, start, len)?, *noise, t_cfg.eval_draws, 1024, eval_seed, &sink)?;
+            TrainData::Tabular { val, noise, context, .. } => tr.with_eval_weights(|s| {
+                let c = context.as_ref().map(|c| c.val.f_narrow(0, start, len)).transpose()?;
+                let (lp, batches) = s.score_rows_counted(&val.f_narrow(0, start, len)?, c.as_ref(), *noise, t_cfg.eval_draws, 1024, eval_seed, &sink)?;
                 Ok((-lp.iter().sum::<f64>(), len as f64, batches as f64))
             })?,
         };
@@ -188,11 +192,20 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
         let mean = if count == 0.0 { f64::NAN } else { sum / count };
         Ok((mean, (nfe > 0.0 && batches > 0.0).then(|| nfe / batches)))
     };
+    // A conditional 2-D model is drawn at a few contexts of its training rows.
+    let plot_contexts = match &data {
+        TrainData::Tabular { context: Some(c), .. } if tr.sess.model.dim() == 2 => Some(super::plot_conditional::plot_contexts(&tr.sess, &c.train)?),
+        _ => None,
+    };
     let write_samples = |tr: &Trainer, name: &str| -> Result<()> {
         if tabular {
             if tr.sess.model.dim() == 2 {
                 let png = run.samples_dir().join(name);
-                tr.with_eval_weights(|s| super::plot::plot_2d_model(s, &png, 2000, t_cfg.sample_temperature, derive_seed(t_cfg.seed, streams::SAMPLES, 0)))?;
+                let (t, seed) = (t_cfg.sample_temperature, derive_seed(t_cfg.seed, streams::SAMPLES, 0));
+                tr.with_eval_weights(|s| match &plot_contexts {
+                    Some(cs) => super::plot_conditional::plot_2d_contexts(s, &png, cs, 1000, t, seed),
+                    None => super::plot::plot_2d_model(s, &png, 2000, t, seed),
+                })?;
             }
             return Ok(());
         }
@@ -227,7 +240,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
             Some(p) => p.shard_batch(&x, &labels, step, t_cfg.seed)?,
             None => (x, labels),
         };
-        let cond = tr.sess.one_hot(&labels)?;
+        let cond = tr.sess.cond_for(Some(&labels), labels.size()[0], "training")?;
         match tr.train_step(&x, cond.as_ref())? {
             StepOutcome::Updated { loss, grad_norm } => window.add(loss, grad_norm, &tr.last_report),
             StepOutcome::Skipped { loss, grad_norm } => {

@@ -70,6 +70,11 @@ VARIANTS = {
         dim=64,
     ),
     "nsf_ar_moons": dict(config="configs/nsf_moons.toml", sets=["model.blocks=2", "model.width=16", "model.residual=true"], dim=2),
+    # Conditional density estimation: p(x, y | rotation) on the rotated moons, the context
+    # (`data.context_columns`) an argument of every method (`log_prob(x, context)`).
+    "nsf_moons_conditional": dict(
+        config="configs/nsf_moons_conditional.toml", sets=["model.blocks=2", "model.width=16"], dim=2, conditional=True, context=1
+    ),
     "nsf_c_digits64": dict(config="configs/nsf_digits64.toml", sets=["model.blocks=2", "model.width=16", "model.norm=batchnorm"], dim=64),
     # FFJORD (hidden 16): the adaptive Dormand-Prince in the module, and RK4 chosen by the config's
     # eval_solver (two blocks with batch norm, zuko's MLP field, softplus). The Rust reference
@@ -139,6 +144,10 @@ def exported(request, tmp_path_factory):
     return {
         "name": name, "run": run, "pt": pt, "st": st, "dir": d, "py": py,
         "conditional": v.get("conditional", False),
+        # The size of a context of column values (0: labels or nothing) and the name of the
+        # methods' conditioning argument.
+        "context": v.get("context", 0),
+        "arg": "context" if v.get("context") else "labels",
         "image": image,
         "shape": (1, 8, 8) if image else (v["dim"],),
         "dim": 64 if image else v["dim"],
@@ -147,6 +156,16 @@ def exported(request, tmp_path_factory):
         "tol": v.get("tol", TOL),
         "roundtrip": v.get("roundtrip"),
     }
+
+
+def cond_input(ex, b, shift=0, dtype=torch.float32):
+    """What conditions a model's `b` points: class labels (0..9, shifted by `shift`), a context of
+    raw column values (seeded by `b` and `shift`), or None."""
+    if ex["context"]:
+        return torch.rand(b, ex["context"], generator=torch.Generator().manual_seed(1000 * shift + b)).to(dtype)
+    if ex["conditional"]:
+        return (torch.arange(b) + shift) % 10
+    return None
 
 
 def make_x(ex, b, g, dtype=torch.float32):

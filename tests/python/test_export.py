@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import BATCHES, ROOT, TOL, flowzoo, load, make_x, max_diff, record, reference
+from conftest import BATCHES, ROOT, TOL, cond_input, flowzoo, load, make_x, max_diff, record, reference
 
 def test_state_dict_is_the_safetensors_file(exported):
     m = load(exported)
@@ -45,7 +45,8 @@ def test_state_dict_is_the_safetensors_file(exported):
     assert all(float(v) == 1.0 for k, v in buffers.items() if k.endswith("initialized"))
     assert m.event_shape() == list(exported["shape"]) and m.dim == exported["dim"]
     assert m.n_bits == (4 if exported["image"] else 0)
-    assert m.n_classes == (10 if exported["conditional"] else 0)
+    assert m.n_classes == (10 if exported["conditional"] and not exported["context"] else 0)
+    assert m.context_dim == exported["context"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
@@ -68,8 +69,8 @@ def test_matches_the_rust_model(exported, dtype):
         }
         labels = eps_labels = sample_labels = None
         if exported["conditional"]:
-            labels = torch.arange(b) % 10
-            eps_labels, sample_labels = labels.flip(0), (labels + 3) % 10
+            labels = cond_input(exported, b, 0, dtype)
+            eps_labels, sample_labels = labels.flip(0), cond_input(exported, b, 3, dtype)
             inputs.update(labels=labels, eps_labels=eps_labels, sample_labels=sample_labels)
         ref = reference(exported, inputs, f"{dtype}_{b}".replace("torch.", ""))
         for k in outputs:
@@ -138,7 +139,7 @@ def loss_of(m, ex, x, labels):
 def test_fine_tune_save_and_reload(exported, tmp_path):
     m = load(exported)
     m.train()
-    labels = torch.arange(32) % 10 if exported["conditional"] else None
+    labels = cond_input(exported, 32)
     x = make_x(exported, 32, torch.Generator().manual_seed(11))
     before = {k: v.clone() for k, v in m.state_dict().items()}
     opt = torch.optim.Adam(m.parameters(), lr=2e-3)
@@ -166,10 +167,11 @@ def test_fine_tune_save_and_reload(exported, tmp_path):
     assert sorted(m2.state_dict()) == sorted(m.state_dict())
     with torch.no_grad():
         assert torch.equal(m2.log_prob(x, labels), m.log_prob(x, labels))
+        c4 = cond_input(exported, 4) if exported["context"] else None  # labels default to 0, 1, ...
         torch.manual_seed(1)
-        s1 = m.sample(4, 0.5)
+        s1 = m.sample(4, 0.5, c4)
         torch.manual_seed(1)
-        s2 = m2.sample(4, 0.5)
+        s2 = m2.sample(4, 0.5, c4)
     assert torch.equal(s1, s2)
     # the fine-tuned weights load back as a plain state dict too.
     m3 = load(exported)
@@ -181,13 +183,16 @@ def test_fine_tune_save_and_reload(exported, tmp_path):
 def test_batch_sizes_dtypes_and_helpers(exported):
     m = load(exported)
     shape = exported["shape"]
-    labels = (lambda n: torch.arange(n) % 10) if exported["conditional"] else (lambda n: None)
+    labels = lambda n: cond_input(exported, n)
     with torch.no_grad():
         for n in (1, 2, 7):
             s = m.sample(n, 0.6, labels(n))
             assert s.shape == (n, *shape) and s.dtype == torch.float32
             assert torch.isfinite(m.log_prob(s, labels(n))).all()
-        if exported["conditional"]:
+        if exported["context"]:
+            s = m.sample(12, 0.6, torch.tensor([0.25]))  # one context for every sample
+            assert s.shape == (12, *shape)
+        elif exported["conditional"]:
             s = m.sample(12, 0.6)  # labels default to 0, 1, ..., 9, 0, 1
             assert s.shape == (12, *shape)
         md = m.double()
@@ -214,7 +219,12 @@ def test_clear_errors(exported):
         m.log_prob(bad)
     with pytest.raises(Exception, match="expected z of shape"):
         m.inverse(torch.zeros(2, dim - 1))
-    if exported["conditional"]:
+    if exported["context"]:
+        with pytest.raises(Exception, match="conditional on the context columns"):
+            m.log_prob(good)
+        with pytest.raises(Exception, match="expected a context of shape"):
+            m.log_prob(good, torch.zeros(2, exported["context"] + 1))
+    elif exported["conditional"]:
         with pytest.raises(Exception, match="class-conditional"):
             m.log_prob(good)
     else:
@@ -226,7 +236,7 @@ def test_clear_errors(exported):
 def test_cuda(exported):
     m = load(exported, torch.float64)
     m.eval()
-    labels = (torch.arange(4) % 10) if exported["conditional"] else None
+    labels = cond_input(exported, 4, 0, torch.float64)
     x = make_x(exported, 4, torch.Generator().manual_seed(5), torch.float64)
     with torch.no_grad():
         lp = m.log_prob(x, labels)
@@ -235,6 +245,7 @@ def test_cuda(exported):
         assert lpc.device.type == "cuda"
         assert max_diff(lpc.cpu(), lp) <= 1e-8
         s = mc.sample(3, 0.5, None if labels is None else labels[:3].cuda())
+        assert s.shape[0] == 3
         assert s.device.type == "cuda" and torch.isfinite(s).all()
     mc.train()
     loss = -mc.log_prob(x.cuda(), None if labels is None else labels.cuda()).mean()

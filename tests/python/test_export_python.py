@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import BATCHES, TOL, load, make_x, max_diff, record, reference
+from conftest import BATCHES, TOL, cond_input, load, make_x, max_diff, record, reference
 from test_export import readme_example
 
 torch.set_num_threads(2)
@@ -42,8 +42,8 @@ def load_py(ex, dtype=torch.float32):
     return m.double() if dtype == torch.float64 else m
 
 
-def labels_for(ex, b):
-    return torch.arange(b) % 10 if ex["conditional"] else None
+def labels_for(ex, b, dtype=torch.float32):
+    return cond_input(ex, b, 0, dtype)
 
 
 def test_imports_only_torch(exported):
@@ -63,7 +63,7 @@ def test_same_state_dict_as_torchscript(exported):
     weights = load_file(str(exported["py"] / "weights.safetensors"))
     assert sorted(weights) == sorted(sd)
     assert {k for k, _ in m.named_parameters()} == {k for k, _ in ts.named_parameters()}
-    assert m.dim == ts.dim and m.n_classes == ts.n_classes and m.n_bits == ts.n_bits
+    assert m.dim == ts.dim and m.n_classes == ts.n_classes and m.n_bits == ts.n_bits and m.context_dim == ts.context_dim
     assert m.event_shape() == ts.event_shape()
 
 
@@ -77,7 +77,7 @@ def test_matches_the_rust_model(exported, dtype):
         eps = torch.randn(b, dim, generator=g).to(dtype) * 0.8
         inputs = {"x": x, "eps": eps, "sample_n": torch.tensor([b]), "sample_temperature": torch.tensor([0.7], dtype=torch.float64),
                   "sample_seed": torch.tensor([11 + b])}
-        labels = labels_for(exported, b)
+        labels = labels_for(exported, b, dtype)
         if labels is not None:
             inputs.update(labels=labels, eps_labels=labels.clone(), sample_labels=labels.clone())
         ref = reference(exported, inputs, f"py_{dtype}_{b}".replace("torch.", ""))
@@ -123,7 +123,7 @@ def test_torch_export_with_a_dynamic_batch(exported):
     x = make_x(exported, 4, torch.Generator().manual_seed(3))
     args, shapes = (x,), {"x": {0: batch}}
     if exported["conditional"]:
-        args, shapes = (x, labels_for(exported, 4)), {"x": {0: batch}, "labels": {0: batch}}
+        args, shapes = (x, labels_for(exported, 4)), {"x": {0: batch}, exported["arg"]: {0: batch}}
     ep = torch.export.export(m, args, dynamic_shapes=shapes)
     for b in (3, 9):
         xb = make_x(exported, b, torch.Generator().manual_seed(b))
