@@ -96,7 +96,7 @@ vi-examples: setup build
 # The README's VAE table: the digits VAE with each posterior (same encoder, decoder and steps),
 # test ELBO and importance-weighted bound (scripts/vae_table.sh; STEPS=, K= override).
 vae-table: setup build
-	PYTHON=$(PYTHON) FLOWZOO_BIN=$(BIN) bash scripts/vae_table.sh
+	PYTHON=$(PYTHON) FLOWZOO_BIN=$(BIN) bash scripts/vae_table.sh --update-readme
 
 clean-cache:
 	rm -rf $(FLOWZOO_CACHE)
