@@ -316,3 +316,21 @@ fn fit_eval_sample_from_the_command_line() {
     fails(&["fit", "--target", junk.to_str().unwrap(), "--dim", "2", "-q"], "not a TorchScript module");
     fails(&["fit", "--target", f, "--dim", "2", "--set", "model.kind=\"glow\"", "--set", "model.permutation=\"reverse\"", "-q"], "one pass");
 }
+
+/// README's Rust example of `flowzoo fit` is the doc example of `flowzoo::vi` (src/vi/mod.rs),
+/// which `cargo test` compiles: the two stay the same text (the doc's hidden `# ` lines aside).
+#[test]
+fn the_readme_example_is_the_compiled_doc_example() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let at = readme.find("## Fitting densities and variational posteriors").expect("README has the section");
+    let section = &readme[at..];
+    let start = section.find("```rust\n").expect("a Rust example in the section") + "```rust\n".len();
+    let block: Vec<&str> = section[start..start + section[start..].find("```").unwrap()].lines().collect();
+    let src = std::fs::read_to_string(format!("{root}/src/vi/mod.rs")).unwrap();
+    let doc: Vec<&str> = src.lines().filter_map(|l| l.strip_prefix("//!")).map(|l| l.strip_prefix(' ').unwrap_or(l)).collect();
+    let a = doc.iter().position(|l| *l == "```no_run").expect("a doc example") + 1;
+    let b = a + doc[a..].iter().position(|l| *l == "```").unwrap();
+    let code: Vec<&str> = doc[a..b].iter().copied().filter(|l| !l.starts_with("# ")).collect();
+    assert_eq!(block, code, "README's example and src/vi/mod.rs's doc example differ");
+}
