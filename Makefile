@@ -16,7 +16,7 @@ export PATH := $(VENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 export CARGO_TARGET_DIR := $(FLOWZOO_TARGET)
 
-.PHONY: setup build demo test test-rust test-python test-gpu-script bench models ood-table ood-tabular toys vi-examples clean-cache help
+.PHONY: setup build demo test test-rust test-python test-gpu-script bench models ood-table ood-tabular toys vi-examples vae-table clean-cache help
 help:
 	@echo "make demo   - set up, build, train the digits Glow, evaluate, sample, export"
 	@echo "make test   - set up, build, run every test (Rust and Python)"
@@ -25,6 +25,7 @@ help:
 	@echo "make ood-table - measure README's \"Finding anomalies\" tables (needs Fashion-MNIST; OOD_MODEL=RUN)"
 	@echo "make ood-tabular - only its tabular table (digits64 without one class, ~8 min)"
 	@echo "make vi-examples - the README's flowzoo fit examples, measured (docs/vi/)"
+	@echo "make vae-table - the README's VAE table: diagonal vs flow posteriors on the digits (docs/vi/)"
 
 # After the venv: Gloo's headers (libgloo-dev) and, with a CUDA wheel, the CUDA headers that
 # build.rs needs for distributed training (scripts/setup_dist.sh; it never fails the setup).
@@ -99,6 +100,11 @@ toys: build
 # logistic regression against its MCMC reference; figures in docs/vi/ (scripts/vi_examples.sh).
 vi-examples: setup build
 	PYTHON=$(PYTHON) FLOWZOO_BIN=$(BIN) bash scripts/vi_examples.sh
+
+# The README's VAE table: the digits VAE with each posterior (same encoder, decoder and steps),
+# test ELBO and importance-weighted bound (scripts/vae_table.sh; STEPS=, K= override).
+vae-table: setup build
+	PYTHON=$(PYTHON) FLOWZOO_BIN=$(BIN) bash scripts/vae_table.sh --update-readme
 
 clean-cache:
 	rm -rf $(FLOWZOO_CACHE)

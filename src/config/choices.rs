@@ -181,6 +181,12 @@ pub enum PosteriorChoice {
     Diagonal,
     /// Affine couplings (alternating masks, MLP conditioners reading the context).
     Realnvp,
+    /// Inverse autoregressive flow (Kingma et al. 2016): affine MADE layers, inverted, so a
+    /// draw of z is one pass per layer; every hidden unit reads the context.
+    Iaf,
+    /// Masked autoregressive flow layers: the same MADEs, not inverted, so a draw of z takes
+    /// `latent` passes per layer.
+    Maf,
 }
 
 /// `model.coupling`.

@@ -131,8 +131,8 @@ pub struct ModelConfig {
     pub cnf: super::cnf::CnfConfig,
     /// VAE: size of the latent z.
     pub latent: i64,
-    /// VAE: the approximate posterior, "diagonal" or "realnvp" (a flow on the encoder's
-    /// diagonal Gaussian, conditioned on the encoder's features).
+    /// VAE: the approximate posterior, "diagonal", or a flow on the encoder's diagonal Gaussian
+    /// conditioned on the encoder's features: "realnvp" (couplings), "iaf" or "maf" (MADEs).
     pub posterior: PosteriorChoice,
     /// VAE: layers of the posterior flow (ignored for "diagonal").
     pub posterior_layers: i64,
