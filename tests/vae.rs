@@ -214,4 +214,8 @@ fn train_eval_sample_a_vae_from_the_command_line() {
     // A tabular VAE config is refused naming the key.
     let o = flowzoo(&["train", "--config", "configs/vae_digits_diag.toml", "--set", "data.kind=\"tabular\"", "-q"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("model.kind = \"vae\" models images"));
+    // An unknown posterior names the key and every choice.
+    let o = flowzoo(&["train", "--config", "configs/vae_digits_iaf.toml", "--set", "model.posterior=\"planar\"", "-q"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.code() == Some(1) && err.contains("posterior") && ["diagonal", "realnvp", "iaf", "maf"].iter().all(|w| err.contains(w)), "{err}");
 }

@@ -294,6 +294,9 @@ fn fit_eval_sample_from_the_command_line() {
     let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
     assert_eq!(keys.len(), 4, "{line}");
     assert!(line.trim().starts_with("{\"elbo\": ") && line.contains("\"log_z\": ") && line.contains("\"log_z_stderr\": ") && line.contains("\"ess_fraction\": "), "{line}");
+    // Exactly these four keys, in this order, on one line.
+    let at: Vec<usize> = ["{\"elbo\": ", ", \"log_z\": ", ", \"log_z_stderr\": ", ", \"ess_fraction\": "].iter().map(|k| line.find(k).unwrap_or(usize::MAX)).collect();
+    assert!(at[0] == 0 && at.windows(2).all(|w| w[0] < w[1] && w[1] != usize::MAX) && line.trim_end().ends_with('}') && line.trim_end().lines().count() == 1, "{line}");
     let (z, se) = (v["log_z"].as_f64().unwrap(), v["log_z_stderr"].as_f64().unwrap());
     assert!((z - C).abs() < 4.0 * se + 2e-3, "log Z {z} ± {se} vs {C}");
     // sample works as for any 2-D tabular run: CSV rows and the scatter + density PNG.
