@@ -16,14 +16,16 @@ export PATH := $(VENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 export CARGO_TARGET_DIR := $(FLOWZOO_TARGET)
 
-.PHONY: setup build demo test test-rust test-python test-gpu-script bench models ood-table toys vi-examples clean-cache help
+.PHONY: setup build demo test test-rust test-python test-gpu-script bench models ood-table ood-tabular toys vi-examples vae-table clean-cache help
 help:
 	@echo "make demo   - set up, build, train the digits Glow, evaluate, sample, export"
 	@echo "make test   - set up, build, run every test (Rust and Python)"
 	@echo "make bench  - flowzoo vs the PyTorch reference, nflows and zuko: same work, same threads"
 	@echo "make models - rebuild the shipped pretrained models under models/"
-	@echo "make ood-table - measure README's \"Finding anomalies\" tables (needs Fashion-MNIST)"
+	@echo "make ood-table - measure README's \"Finding anomalies\" tables (needs Fashion-MNIST; OOD_MODEL=RUN)"
+	@echo "make ood-tabular - only its tabular table (digits64 without one class, ~8 min)"
 	@echo "make vi-examples - the README's flowzoo fit examples, measured (docs/vi/)"
+	@echo "make vae-table - the README's VAE table: diagonal vs flow posteriors on the digits (docs/vi/)"
 
 # After the venv: Gloo's headers (libgloo-dev) and, with a CUDA wheel, the CUDA headers that
 # build.rs needs for distributed training (scripts/setup_dist.sh; it never fails the setup).
@@ -77,10 +79,16 @@ test-gpu-script:
 models: setup build
 	bash scripts/build_models.sh
 
-# README's "Finding anomalies" tables: models/glow_fashion_mnist against out-of-distribution
-# sets made from data we have, and a digits64 RealNVP finding a class it never saw.
+# README's "Finding anomalies" tables (docs/ood/): a Fashion-MNIST Glow (OOD_MODEL, default
+# models/glow_fashion_mnist) against out-of-distribution sets made from data we have
+# (scripts/ood_table.sh), and digits64 RealNVPs finding a class they never saw
+# (scripts/ood_tabular.sh; alone: make ood-tabular).
+OOD_MODEL ?= models/glow_fashion_mnist
 ood-table: setup build
-	FLOWZOO_BIN=$(BIN) bash scripts/ood_table.sh --update-readme
+	FLOWZOO_BIN=$(BIN) OOD_MODEL=$(OOD_MODEL) bash scripts/ood_table.sh --update-readme
+	FLOWZOO_BIN=$(BIN) bash scripts/ood_tabular.sh --update-readme
+ood-tabular: setup build
+	FLOWZOO_BIN=$(BIN) bash scripts/ood_tabular.sh --update-readme
 
 # The bundled 2-D toys under data/toys (seeded; the committed files are these).
 toys: build
@@ -92,6 +100,11 @@ toys: build
 # logistic regression against its MCMC reference; figures in docs/vi/ (scripts/vi_examples.sh).
 vi-examples: setup build
 	PYTHON=$(PYTHON) FLOWZOO_BIN=$(BIN) bash scripts/vi_examples.sh
+
+# The README's VAE table: the digits VAE with each posterior (same encoder, decoder and steps),
+# test ELBO and importance-weighted bound (scripts/vae_table.sh; STEPS=, K= override).
+vae-table: setup build
+	PYTHON=$(PYTHON) FLOWZOO_BIN=$(BIN) bash scripts/vae_table.sh --update-readme
 
 clean-cache:
 	rm -rf $(FLOWZOO_CACHE)

@@ -1,16 +1,20 @@
-//! The flowzoo side of `bench/bench_cnf.py`: trains the FFJORD model of a config on a given
-//! train.csv with `flowzoo train`'s step (our Adam, linear warm-up, global-norm clipping, mean
-//! negative log-likelihood in nats), counting the CNF's function evaluations through a `Sink`
-//! (which `flowzoo train` does not pass yet), then scores test.csv exactly. Prints one JSON
-//! object on stdout.
+//! The flowzoo side of `bench/bench_cnf.py` and `bench/cnf_objectives.py`: trains the FFJORD
+//! model of a config on a given train.csv with `flowzoo train`'s step (our Adam, linear
+//! warm-up, global-norm clipping; the loss of `train.objective`: the mean negative
+//! log-likelihood in nats or the flow-matching loss, plus the layers' weighted penalties, as
+//! `Trainer::train_step` adds them), counting the CNF's function evaluations through a `Sink`,
+//! then scores test.csv exactly. Prints one JSON object on stdout.
 //!
 //! ```text
 //! cnf_bench --config C --train train.csv --test test.csv --steps N [--threads T] [--seed S]
 //!           [--stochastic] [--tight-rtol 1e-8] [--save-weights w.safetensors] [--set key=value ...]
+//!           [--eval-every K]
 //! ```
 //! `--stochastic` sets `ctx.stochastic_logdet` in training (Hutchinson where `model.cnf.trace`
 //! picks it). Timing covers the training steps only; each step's wall and process CPU seconds
-//! are recorded and the JSON holds their medians and totals.
+//! are recorded and the JSON holds their medians and totals. `--eval-every K` also scores the
+//! test set exactly every K steps (outside the timing) and reports the curve: test
+//! log-likelihood against the training seconds spent so far.
 use anyhow::{bail, Context, Result};
 use flowzoo::config::Config;
 use flowzoo::data::tabular::{load_table, standardization};
@@ -33,10 +37,11 @@ struct Args {
     tight_rtol: f64,
     save_weights: Option<PathBuf>,
     sets: Vec<String>,
+    eval_every: i64,
 }
 
 fn parse() -> Result<Args> {
-    let mut a = Args { config: "".into(), train: "".into(), test: "".into(), steps: 100, threads: 2, seed: 0, stochastic: false, tight_rtol: 0.0, save_weights: None, sets: vec![] };
+    let mut a = Args { config: "".into(), train: "".into(), test: "".into(), steps: 100, threads: 2, seed: 0, stochastic: false, tight_rtol: 0.0, save_weights: None, sets: vec![], eval_every: 0 };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut v = || it.next().with_context(|| format!("{k} needs a value"));
@@ -51,6 +56,7 @@ fn parse() -> Result<Args> {
             "--set" => a.sets.push(v()?),
             "--save-weights" => a.save_weights = Some(v()?.into()),
             "--stochastic" => a.stochastic = true,
+            "--eval-every" => a.eval_every = v()?.parse()?,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -116,6 +122,9 @@ fn main() -> Result<()> {
     let per_epoch = (n / t.batch_size).max(1);
     let (mut wall, mut cpu, mut nfe_f, mut nfe_b, mut losses) = (vec![], vec![], vec![], vec![], vec![]);
     let mut perm = Tensor::zeros([0], (Kind::Int64, Device::Cpu));
+    let flow_matching = t.objective == flowzoo::config::Objective::FlowMatching;
+    let mut curve = vec![];
+    let (mut pen, mut pen_steps) = (0.0, 0);
     let t_start = Instant::now();
     for step in 0..a.steps {
         if step % per_epoch == 0 {
@@ -131,7 +140,15 @@ fn main() -> Result<()> {
         let sink = Sink::new();
         let ctx = Ctx { stochastic_logdet: a.stochastic, ..sess.ctx_train(None) }.with_sink(&sink);
         opt.zero_grad();
-        let loss = sess.model.log_prob(&x, &ctx)?.f_mean(Kind::Float)?.f_neg()?;
+        let objective = if flow_matching { sess.model.flow_matching_loss(&x, &ctx)? } else { sess.model.log_prob(&x, &ctx)?.f_mean(Kind::Float)?.f_neg()? };
+        let loss = match sink.total_penalty()? {
+            Some(p) => {
+                pen += p.double_value(&[]);
+                pen_steps += 1;
+                objective.f_add(&p)?
+            }
+            None => objective,
+        };
         loss.f_backward()?;
         let norm = opt.grad_norm()?.double_value(&[]);
         let lr = if t.warmup_steps > 0 { t.lr * ((step + 1) as f64 / t.warmup_steps as f64).min(1.0) } else { t.lr };
@@ -146,8 +163,23 @@ fn main() -> Result<()> {
         nfe_f.push(c.get("nfe_forward").copied().unwrap_or(0.0));
         nfe_b.push(c.get("nfe_backward").copied().unwrap_or(0.0));
         losses.push(lv);
+        let done = step + 1;
+        if a.eval_every > 0 && (done % a.eval_every == 0 || done == a.steps) {
+            let (lp, se, nfe, secs) = score(&sess, &test)?;
+            curve.push(serde_json::json!({
+                "step": done,
+                "train_wall_s": wall.iter().sum::<f64>(),
+                "train_cpu_s": cpu.iter().sum::<f64>(),
+                "test_log_prob": lp,
+                "stderr": se,
+                "eval_nfe": nfe,
+                "eval_seconds": secs,
+                "nfe_forward_per_step": nfe_f.iter().sum::<f64>() / nfe_f.len() as f64,
+                "nfe_backward_per_step": nfe_b.iter().sum::<f64>() / nfe_b.len() as f64,
+            }));
+        }
     }
-    let train_seconds = t_start.elapsed().as_secs_f64();
+    let train_seconds = t_start.elapsed().as_secs_f64() - curve.iter().map(|c| c["eval_seconds"].as_f64().unwrap_or(0.0)).sum::<f64>();
     if let Some(path) = &a.save_weights {
         sess.save_weights(path, a.steps)?;
     }
@@ -169,6 +201,9 @@ fn main() -> Result<()> {
         "stderr": se,
         "eval_nfe": eval_nfe,
         "eval_seconds": eval_s,
+        "objective": if flow_matching { "flow_matching" } else { "mle" },
+        "penalty_per_step": if pen_steps > 0 { pen / pen_steps as f64 } else { 0.0 },
+        "curve": curve,
         "end_times": sess.vs.variables().iter().filter(|(k, _)| k.ends_with("sqrt_end_time")).map(|(_, v)| v.double_value(&[]).powi(2)).collect::<Vec<_>>(),
     });
     if a.tight_rtol > 0.0 {

@@ -118,7 +118,7 @@ MD
 Glow on Fashion-MNIST (60,000 train / 10,000 test 28×28 grey images, read from the data set's
 IDX files), trained on CPU with \`flowzoo train --config configs/glow_fashion_mnist.toml\`
 (8 bits, L=2, K=16, width 48, affine coupling, LU 1×1 convs, learned top prior, Adam lr 1e-3,
-batch 64, 8,000 steps ≈ 8.5 epochs). Only \`eval\` without \`--data\` and score statistics
+batch 64, 4,000 steps ≈ 4.3 epochs). Only \`eval\` without \`--data\` and score statistics
 for another \`--draws\` read the data set itself; its \`config.toml\` finds it through
 \`\$FASHION_MNIST\`, else \`/usr/share/datasets/fashion-mnist\`.
 
@@ -132,7 +132,7 @@ MD
     printf '\n%s\n\n%s\n%s\n%s\n' \
       "Published reference points for flows on Fashion-MNIST (test bits/dim, lower is better):" \
       "| model | test bits/dim | comparable? |" "|---|---:|---|" \
-      "| \`glow_fashion_mnist\` (this one: 210k parameters, 8,000 steps on a CPU; 8 draws) | ${fm_score%% *} | — |"
+      "| \`glow_fashion_mnist\` (this one: 210k parameters, 4,000 steps on a CPU; 8 draws) | ${fm_score%% *} | — |"
     cat <<'MD'
 | Glow, 69.4M parameters (2 scales × 16 steps, highway coupling networks of width 200, 80 epochs), from the code of Kirichenko, Izmailov & Wilson 2020, "Why normalizing flows fail to detect out-of-distribution data" ([flows_ood](https://github.com/PolinaKirichenko/flows_ood), `experiments/notebooks/GLOW_fashion.ipynb`: train 3.103, test 3.141; MNIST test images 2.081) | 3.141 | yes: 8-bit pixels, uniform dequantisation `(k + u)/256` (then a logit transform inside the flow, counted in its log-determinant), one draw per image; 330× the parameters |
 | Glow, L=3, K=32, width 512, on Fashion-MNIST (chrischute/glow, reported in [its issue #10](https://github.com/chrischute/glow/issues/10): training 2.83 bits/dim at epoch 29, validation "about the same") | ≈ 2.83 | no: an informal training-set figure from an issue thread; three levels imply the images were padded or resized to 32×32, which changes D and adds easy border pixels |

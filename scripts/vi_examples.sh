@@ -8,7 +8,8 @@
 #     with the true one (error and error / standard error);
 #  4. fits the Bayesian logistic regression on data/breast_cancer.csv and compares 100,000 flow
 #     samples with the MCMC reference data/breast_cancer_posterior.json (scripts/vi_compare.py);
-#  5. writes every figure to docs/vi/results.json and prints a summary.
+#  5. writes every figure to docs/vi/results.json and prints a summary;
+#  6. adds U1-U4's log Z by quadrature, and the estimates' errors (scripts/vi_quadrature.py).
 #
 # Environment: FLOWZOO_BIN (target/release/flowzoo), PYTHON (the venv's python, with torch),
 # OUT (runs/vi), STEPS_2D (3000), STEPS_GAUSS (3000), STEPS_LOGREG (4000), N_EVAL (100000),
@@ -77,4 +78,5 @@ print(f"gaussian8: true log Z {g['true_log_z']}, error {g['error']:+.4f} = {g['e
 l = r["logreg"]
 print(f"logreg vs MCMC: max |mean diff| / std {l['max_abs_mean_diff_over_std']:.3f} (weight {l['worst_weight']}), std ratio {l['std_ratio_min']:.3f}..{l['std_ratio_max']:.3f} (median {l['std_ratio_median']:.3f})")
 EOF
+"$PY" scripts/vi_quadrature.py "$DOCS/results.json"
 echo "wrote $DOCS/results.json and $DOCS/u1.png .. u4.png"

@@ -2,7 +2,7 @@
 //! score and sample images.
 use crate::config::Config;
 use crate::data::{bits_per_dim, dequantize, to_model_space, to_pixels};
-use crate::flows::Ctx;
+use crate::flows::{Ctx, Sink};
 use crate::io::tensors::named_variables;
 use crate::io::{read_safetensors, write_safetensors, Checkpoint, RunDir};
 use crate::config::DataKind;
@@ -202,6 +202,18 @@ impl Session {
     /// [`score_rows`](Self::score_rows) given each row's conditioning input (`[N, K]`, see
     /// [`cond_for`](Self::cond_for)): log p(x | context).
     pub fn score_rows_given(&self, rows: &Tensor, context: Option<&Tensor>, noise: f64, draws: i64, batch: i64, seed: i64) -> Result<Vec<f64>> {
+        Ok(self.score_rows_with(rows, context, noise, draws, batch, seed, None)?.0)
+    }
+
+    /// [`score_rows_given`](Self::score_rows_given), with the layers' counters (an ODE solve's
+    /// function evaluations) reported to `sink`; also returns the number of `log_prob` calls made.
+    #[allow(clippy::too_many_arguments)]
+    pub fn score_rows_counted(&self, rows: &Tensor, context: Option<&Tensor>, noise: f64, draws: i64, batch: i64, seed: i64, sink: &Sink) -> Result<(Vec<f64>, i64)> {
+        self.score_rows_with(rows, context, noise, draws, batch, seed, Some(sink))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn score_rows_with(&self, rows: &Tensor, context: Option<&Tensor>, noise: f64, draws: i64, batch: i64, seed: i64, sink: Option<&Sink>) -> Result<(Vec<f64>, i64)> {
         let draws = if noise > 0.0 { draws } else { 1 };
         let n = leading_dim(rows, "rows")?;
         if let Some(c) = context {
@@ -209,13 +221,14 @@ impl Session {
                 bail!("{n} rows but {} contexts", c.size()[0]);
             }
         }
-        let lp = self.mean_log_prob(n, batch, draws, seed, |start, len| {
+        let lp = self.mean_log_prob(n, batch, draws, seed, sink, |start, len| {
             let x = rows.f_narrow(0, start, len)?.f_to_device(self.device())?.f_to_kind(self.kind())?;
             let x = if noise > 0.0 { x.f_add(&x.f_rand_like()?.f_mul_scalar(noise)?)? } else { x };
             let c = context.map(|c| c.f_narrow(0, start, len)).transpose()?;
             Ok((x, self.cond_for(c.as_ref(), len, "scoring rows")?))
         })?;
-        Ok(Vec::<f64>::try_from(&lp)?)
+        let calls = draws * ((n + batch.max(1) - 1) / batch.max(1));
+        Ok((Vec::<f64>::try_from(&lp)?, calls))
     }
 
     /// Per-point `log_prob` (float64, CPU) of `n` points taken `batch` at a time, averaged over
@@ -227,6 +240,7 @@ impl Session {
         batch: i64,
         draws: i64,
         seed: i64,
+        sink: Option<&Sink>,
         mut points: impl FnMut(i64, i64) -> Result<(Tensor, Option<Tensor>)>,
     ) -> Result<Tensor> {
         let _g = tch::no_grad_guard();
@@ -238,7 +252,8 @@ impl Session {
             while start < n {
                 let len = batch.min(n - start);
                 let (x, cond) = points(start, len)?;
-                let lp = self.model.log_prob(&x, &self.ctx_eval(cond.as_ref()))?;
+                let ctx = self.ctx_eval(cond.as_ref());
+                let lp = self.model.log_prob(&x, &Ctx { sink, ..ctx })?;
                 parts.push(lp.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?);
                 start += len;
             }
@@ -261,7 +276,14 @@ impl Session {
 
     /// The model of a run directory with the chosen checkpoint's weights.
     pub fn open(run: &RunDir, which: Checkpoint, device: Device) -> Result<Session> {
+        Self::open_with(run, which, device, &[])
+    }
+
+    /// [`open`](Self::open) with `--set`-style overrides of the run's config (e.g. another
+    /// evaluation solver for a continuous flow); the weights must still fit.
+    pub fn open_with(run: &RunDir, which: Checkpoint, device: Device, overrides: &[String]) -> Result<Session> {
         let cfg = run.load_config()?;
+        let cfg = if overrides.is_empty() { cfg } else { cfg.with_overrides(overrides)? };
         let state = run.load_state()?;
         let sess = Session::new_for(&cfg, DataInfo { classes: state.classes, columns: state.columns }, device)?;
         let path = run.checkpoint_path(which);
@@ -310,7 +332,7 @@ impl Session {
         let n = leading_dim(pixels, "images")?;
         let n_bits = self.cfg.data.n_bits;
         let dims = self.model.dim();
-        let lp = self.mean_log_prob(n, batch, draws, seed, |start, len| {
+        let lp = self.mean_log_prob(n, batch, draws, seed, None, |start, len| {
             let px = pixels.f_narrow(0, start, len)?.f_to_device(self.device())?;
             let x = dequantize(&to_model_space(&px, n_bits, self.kind())?, n_bits)?;
             Ok((x, self.one_hot(&labels.f_narrow(0, start, len)?)?))
@@ -324,7 +346,7 @@ impl Session {
         if labels.is_none() && self.model.n_classes().is_some() {
             bail!("this model is class-conditional: labels are needed");
         }
-        let lp = self.mean_log_prob(leading_dim(x, "points")?, batch, 1, 0, |start, len| {
+        let lp = self.mean_log_prob(leading_dim(x, "points")?, batch, 1, 0, None, |start, len| {
             let xb = x.f_narrow(0, start, len)?.f_to_device(self.device())?.f_to_kind(self.kind())?;
             let cond = match labels {
                 Some(l) => self.one_hot(&l.f_narrow(0, start, len)?)?,

@@ -139,6 +139,24 @@ fn score_and_ood_on_a_tiny_image_run() {
     let (_, err) = ok(&["score", "--model", r, "--data", mixed.to_str().unwrap(), "--score", "typicality"]);
     assert!(!err.contains("computing"), "current statistics are reused: {err}");
 
+    // --draws N averages N dequantisations per input: other bits/dim than one draw, close to
+    // them; the statistics are measured again with N draws (and found current next time).
+    let bpd_by_path = |csv: &str| -> std::collections::BTreeMap<String, f64> {
+        csv.lines().skip(1).map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[0].to_string(), f[1].parse().unwrap())
+        }).collect()
+    };
+    let (one, _) = ok(&["score", "--model", r, "--data", mixed.to_str().unwrap(), "--score", "nll"]);
+    let (four, err) = ok(&["score", "--model", r, "--data", mixed.to_str().unwrap(), "--score", "nll,typicality", "--draws", "4"]);
+    assert!(err.contains("computing the score statistics"), "{err}");
+    let (one, four) = (bpd_by_path(&one), bpd_by_path(&four));
+    assert_eq!(one.keys().collect::<Vec<_>>(), four.keys().collect::<Vec<_>>());
+    assert!(one.iter().all(|(k, v)| (v - four[k]).abs() < 0.5) && one.iter().any(|(k, v)| v != &four[k]), "{one:?} vs {four:?}");
+    assert_eq!(ScoreStats::load(&rundir, Checkpoint::Best).unwrap().unwrap().draws, 4);
+    let (_, err) = ok(&["score", "--model", r, "--data", mixed.to_str().unwrap(), "--score", "typicality", "--draws", "4"]);
+    assert!(!err.contains("computing"), "{err}");
+
     // ood: exactly the documented JSON, and perfect separation of noise from the pattern.
     let (pin, pout) = (d.path().join("in"), d.path().join("out"));
     folder(&pin, &(0..4).map(|i| (format!("{i}.png"), pattern())).collect::<Vec<_>>());
@@ -183,6 +201,12 @@ fn score_and_ood_on_a_tiny_image_run() {
     }
     fails(&["score", "--model", r, "--data", m, "--draws", "0"], "--draws and --batch must be >= 1");
     fails(&["ood", "--model", r, "--in", pin.to_str().unwrap(), "--ood", empty.to_str().unwrap()], "out-of-distribution data");
+    // A run whose config says data.bad_images = "fail" fails on the broken file, naming it.
+    let cfg = run.join("config.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains("bad_images = \"skip\""), "{text}");
+    std::fs::write(&cfg, text.replace("bad_images = \"skip\"", "bad_images = \"fail\"")).unwrap();
+    fails(&["score", "--model", r, "--data", m, "--score", "nll"], "broken.png");
 }
 
 #[test]

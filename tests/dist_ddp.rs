@@ -122,8 +122,15 @@ fn ddp_backward_fails_clearly_when_a_rank_exits() {
     let t0 = Instant::now();
     let outs = run_ranks("ddp_backward_fails_clearly_when_a_rank_exits", 2, 2, &[(k, &v)]);
     assert_all_ok(&outs);
-    assert!(t0.elapsed() < Duration::from_secs(20), "took {:?}", t0.elapsed());
+    // The 4 s timeout bounds the wait; the rest is two process start-ups on a possibly busy machine.
+    assert!(t0.elapsed() < Duration::from_secs(60), "took {:?}", t0.elapsed());
     let out = text(&outs[0]);
-    assert!(out.contains("FZ-ERROR: backward with DDP's gradient all-reduce failed on rank 0 of 2") && out.contains("Connection closed by peer"), "{out}");
+    // Gloo sees the exit either as a closed connection or, when the peer's socket lingers, as
+    // the receive timing out: both must reach the caller as the same named error.
+    assert!(
+        out.contains("FZ-ERROR: backward with DDP's gradient all-reduce failed on rank 0 of 2")
+            && (out.contains("Connection closed by peer") || out.contains("Timed out waiting 4000ms")),
+        "{out}"
+    );
 }
 

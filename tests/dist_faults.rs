@@ -25,7 +25,7 @@ fn rank_that_exits_early_makes_the_other_fail_clearly() {
     let t0 = Instant::now();
     let outs = run_ranks("rank_that_exits_early_makes_the_other_fail_clearly", 2, 2, &[(k, &v)]);
     assert_all_ok(&outs);
-    assert!(t0.elapsed() < Duration::from_secs(20), "took {:?}", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_secs(60), "took {:?}", t0.elapsed());
     let out = text(&outs[0]);
     assert!(out.contains("FZ-ERROR") && out.contains("all-reduce of tensor 0 failed on rank 0 of 2"), "{out}");
 }

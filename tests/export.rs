@@ -21,68 +21,8 @@ use tch::{nn, nn::VarStore, Device, IValue, Kind, Tensor};
 
 const F64: (Kind, Device) = (Kind::Double, Device::Cpu);
 
-/// libtorch's generator is global: tests that seed it (seeded samples are compared) run one
-/// at a time.
-static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
-    RNG.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    (a - b).abs().max().double_value(&[])
-}
-
-fn tensor(v: IValue) -> Tensor {
-    match v {
-        IValue::Tensor(t) => t,
-        other => panic!("expected a tensor, got {other:?}"),
-    }
-}
-
-fn pair(v: IValue) -> (Tensor, Tensor) {
-    match v {
-        IValue::Tuple(mut p) if p.len() == 2 => {
-            let b = tensor(p.pop().unwrap());
-            (tensor(p.pop().unwrap()), b)
-        }
-        other => panic!("expected a pair of tensors, got {other:?}"),
-    }
-}
-
-fn opt(t: Option<&Tensor>) -> IValue {
-    t.map_or(IValue::None, |t| IValue::Tensor(t.shallow_clone()))
-}
-
-/// Exports `flow` alone (methods `forward`/`inverse` taking `(x, cond)`) and compares it with
-/// the flow on `x`, in float64: outputs and log-dets to 1e-10.
-fn check_flow_script(what: &str, vs: &VarStore, flow: &dyn Flow, x: &Tensor, cond: Option<&Tensor>) {
-    let mut ts = ScriptBuilder::new("Test").unwrap();
-    ts.register_variables(&named_variables(vs)).unwrap();
-    let f = flow.to_torchscript(&mut ts).unwrap_or_else(|e| panic!("{what}: {e:#}"));
-    ts.define(&format!(
-        "def forward(self, x: Tensor, cond: Optional[Tensor]) -> Tuple[Tensor, Tensor]:\n    return {}\n\n\
-         def inverse(self, y: Tensor, cond: Optional[Tensor]) -> Tuple[Tensor, Tensor]:\n    return {}\n",
-        f.call_forward("x", "cond"),
-        f.call_inverse("y", "cond")
-    ))
-    .unwrap();
-    let m = ts.module().to_cmodule().unwrap();
-    let ctx = Ctx::eval().with_cond(cond);
-    let _g = tch::no_grad_guard();
-    let (y, ld) = flow.forward(x, &ctx).unwrap();
-    let (ys, lds) = pair(m.method_is("forward", &[IValue::Tensor(x.shallow_clone()), opt(cond)]).unwrap());
-    let (xi, ldi) = flow.inverse(&y, &ctx).unwrap();
-    let (xis, ldis) = pair(m.method_is("inverse", &[IValue::Tensor(y.shallow_clone()), opt(cond)]).unwrap());
-    for (name, a, b) in [("forward", &ys, &y), ("forward logdet", &lds, &ld), ("inverse", &xis, &xi), ("inverse logdet", &ldis, &ldi)] {
-        assert_eq!(a.kind(), Kind::Double, "{what} {name}");
-        let d = max_diff(a, b);
-        assert!(d < 1e-10, "{what}: {name} differs by {d:e}");
-    }
-    // A non-trivial layer: the check above is not comparing two identities.
-    eprintln!("{what}: |y - x| {:.3}, |logdet| {:.3}", if y.size() == x.size() { max_diff(&y, x) } else { f64::NAN }, ld.abs().max().double_value(&[]));
-}
+mod common;
+use common::{check_flow_script, max_diff, opt, pair, rng_lock, tensor};
 
 /// Every branch of every exportable layer: both ActNorm parametrisations, both 1×1 convs,
 /// permutations, affine/additive couplings with channel (both flips) and checkerboard masks,
@@ -386,7 +326,7 @@ fn fake_run(dir: &Path) -> Config {
 }
 
 fn opts(pt: &Path) -> ExportOptions {
-    ExportOptions { checkpoint: Checkpoint::Best, torchscript: Some(pt.to_path_buf()), safetensors: None, python: None, device: Device::Cpu, reference_in: None, reference_out: None }
+    ExportOptions { checkpoint: Checkpoint::Best, torchscript: Some(pt.to_path_buf()), safetensors: None, python: None, device: Device::Cpu, ode_solver: None, ode_steps: None, reference_in: None, reference_out: None }
 }
 
 #[test]

@@ -8,7 +8,7 @@ use flowzoo::session::Session;
 use std::process::Command;
 use tch::{Device, Kind, Tensor};
 
-const CONFIGS: [&str; 3] = ["configs/ffjord_pinwheel.toml", "configs/ffjord_8gaussians.toml", "configs/ffjord_digits64.toml"];
+const CONFIGS: [&str; 4] = ["configs/ffjord_pinwheel.toml", "configs/ffjord_8gaussians.toml", "configs/ffjord_digits64.toml", "configs/ffjord_pinwheel_fm.toml"];
 
 fn root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
@@ -26,7 +26,7 @@ const TABULAR: &str = "[data]\nkind = \"tabular\"\n[model]\nkind = \"ffjord\"\n[
 
 #[test]
 fn shipped_configs_parse_and_build() {
-    for (f, dim) in CONFIGS.iter().zip([2, 2, 64]) {
+    for (f, dim) in CONFIGS.iter().zip([2, 2, 64, 2]) {
         let cfg = Config::load(&root().join(f)).unwrap_or_else(|e| panic!("{f}: {e:#}"));
         assert!(root().join(&cfg.data.path).is_file(), "{f}: data {} missing", cfg.data.path);
         let sess = Session::new_for(&cfg, columns(dim), Device::Cpu).unwrap();

@@ -5,7 +5,7 @@
 use flowzoo::config::{Config, DataKind};
 use flowzoo::io::{Checkpoint, RunDir};
 use flowzoo::score::{
-    ensure_stats, measure_pixels, ood_paths, score_path, stats_for_run, MeasureOptions, ScoreKind, ScoreOptions, ScoreStats, StatsOptions,
+    ensure_stats, measure_pixels, measure_rows, ood_paths, score_path, stats_for_run, MeasureOptions, ScoreKind, ScoreOptions, ScoreStats, StatsOptions,
 };
 use flowzoo::session::Session;
 use flowzoo::train::{train, TrainOptions};
@@ -211,4 +211,16 @@ fn a_tabular_run_scores_csv_lines_and_refuses_complexity() {
     let sc = ScoreOptions { kinds: vec![ScoreKind::Complexity], ..sc };
     let e = format!("{:#}", score_path(&sess, &probe, Some(&stats), &sc, &mut |_, _| {}).unwrap_err());
     assert!(e.contains("images only"), "{e}");
+
+    // Rows straight from a Rust program (data units, as in the file): the same −log p as the
+    // file's lines, and a wrong width is named with the run's columns.
+    let rows = tch::Tensor::from_slice(&[0.0f32, 0.1, 0.1, -0.2, 9.0, -9.0, 0.2, 0.3]).reshape([4, 2]);
+    let m = measure_rows(&sess, &rows, c.data.uniform_noise, &MeasureOptions::default(), &mut |_, _| {}).unwrap();
+    for (line, nll) in ["2", "4", "5", "6"].iter().zip(&m.nll) {
+        let scored = report.inputs.iter().find(|r| r.id == *line).unwrap();
+        assert!((scored.nll - nll).abs() < 1e-9, "line {line}: {} vs {nll}", scored.nll);
+    }
+    assert_eq!(m.score(ScoreKind::Nll, f64::NAN).unwrap(), m.nll);
+    let e = format!("{:#}", measure_rows(&sess, &rows.reshape([2, 4]), 0.0, &MeasureOptions::default(), &mut |_, _| {}).unwrap_err());
+    assert!(e.contains("[B, 2]") && e.contains("a, b"), "{e}");
 }

@@ -92,6 +92,37 @@ fn fitting_a_gaussian_recovers_log_z() {
     }
 }
 
+/// `log N(x; 0, Σ) + C` on R² with unit variances and correlation 0.8: the best diagonal
+/// Gaussian stays `−½·log(1 − 0.8²) = 0.51` nats below log Z = C; an affine autoregressive flow
+/// can be the target exactly.
+const CORRELATED: &str = "def log_prob(self, x: Tensor) -> Tensor:
+    a = x[:, 0]
+    b = x[:, 1]
+    q = (a * a - 1.6 * a * b + b * b) / 0.36
+    return -0.5 * q + 0.5108256237659907 - 1.8378770664093453 + 1.5
+";
+
+#[test]
+fn fitting_with_an_iaf_closes_the_gap_of_a_diagonal_gaussian() {
+    let d = tempfile::tempdir().unwrap();
+    let file = script(d.path(), "correlated", CORRELATED);
+    let target = ScriptTarget::load(&file, Device::Cpu).unwrap();
+    let mut c = small_fit(400);
+    c.model.kind = flowzoo::config::ModelKind::Iaf;
+    c.model.made_order = flowzoo::config::MadeOrderChoice::Alternating;
+    c.model.permutation = flowzoo::config::PermutationChoice::None;
+    let run = d.path().join("run");
+    let s = fit(&c, 2, &target, &opts(&run, false, Some(&file))).unwrap();
+    assert_eq!((s.steps, s.skipped_steps), (400, 0));
+    let sess = Session::open(&flowzoo::io::RunDir::open(&run).unwrap(), flowzoo::io::Checkpoint::Best, Device::Cpu).unwrap();
+    assert!(sess.model.describe().starts_with("IAF"), "{}", sess.model.describe());
+    let e = evaluate_fit(&sess, &target, 50_000, 1).unwrap();
+    let diagonal_gap = -0.5 * (1.0f64 - 0.64).ln();
+    assert!(C - e.elbo < 0.2 * diagonal_gap, "ELBO {} vs log Z = {C}: a diagonal Gaussian reaches {}", e.elbo, C - diagonal_gap);
+    assert!((e.log_z - C).abs() < 4.0 * e.log_z_stderr + 2e-3, "log Z {} ± {} vs {C}", e.log_z, e.log_z_stderr);
+    assert!(run.join("samples/final.png").is_file());
+}
+
 #[test]
 fn a_perfect_proposal_has_ess_one() {
     // The target is the flow's own log-density (a closure) plus a constant: every weight equal.
@@ -263,6 +294,9 @@ fn fit_eval_sample_from_the_command_line() {
     let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
     assert_eq!(keys.len(), 4, "{line}");
     assert!(line.trim().starts_with("{\"elbo\": ") && line.contains("\"log_z\": ") && line.contains("\"log_z_stderr\": ") && line.contains("\"ess_fraction\": "), "{line}");
+    // Exactly these four keys, in this order, on one line.
+    let at: Vec<usize> = ["{\"elbo\": ", ", \"log_z\": ", ", \"log_z_stderr\": ", ", \"ess_fraction\": "].iter().map(|k| line.find(k).unwrap_or(usize::MAX)).collect();
+    assert!(at[0] == 0 && at.windows(2).all(|w| w[0] < w[1] && w[1] != usize::MAX) && line.trim_end().ends_with('}') && line.trim_end().lines().count() == 1, "{line}");
     let (z, se) = (v["log_z"].as_f64().unwrap(), v["log_z_stderr"].as_f64().unwrap());
     assert!((z - C).abs() < 4.0 * se + 2e-3, "log Z {z} ± {se} vs {C}");
     // sample works as for any 2-D tabular run: CSV rows and the scatter + density PNG.
@@ -284,4 +318,22 @@ fn fit_eval_sample_from_the_command_line() {
     std::fs::write(&junk, "junk").unwrap();
     fails(&["fit", "--target", junk.to_str().unwrap(), "--dim", "2", "-q"], "not a TorchScript module");
     fails(&["fit", "--target", f, "--dim", "2", "--set", "model.kind=\"glow\"", "--set", "model.permutation=\"reverse\"", "-q"], "one pass");
+}
+
+/// README's Rust example of `flowzoo fit` is the doc example of `flowzoo::vi` (src/vi/mod.rs),
+/// which `cargo test` compiles: the two stay the same text (the doc's hidden `# ` lines aside).
+#[test]
+fn the_readme_example_is_the_compiled_doc_example() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let at = readme.find("## Fitting densities and variational posteriors").expect("README has the section");
+    let section = &readme[at..];
+    let start = section.find("```rust\n").expect("a Rust example in the section") + "```rust\n".len();
+    let block: Vec<&str> = section[start..start + section[start..].find("```").unwrap()].lines().collect();
+    let src = std::fs::read_to_string(format!("{root}/src/vi/mod.rs")).unwrap();
+    let doc: Vec<&str> = src.lines().filter_map(|l| l.strip_prefix("//!")).map(|l| l.strip_prefix(' ').unwrap_or(l)).collect();
+    let a = doc.iter().position(|l| *l == "```no_run").expect("a doc example") + 1;
+    let b = a + doc[a..].iter().position(|l| *l == "```").unwrap();
+    let code: Vec<&str> = doc[a..b].iter().copied().filter(|l| !l.starts_with("# ")).collect();
+    assert_eq!(block, code, "README's example and src/vi/mod.rs's doc example differ");
 }

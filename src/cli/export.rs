@@ -27,6 +27,14 @@ pub struct ExportArgs {
     /// auto | cpu | cuda | cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// FFJORD: the solver of the exported forward/inverse/log_prob/sample: dopri5 (adaptive,
+    /// the run's eval tolerances), rk4 or euler [default: the config's model.cnf.eval_solver].
+    /// The *_ode methods choose per call.
+    #[arg(long, value_name = "NAME")]
+    ode_solver: Option<String>,
+    /// FFJORD: steps of a fixed-step solver (rk4, euler) [default: model.cnf.eval_steps].
+    #[arg(long, value_name = "N")]
+    ode_steps: Option<i64>,
     /// Test hook (see flowzoo::export::write_reference): inputs for the Rust model ...
     #[arg(long, hide = true)]
     reference_in: Option<PathBuf>,
@@ -42,6 +50,8 @@ pub fn run(a: ExportArgs) -> Result<()> {
         safetensors: a.safetensors,
         python: a.python,
         device: flowzoo::runtime::parse_device(&a.device)?,
+        ode_solver: a.ode_solver,
+        ode_steps: a.ode_steps,
         reference_in: a.reference_in,
         reference_out: a.reference_out,
     };

@@ -157,9 +157,14 @@ impl FromStr for ModelKind {
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Objective {
-    /// The log-likelihood of data (forward KL): `flowzoo train`.
+    /// The log-likelihood of data (forward KL, maximum likelihood): `flowzoo train`. Written
+    /// "mle"; "likelihood" (its first spelling) still reads.
     #[default]
+    #[serde(rename = "mle", alias = "likelihood")]
     Likelihood,
+    /// Conditional flow matching with straight paths (FFJORD with one block): simulation-free
+    /// training of the vector field; likelihoods are still evaluated exactly with the ODE.
+    FlowMatching,
     /// The ELBO `E_q[log p̃(x) − log q(x)]` of an unnormalised target density, from the flow's
     /// own reparameterised samples (reverse KL): `flowzoo fit`.
     ReverseKl,
@@ -176,6 +181,12 @@ pub enum PosteriorChoice {
     Diagonal,
     /// Affine couplings (alternating masks, MLP conditioners reading the context).
     Realnvp,
+    /// Inverse autoregressive flow (Kingma et al. 2016): affine MADE layers, inverted, so a
+    /// draw of z is one pass per layer; every hidden unit reads the context.
+    Iaf,
+    /// Masked autoregressive flow layers: the same MADEs, not inverted, so a draw of z takes
+    /// `latent` passes per layer.
+    Maf,
 }
 
 /// `model.coupling`.

@@ -131,8 +131,8 @@ pub struct ModelConfig {
     pub cnf: super::cnf::CnfConfig,
     /// VAE: size of the latent z.
     pub latent: i64,
-    /// VAE: the approximate posterior, "diagonal" or "realnvp" (a flow on the encoder's
-    /// diagonal Gaussian, conditioned on the encoder's features).
+    /// VAE: the approximate posterior, "diagonal", or a flow on the encoder's diagonal Gaussian
+    /// conditioned on the encoder's features: "realnvp" (couplings), "iaf" or "maf" (MADEs).
     pub posterior: PosteriorChoice,
     /// VAE: layers of the posterior flow (ignored for "diagonal").
     pub posterior_layers: i64,
@@ -251,8 +251,9 @@ pub struct TrainConfig {
     pub grad_sync: GradSync,
     /// Distributed runs: the largest gradient bucket one all-reduce carries, in MiB.
     pub bucket_mib: f64,
-    /// "likelihood" (fit data: `flowzoo train`) or "reverse_kl" (fit an unnormalised target
-    /// density: `flowzoo fit`, which sets it).
+    /// "mle" (maximum likelihood on data: `flowzoo train`; "likelihood" also reads),
+    /// "flow_matching" (FFJORD: conditional flow matching on data) or "reverse_kl" (fit an
+    /// unnormalised target density: `flowzoo fit`, which sets it).
     pub objective: Objective,
     /// Reverse KL: samples drawn from the flow per step (the ELBO's Monte Carlo size).
     pub vi_samples: i64,

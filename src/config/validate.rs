@@ -209,6 +209,17 @@ pub fn check(cfg: &Config) -> Result<(), Invalid> {
             ));
         }
     }
+    if t.objective == Objective::FlowMatching && (m.kind != ModelKind::Ffjord || m.blocks != 1 || m.norm != super::NormChoice::None) {
+        return Err(invalid(
+            "train.objective",
+            format!(
+                "train.objective = \"flow_matching\" trains the vector field of one continuous flow: it needs model.kind = \"ffjord\" with model.blocks = 1 and model.norm = \"none\" (got model.kind = \"{}\", model.blocks = {}, model.norm = \"{}\")",
+                m.kind,
+                m.blocks,
+                format!("{:?}", m.norm).to_lowercase()
+            ),
+        ));
+    }
     if t.objective == Objective::ReverseKl && d.kind != DataKind::Tabular {
         return Err(invalid(
             "train.objective",

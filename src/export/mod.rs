@@ -48,6 +48,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, IValue, Tensor};
 
+mod ode;
 mod pysource;
 mod reference;
 
@@ -63,6 +64,9 @@ pub struct ModelSpec {
     pub n_classes: Option<i64>,
     /// Bits per pixel of an image model (gives `bits_per_dim`, `preprocess`, `to_pixels`).
     pub n_bits: Option<i64>,
+    /// A model whose transform integrates ODEs (FFJORD): the default solver name and steps of
+    /// the `*_ode` methods (see [`ode`]).
+    pub ode: Option<(String, i64)>,
     /// A model conditioned on context columns: the methods take `context` instead of `labels`.
     pub context: Option<ContextSpec>,
 }
@@ -85,8 +89,8 @@ fn int_list(v: &[i64]) -> String {
 pub fn build_script(model: &dyn DensityModel, vars: &[(String, Tensor)], spec: &ModelSpec) -> Result<ScriptBuilder> {
     let mut ts = ScriptBuilder::new(&spec.class)?;
     ts.register_variables(vars)?;
-    let flow = model_flow(&mut ts, model).with_context(|| format!("exporting {}", spec.class))?;
-    add_model_methods(&mut ts, &flow, spec)?;
+    let (flow, transform, base) = model_flow(&mut ts, model).with_context(|| format!("exporting {}", spec.class))?;
+    add_model_methods(&mut ts, &flow, (&transform, &base), spec)?;
     Ok(ts)
 }
 
@@ -97,17 +101,18 @@ pub fn build_module(model: &dyn DensityModel, vars: &[(String, Tensor)], spec: &
 
 /// The whole model as one flow onto standard-normal noise: the transform, then the base as a
 /// bijection (as [`DensityModel::to_noise`] and [`DensityModel::from_noise`] compose them).
-fn model_flow(ts: &mut ScriptBuilder, model: &dyn DensityModel) -> Result<ScriptFlow> {
+fn model_flow(ts: &mut ScriptBuilder, model: &dyn DensityModel) -> Result<(ScriptFlow, ScriptFlow, ScriptFlow)> {
     let transform = model.flow().to_torchscript(ts)?;
     let base = model.base().to_torchscript(ts).context("the base distribution")?;
     let f = "z, ld = $transform.forward(x, cond)\neps, ld_base = $base.forward(z, cond)\nreturn eps, ld + ld_base";
     let i = "z, ld_base = $base.inverse(y, cond)\nx, ld = $transform.inverse(z, cond)\nreturn x, ld + ld_base";
-    ts.add(Layer::new("FlowToNoise").child("transform", &transform).child("base", &base).flow_methods(f, i))
+    let flow = ts.add(Layer::new("FlowToNoise").child("transform", &transform).child("base", &base).flow_methods(f, i))?;
+    Ok((flow, transform, base))
 }
 
 /// The model-level methods (see the module docs), written once for every model, as the root
 /// of the export.
-fn add_model_methods(ts: &mut ScriptBuilder, flow: &ScriptFlow, spec: &ModelSpec) -> Result<()> {
+fn add_model_methods(ts: &mut ScriptBuilder, flow: &ScriptFlow, (transform, base): (&ScriptFlow, &ScriptFlow), spec: &ModelSpec) -> Result<()> {
     let shape = &spec.event_shape;
     let dim: i64 = shape.iter().product();
     let k = spec.n_classes.unwrap_or(0);
@@ -209,6 +214,9 @@ fn add_model_methods(ts: &mut ScriptBuilder, flow: &ScriptFlow, spec: &ModelSpec
                 &format!("k = torch.clamp(torch.floor((x + 0.5) * {levels}), 0.0, {levels} - 1.0)\nreturn torch.round(k * {scale}).to(dtype=0)  # torch.uint8"),
             );
     }
+    if let Some((solver, steps)) = &spec.ode {
+        root = ode::add_ode_methods(root, transform, base, &shape_test, &want, cls, dim, solver, *steps)?;
+    }
     ts.add_root(root)
 }
 
@@ -262,6 +270,7 @@ pub fn session_spec(sess: &Session) -> ModelSpec {
         event_shape: sess.model.event_shape(),
         n_classes: sess.model.n_classes(),
         n_bits: image.then_some(sess.cfg.data.n_bits),
+        ode: (sess.cfg.model.kind == crate::config::ModelKind::Ffjord).then(|| (sess.cfg.model.cnf.eval_solver.name().to_string(), sess.cfg.model.cnf.eval_steps)),
         context: sess.context.as_ref().map(|c| ContextSpec {
             columns: c.columns.clone(),
             standardize: c.standardize.as_ref().map(|_| ("context_standardize.mean".to_string(), "context_standardize.std".to_string())),
@@ -287,6 +296,12 @@ pub struct ExportOptions {
     /// Where the exported module is checked against the model (`--device`); the files hold
     /// CPU tensors whatever it is (PyTorch moves them with `.to(...)`).
     pub device: Device,
+    /// A model that integrates ODEs (FFJORD): the solver of the exported `forward`, `inverse`,
+    /// `log_prob` and `sample` ("dopri5", "rk4" or "euler"; default the config's
+    /// `model.cnf.eval_solver`) and the steps of a fixed-step one (default `eval_steps`). The
+    /// check against the Rust model and the reference outputs use the same.
+    pub ode_solver: Option<String>,
+    pub ode_steps: Option<i64>,
     /// Test hook: inputs for [`write_reference`] ...
     pub reference_in: Option<PathBuf>,
     /// ... and where its outputs go.
@@ -302,7 +317,8 @@ pub fn export_run(run_dir: &Path, opts: &ExportOptions) -> Result<Vec<String>> {
         bail!("--reference-in and --reference-out go together");
     }
     let run = RunDir::open(run_dir).with_context(|| format!("cannot export {}", run_dir.display()))?;
-    let mut sess = Session::open(&run, opts.checkpoint, Device::Cpu)
+    let overrides = ode::solver_overrides(&run, opts)?;
+    let mut sess = Session::open_with(&run, opts.checkpoint, Device::Cpu, &overrides)
         .with_context(|| format!("cannot export {}", run_dir.display()))?;
     let weights = run.checkpoint_path(opts.checkpoint);
     let mut lines = vec![];
@@ -313,7 +329,7 @@ pub fn export_run(run_dir: &Path, opts: &ExportOptions) -> Result<Vec<String>> {
         let check = if opts.device == Device::Cpu {
             self_check(&sess, &module)
         } else {
-            let on_device = Session::open(&run, opts.checkpoint, opts.device)?;
+            let on_device = Session::open_with(&run, opts.checkpoint, opts.device, &overrides)?;
             self_check(&on_device, &session_module(&on_device)?)
         }
         .with_context(|| format!("checking the exported module against the model on {:?}", opts.device))?;

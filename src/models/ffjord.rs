@@ -15,7 +15,8 @@ use super::DensityModel;
 use crate::config::{Config, NormChoice};
 use crate::flows::cnf::flow_matching_loss;
 use crate::flows::{ActNorm, ActNormParam, Base, BatchNormFlow, Cnf, CnfOptions, Ctx, ElementwiseAffine, Flow, LayerType, OdeNet, StandardNormal};
-use anyhow::{bail, Result};
+use crate::script::{ts_zero_logdet, Layer, ScriptBuilder, ScriptFlow};
+use anyhow::{bail, Context, Result};
 use tch::{nn, Tensor};
 
 /// The transform: the standardisation, then each block's CNF and its normalisation.
@@ -25,7 +26,62 @@ pub struct FfjordFlow {
     pub norms: Vec<Option<Box<dyn Flow>>>,
 }
 
+impl FfjordFlow {
+    /// TorchScript of the chain (`forward`, `inverse` as the flow contract; `forward_ode` and
+    /// `inverse_ode` pass the solver, steps and trace choice to every block's continuous flow).
+    fn script(&self, ts: &mut ScriptBuilder) -> Result<ScriptFlow> {
+        let mut layer = Layer::new("FfjordFlow");
+        if let Some(s) = &self.standardize {
+            layer = layer.child("standardize", &s.to_torchscript(ts)?);
+        }
+        let (mut f, mut f_ode) = (format!("h = x\ntotal = {}\n", ts_zero_logdet("x")), format!("h = x\ntotal = {}\n", ts_zero_logdet("x")));
+        if self.standardize.is_some() {
+            let line = "h, ld = $standardize.forward(h, cond)\ntotal = total + ld\n";
+            f += line;
+            f_ode += line;
+        }
+        let (mut i, mut i_ode) = (format!("h = y\ntotal = {}\n", ts_zero_logdet("y")), format!("h = y\ntotal = {}\n", ts_zero_logdet("y")));
+        let mut inverse_lines = vec![];
+        for (b, (cnf, norm)) in self.cnfs.iter().zip(&self.norms).enumerate() {
+            layer = layer.child(&format!("cnf{b}"), &cnf.to_torchscript(ts).with_context(|| format!("block {b}'s continuous flow"))?);
+            f += &format!("h, ld = $cnf{b}.forward(h, cond)\ntotal = total + ld\n");
+            f_ode += &format!("h, ld = $cnf{b}.forward_ode(h, cond, solver, steps, hutchinson)\ntotal = total + ld\n");
+            let mut inv = (format!("h, ld = $cnf{b}.inverse(h, cond)\ntotal = total + ld\n"), format!("h, ld = $cnf{b}.inverse_ode(h, cond, solver, steps)\ntotal = total + ld\n"));
+            if let Some(n) = norm {
+                layer = layer.child(&format!("norm{b}"), &n.to_torchscript(ts).with_context(|| format!("block {b}'s normalisation"))?);
+                let line = format!("h, ld = $norm{b}.forward(h, cond)\ntotal = total + ld\n");
+                f += &line;
+                f_ode += &line;
+                let back = format!("h, ld = $norm{b}.inverse(h, cond)\ntotal = total + ld\n");
+                inv = (back.clone() + &inv.0, back + &inv.1);
+            }
+            inverse_lines.push(inv);
+        }
+        for (a, b) in inverse_lines.iter().rev() {
+            i += a;
+            i_ode += b;
+        }
+        if self.standardize.is_some() {
+            let line = "h, ld = $standardize.inverse(h, cond)\ntotal = total + ld\n";
+            i += line;
+            i_ode += line;
+        }
+        let ret = "return h, total";
+        let (opt, pair) = ("Optional[Tensor]", "Tuple[Tensor, Tensor]");
+        ts.add(
+            layer
+                .flow_methods(&(f + ret), &(i + ret))
+                .method("forward_ode", &format!("x: Tensor, cond: {opt}, solver: int, steps: int, hutchinson: bool"), pair, &(f_ode + ret))
+                .method("inverse_ode", &format!("y: Tensor, cond: {opt}, solver: int, steps: int"), pair, &(i_ode + ret)),
+        )
+    }
+}
+
 impl Flow for FfjordFlow {
+    fn to_torchscript(&self, ts: &mut ScriptBuilder) -> Result<ScriptFlow> {
+        self.script(ts)
+    }
+
     fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<(Tensor, Tensor)> {
         let (mut h, mut total) = match &self.standardize {
             Some(s) => s.forward(x, ctx)?,

@@ -16,7 +16,7 @@ pub mod train_loop;
 pub use metrics::MetricsLog;
 pub use optim::Adam;
 pub use parallel::DataParallel;
-pub use step::{StepOutcome, Trainer};
+pub use step::{StepOutcome, StepReport, Trainer};
 pub use train_loop::{train, TrainOptions, TrainSummary};
 
 /// The purpose tags of `crate::rng::derive_seed`: each random draw of a run has its own stream,

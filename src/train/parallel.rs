@@ -263,15 +263,17 @@ impl DataParallel {
         Ok((GradSyncState::AfterBackward { buckets, members }, overlap))
     }
 
-    /// The mean of `loss` (a float64 scalar) over the ranks: every rank then sees the same
-    /// loss, and a non-finite loss on any rank makes the step non-finite on all.
+    /// The mean of `loss` (a float64 scalar, or a vector of the loss and its parts) over the
+    /// ranks: every rank then sees the same loss, and a non-finite loss on any rank makes the
+    /// step non-finite on all.
     pub fn mean_loss(&mut self, loss: &Tensor) -> Result<Tensor> {
-        let t = loss.f_reshape([1])?;
+        let shape = loss.size();
+        let t = loss.f_reshape([-1])?;
         let _ = self.pg.take_comm_stats();
         self.pg.all_reduce_mean(&[t.shallow_clone()]).context("averaging the loss over the ranks")?;
         self.window.wait_s += self.pg.take_comm_stats().seconds;
         self.window.steps += 1;
-        Ok(t.f_reshape([])?)
+        Ok(t.f_reshape(&shape[..])?)
     }
 
     /// This rank's contiguous share `(start, len)` of `n` held-out rows.

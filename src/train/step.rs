@@ -1,7 +1,8 @@
 //! One optimisation step and the trainer's state: the session, our Adam, the EMA weights and
 //! the run state, with checkpoints that save and restore all of it exactly.
 use super::Adam;
-use crate::flows::Ctx;
+use crate::config::Objective;
+use crate::flows::{Ctx, Sink};
 use crate::io::tensors::named_variables;
 use crate::io::{read_safetensors, write_safetensors, RunDir, RunState};
 use crate::session::Session;
@@ -17,6 +18,18 @@ pub enum StepOutcome {
     Skipped { loss: f64, grad_norm: f64 },
 }
 
+/// What one [`Trainer::train_step`] measured beside the loss: the objective alone (the mean
+/// NLL or bits/dim, or the flow-matching loss), the layers' weighted penalties that were added
+/// to it (a continuous flow's kinetic energy and Jacobian norm; `None` when no layer reported
+/// one), and the layers' counters (`nfe_forward`, `nfe_backward`: function evaluations of the
+/// ODE solves, as the solver counted them; this rank's own in a distributed run).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StepReport {
+    pub objective: f64,
+    pub penalty: Option<f64>,
+    pub counters: BTreeMap<String, f64>,
+}
+
 pub struct Trainer {
     pub sess: Session,
     pub opt: Adam,
@@ -27,6 +40,8 @@ pub struct Trainer {
     pub nonfinite_run: i64,
     /// This process's part in a data-parallel run (`None`: training in one process).
     pub parallel: Option<super::DataParallel>,
+    /// What the last [`train_step`](Self::train_step) measured beside the loss.
+    pub last_report: StepReport,
 }
 
 impl Trainer {
@@ -38,7 +53,7 @@ impl Trainer {
         let opt = Adam::new(params)?;
         let columns = sess.columns.clone();
         let state = RunState { classes, columns, flowzoo_version: env!("CARGO_PKG_VERSION").into(), ..RunState::default() };
-        Ok(Trainer { sess, opt, ema, state, nonfinite_run: 0, parallel: None })
+        Ok(Trainer { sess, opt, ema, state, nonfinite_run: 0, parallel: None, last_report: StepReport::default() })
     }
 
     /// Restarts the EMA from the current weights (after the data-dependent initialisation).
@@ -66,26 +81,54 @@ impl Trainer {
         Ok(())
     }
 
-    /// One step on a batch already in model space (dequantised). NaN/Inf in the loss or the
-    /// gradients skips the update and counts it; `max_nonfinite` in a row is an error.
+    /// One step on a batch already in model space (dequantised), on `train.objective`: the mean
+    /// negative log-likelihood (nats for tabular data, bits/dim for images) or the
+    /// flow-matching loss, plus every penalty the layers report to the context's sink (already
+    /// weighted by their config). NaN/Inf in the loss or the gradients skips the update and
+    /// counts it; `max_nonfinite` in a row is an error. [`last_report`](Self::last_report)
+    /// then holds the objective, the penalty and the layers' counters.
     pub fn train_step(&mut self, x: &Tensor, cond: Option<&Tensor>) -> Result<StepOutcome> {
-        let lp = self.sess.model.log_prob(x, &self.sess.ctx_train(cond))?;
-        let loss = if self.sess.is_tabular() {
-            // mean negative log-likelihood, nats
-            lp.f_mean(Kind::Float)?.f_neg()?
-        } else {
-            // mean bits/dim
-            let dims = self.sess.model.dim() as f64;
-            let n_bits = self.sess.cfg.data.n_bits as f64;
-            lp.f_mean(Kind::Float)?.f_neg()?.f_div_scalar(dims * std::f64::consts::LN_2)?.f_add_scalar(n_bits)?
+        let sink = Sink::new();
+        let ctx = self.sess.ctx_train(cond).with_sink(&sink);
+        let objective = match self.sess.cfg.train.objective {
+            Objective::FlowMatching => self.sess.model.flow_matching_loss(x, &ctx)?,
+            Objective::Likelihood | Objective::ReverseKl => {
+                let lp = self.sess.model.log_prob(x, &ctx)?;
+                if self.sess.is_tabular() {
+                    // mean negative log-likelihood, nats
+                    lp.f_mean(Kind::Float)?.f_neg()?
+                } else {
+                    // mean bits/dim
+                    let dims = self.sess.model.dim() as f64;
+                    let n_bits = self.sess.cfg.data.n_bits as f64;
+                    lp.f_mean(Kind::Float)?.f_neg()?.f_div_scalar(dims * std::f64::consts::LN_2)?.f_add_scalar(n_bits)?
+                }
+            }
         };
-        self.step_on_loss(&loss)
+        let penalty = sink.total_penalty()?;
+        let loss = match &penalty {
+            Some(p) => objective.f_add(&p.f_to_kind(objective.kind())?)?,
+            None => objective.shallow_clone(),
+        };
+        let mut extras = vec![objective.f_detach()?];
+        if let Some(p) = &penalty {
+            extras.push(p.f_detach()?);
+        }
+        let (outcome, values) = self.step_on_loss_reading(&loss, &extras)?;
+        self.last_report = StepReport { objective: values[0], penalty: values.get(1).copied(), counters: sink.counters() };
+        Ok(outcome)
     }
 
     /// The update for a scalar `loss` whose graph reaches the parameters (any objective: the
     /// likelihood of [`train_step`](Self::train_step), the reverse KL of `crate::vi`): backward,
     /// the NaN/Inf check that skips and counts, clipping, Adam, EMA; the step counter advances.
     pub fn step_on_loss(&mut self, loss: &Tensor) -> Result<StepOutcome> {
+        Ok(self.step_on_loss_reading(loss, &[])?.0)
+    }
+
+    /// [`step_on_loss`](Self::step_on_loss), also bringing the scalars `extras` (detached parts
+    /// of the loss) to the host in the same read, averaged over the ranks like the loss.
+    pub fn step_on_loss_reading(&mut self, loss: &Tensor, extras: &[Tensor]) -> Result<(StepOutcome, Vec<f64>)> {
         let step = self.state.step;
         let lr = self.lr_at(step);
         self.opt.zero_grad();
@@ -96,12 +139,17 @@ impl Trainer {
             None => loss.f_backward()?,
         }
         let norm = self.opt.grad_norm()?;
-        let mut loss_d = loss.f_detach()?.f_to_kind(Kind::Double)?;
-        if let Some(p) = &mut self.parallel {
-            loss_d = p.mean_loss(&loss_d)?;
+        let mut scalars = vec![loss.f_detach()?.f_to_kind(Kind::Double)?.f_reshape([] as [i64; 0])?];
+        for e in extras {
+            scalars.push(e.f_detach()?.f_to_kind(Kind::Double)?.f_reshape([] as [i64; 0])?);
         }
-        let host = Vec::<f64>::try_from(Tensor::f_stack(&[loss_d, norm.f_to_kind(Kind::Double)?], 0)?.f_to_device(Device::Cpu)?)?;
-        let (loss_v, norm_v) = (host[0], host[1]);
+        let mut values = Tensor::f_stack(&scalars, 0)?;
+        if let Some(p) = &mut self.parallel {
+            values = p.mean_loss(&values)?;
+        }
+        let host = Vec::<f64>::try_from(Tensor::f_cat(&[values, norm.f_to_kind(Kind::Double)?.f_reshape([1])?], 0)?.f_to_device(Device::Cpu)?)?;
+        let (loss_v, norm_v) = (host[0], host[host.len() - 1]);
+        let extra_values = host[1..host.len() - 1].to_vec();
         self.state.step += 1;
         if !loss_v.is_finite() || !norm_v.is_finite() {
             self.opt.zero_grad();
@@ -114,7 +162,7 @@ impl Trainer {
                     self.state.step
                 );
             }
-            return Ok(StepOutcome::Skipped { loss: loss_v, grad_norm: norm_v });
+            return Ok((StepOutcome::Skipped { loss: loss_v, grad_norm: norm_v }, extra_values));
         }
         self.nonfinite_run = 0;
         let clip = self.sess.cfg.train.grad_clip;
@@ -128,7 +176,7 @@ impl Trainer {
                 let _ = e.f_add_(&p.f_mul_scalar(1.0 - d)?)?;
             }
         }
-        Ok(StepOutcome::Updated { loss: loss_v, grad_norm: norm_v })
+        Ok((StepOutcome::Updated { loss: loss_v, grad_norm: norm_v }, extra_values))
     }
 
     /// Runs `f` with the EMA weights swapped in (when EMA is on).

@@ -3,7 +3,7 @@
 //! and the optimizer state is ours and saved, so a resumed run continues exactly where the
 //! uninterrupted one would be.
 use super::data::{load_train_data, Batches, TabularContext, TrainData};
-use super::metrics::MetricsLog;
+use super::metrics::{LogWindow, MetricsLog};
 use super::parallel::{rank_device, DataParallel};
 use super::{streams, StepOutcome, Trainer};
 use crate::config::Config;
@@ -157,8 +157,9 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
     // Each rank of a distributed run scores its share with its own noise seed (rank 0's is
     // a single process's); the sums are all-reduced.
     let eval_seed = derive_seed(t_cfg.seed, streams::EVAL, rank as i64);
-    // Lower is better: test bits/dim (images) or validation NLL in nats (tabular).
-    let evaluate = |tr: &Trainer| -> Result<f64> {
+    // Lower is better: test bits/dim (images) or validation NLL in nats (tabular); with the
+    // function evaluations per scored batch of a model that solves ODEs (tabular data).
+    let evaluate = |tr: &Trainer| -> Result<(f64, Option<f64>)> {
         let n = match &data {
             TrainData::Images { test, .. } => test.len(),
             TrainData::Tabular { val, .. } => val.size()[0],
@@ -167,26 +168,29 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
         if let Some(p) = &tr.parallel {
             p.sync_buffers(&tr.sess)?;
         }
-        let (sum, count) = match &data {
-            _ if len == 0 => (0.0, 0.0),
+        let sink = crate::flows::Sink::new();
+        let (sum, count, batches) = match &data {
+            _ if len == 0 => (0.0, 0.0, 0.0),
             TrainData::Images { test, .. } => tr.with_eval_weights(|s| {
                 let (px, labels) = (test.images.f_narrow(0, start, len)?, test.labels.f_narrow(0, start, len)?);
-                Ok((s.score_pixels(&px, &labels, t_cfg.eval_draws, 256, eval_seed)?.bpd.iter().sum::<f64>(), len as f64))
+                Ok((s.score_pixels(&px, &labels, t_cfg.eval_draws, 256, eval_seed)?.bpd.iter().sum::<f64>(), len as f64, 0.0))
             })?,
             TrainData::Tabular { val, noise, context, .. } => tr.with_eval_weights(|s| {
                 let c = context.as_ref().map(|c| c.val.f_narrow(0, start, len)).transpose()?;
-                let lp = s.score_rows_given(&val.f_narrow(0, start, len)?, c.as_ref(), *noise, t_cfg.eval_draws, 1024, eval_seed)?;
-                Ok((-lp.iter().sum::<f64>(), len as f64))
+                let (lp, batches) = s.score_rows_counted(&val.f_narrow(0, start, len)?, c.as_ref(), *noise, t_cfg.eval_draws, 1024, eval_seed, &sink)?;
+                Ok((-lp.iter().sum::<f64>(), len as f64, batches as f64))
             })?,
         };
-        let (sum, count) = match &tr.parallel {
-            Some(p) => match p.sum_over_ranks(&[sum, count])?[..] {
-                [s, c] => (s, c),
+        let nfe = sink.counters().get("nfe_forward").copied().unwrap_or(0.0);
+        let (sum, count, nfe, batches) = match &tr.parallel {
+            Some(p) => match p.sum_over_ranks(&[sum, count, nfe, batches])?[..] {
+                [s, c, f, b] => (s, c, f, b),
                 _ => bail!("internal error: the evaluation sums came back with another length"),
             },
-            None => (sum, count),
+            None => (sum, count, nfe, batches),
         };
-        Ok(if count == 0.0 { f64::NAN } else { sum / count })
+        let mean = if count == 0.0 { f64::NAN } else { sum / count };
+        Ok((mean, (nfe > 0.0 && batches > 0.0).then(|| nfe / batches)))
     };
     // A conditional 2-D model is drawn at a few contexts of its training rows.
     let plot_contexts = match &data {
@@ -218,11 +222,14 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
     bar.set_position(start_step as u64);
     let is_tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let t0 = Instant::now();
-    let mut window = (0.0f64, 0.0f64, 0i64);
+    let mut window = LogWindow::default();
+    let mut eval_nfe = None;
     let mut last_log = (Instant::now(), tr.state.step);
     let mut last_eval = f64::NAN;
     let mut stopped_early = false;
     let short = if tabular { "nats" } else { "bpd" };
+    // The unit of the training loss: the flow-matching loss is a squared velocity error.
+    let loss_unit = if t_cfg.objective == crate::config::Objective::FlowMatching { "(flow-matching loss)" } else { short };
     while tr.state.step < t_cfg.max_steps {
         let step = tr.state.step;
         let idx = batches.at(step)?;
@@ -235,11 +242,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
         };
         let cond = tr.sess.cond_for(Some(&labels), labels.size()[0], "training")?;
         match tr.train_step(&x, cond.as_ref())? {
-            StepOutcome::Updated { loss, grad_norm } => {
-                window.0 += loss;
-                window.1 += grad_norm;
-                window.2 += 1;
-            }
+            StepOutcome::Updated { loss, grad_norm } => window.add(loss, grad_norm, &tr.last_report),
             StepOutcome::Skipped { loss, grad_norm } => {
                 log(&bar, writer, format!("step {}: non-finite loss {loss} / gradient norm {grad_norm}: update skipped", step + 1));
             }
@@ -249,7 +252,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
         let eval_now = last || (t_cfg.eval_every > 0 && done % t_cfg.eval_every == 0);
         let mut eval_field = String::new();
         if eval_now {
-            last_eval = evaluate(&tr)?;
+            (last_eval, eval_nfe) = evaluate(&tr)?;
             eval_field = format!("{last_eval:.6}");
             if last_eval.is_finite() && tr.state.best_test_bpd.is_none_or(|b| last_eval < b) {
                 if tr.sess.non_finite_variables().is_empty() {
@@ -271,35 +274,40 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
             }
             if !is_tty && verbose {
                 eprintln!(
-                    "step {done}/{}: train {:.4} {short}, {} {last_eval:.4} {short} (best {:.4} at step {})",
+                    "step {done}/{}: train {:.4} {loss_unit}, {} {last_eval:.4} {short} (best {:.4} at step {}){}",
                     t_cfg.max_steps,
-                    window.0 / window.2.max(1) as f64,
+                    window.mean_loss(),
                     if tabular { "validation" } else { "test" },
                     tr.state.best_test_bpd.unwrap_or(f64::NAN),
-                    tr.state.best_step.unwrap_or(0)
+                    tr.state.best_step.unwrap_or(0),
+                    window.nfe_message()
                 );
             }
         }
         if eval_now || done % t_cfg.log_every == 0 {
             let dt = last_log.0.elapsed().as_secs_f64();
             let sps = (done - last_log.1) as f64 / dt.max(1e-9);
-            let train_loss = window.0 / window.2.max(1) as f64;
+            let train_loss = window.mean_loss();
             let comm = tr.parallel.as_mut().and_then(|p| p.take_comm_ms());
-            metrics.push(vec![
+            // Under flow matching the objective is no likelihood: the NLL column stays empty.
+            let objective = if t_cfg.objective == crate::config::Objective::FlowMatching { String::new() } else { format!("{:.6}", window.mean_objective()) };
+            let mut row = vec![
                 done.to_string(),
                 format!("{:.6e}", tr.lr_at(step)),
-                format!("{train_loss:.6}"),
-                format!("{:.4}", window.1 / window.2.max(1) as f64),
+                objective,
+                format!("{:.4}", window.mean_grad_norm()),
                 eval_field.clone(),
                 format!("{sps:.3}"),
                 format!("{:.2}", tr.state.train_seconds + t0.elapsed().as_secs_f64()),
                 tr.state.skipped_steps.to_string(),
                 comm.map_or(String::new(), |c| format!("{:.3}", c.0)),
                 comm.map_or(String::new(), |c| format!("{:.3}", c.1)),
-            ])?;
+            ];
+            row.extend(window.step_fields(if eval_field.is_empty() { None } else { eval_nfe }));
+            metrics.push(row)?;
             let comm_msg = comm.map_or(String::new(), |(all, wait)| format!(" | all-reduce {all:.1} ms (waited {wait:.1})"));
-            bar.set_message(format!("loss {train_loss:.3} {short} | eval {last_eval:.3} | {sps:.1} steps/s{comm_msg}"));
-            window = (0.0, 0.0, 0);
+            bar.set_message(format!("loss {train_loss:.3} {loss_unit} | eval {last_eval:.3} | {sps:.1} steps/s{}{comm_msg}", window.nfe_message()));
+            window = LogWindow::default();
             last_log = (Instant::now(), done);
         }
         if writer && (last || (t_cfg.sample_every > 0 && done % t_cfg.sample_every == 0)) {
@@ -336,7 +344,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
     let steps = tr.state.step - start_step;
     let summary = TrainSummary {
         steps: tr.state.step,
-        final_eval: if last_eval.is_nan() { evaluate(&tr)? } else { last_eval },
+        final_eval: if last_eval.is_nan() { evaluate(&tr)?.0 } else { last_eval },
         best_eval: tr.state.best_test_bpd.unwrap_or(f64::NAN),
         best_step: tr.state.best_step.unwrap_or(0),
         steps_per_s: steps as f64 / elapsed.max(1e-9),

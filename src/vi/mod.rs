@@ -9,14 +9,24 @@
 //! - [`fit`](mod@fit): the training loop of `flowzoo fit` (the trainer's step and checkpoints).
 //! - [`plot`]: target | samples | flow density for 2-D targets.
 //!
+//! README's example (a test keeps the two the same):
+//!
 //! ```no_run
-//! use flowzoo::vi::{fit, fit::FitOptions, FnTarget};
-//! let mut cfg = flowzoo::config::Config::load("configs/fit_default.toml".as_ref())?;
-//! cfg.train.max_steps = 500;
-//! // A standard normal in 2-D times e^3: log Z = 3 + log 2π.
-//! let target = FnTarget::new("gaussian", |x: &tch::Tensor| Ok(x.f_square()?.f_sum_dim_intlist(Some(&[1i64][..]), false, None)?.f_mul_scalar(-0.5)?.f_add_scalar(3.0)?));
-//! let opts = FitOptions { out: "runs/gauss".into(), resume: false, device: tch::Device::Cpu, verbose: false, target_file: None };
-//! let summary = fit::fit(&cfg, 2, &target, &opts)?;
+//! use flowzoo::vi::{evaluate_fit, fit::{fit, FitOptions}, FnTarget};
+//! use flowzoo::{config::Config, io::{Checkpoint, RunDir}, session::Session};
+//! use tch::{Device, Tensor};
+//!
+//! let mut cfg = Config::load("configs/fit_default.toml".as_ref())?;
+//! cfg.train.max_steps = 1000;
+//! // log p̃(x) = −|x|²/2 + 3 on R²: log Z = 3 + log 2π.
+//! let target = FnTarget::new("gaussian", |x: &Tensor| {
+//!     Ok(x.f_square()?.f_sum_dim_intlist(Some(&[1i64][..]), false, None)?.f_mul_scalar(-0.5)?.f_add_scalar(3.0)?)
+//! });
+//! let opts = FitOptions { out: "runs/gauss".into(), resume: false, device: Device::Cpu, verbose: true, target_file: None };
+//! let summary = fit(&cfg, 2, &target, &opts)?; // .final_elbo, .report (where the target was NaN/Inf)
+//! let sess = Session::open(&RunDir::open("runs/gauss".as_ref())?, Checkpoint::Best, Device::Cpu)?;
+//! let e = evaluate_fit(&sess, &target, 100_000, 0)?; // .elbo, .log_z, .log_z_stderr, .ess_fraction
+//! # let _ = (summary, e);
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 use crate::session::Session;

@@ -1,5 +1,5 @@
-//! Helpers shared by the TorchScript tests of the autoregressive and spline families (the same
-//! as `tests/export.rs`'s own, which can move here).
+//! Helpers shared by the TorchScript tests (`tests/export.rs`, and those of the autoregressive
+//! and spline families).
 #![allow(dead_code)]
 use flowzoo::flows::{Ctx, Flow};
 use flowzoo::io::tensors::named_variables;

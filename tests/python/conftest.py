@@ -76,6 +76,25 @@ VARIANTS = {
         config="configs/nsf_moons_conditional.toml", sets=["model.blocks=2", "model.width=16"], dim=2, conditional=True, context=1
     ),
     "nsf_c_digits64": dict(config="configs/nsf_digits64.toml", sets=["model.blocks=2", "model.width=16", "model.norm=batchnorm"], dim=64),
+    # FFJORD (hidden 16): the adaptive Dormand-Prince in the module, and RK4 chosen by the config's
+    # eval_solver (two blocks with batch norm, zuko's MLP field, softplus). The Rust reference
+    # integrates with the same solver. Dormand-Prince takes the same steps as the Rust one when
+    # its host-side accept/reject comparisons of the error estimate come out the same; in
+    # float32 a last-bit difference between the two processes' kernels (other thread counts,
+    # other blocking) could flip one and move the result by up to the solver's tolerance
+    # (rtol = atol = 1e-5), hence float32's `tol` (measured on one machine: identical, 0).
+    # `roundtrip`: inverse(forward(x)) is x only to the solver's accuracy (Dormand-Prince: its
+    # tolerance; RK4 at 8 steps: its truncation error).
+    "ffjord_pinwheel": dict(
+        config="configs/ffjord_pinwheel.toml", sets=["model.cnf.hidden=[16, 16]"], dim=2, ode="dopri5",
+        tol={torch.float64: 1e-10, torch.float32: 1e-4}, roundtrip=1e-4,
+    ),
+    "ffjord_8gaussians_rk4": dict(
+        config="configs/ffjord_8gaussians.toml",
+        sets=["model.cnf.hidden=[16]", "model.blocks=2", "model.norm=batchnorm", "model.cnf.layer_type=mlp",
+              "model.cnf.activation=softplus", "model.cnf.eval_solver=rk4", "model.cnf.eval_steps=8"],
+        dim=2, ode="rk4", roundtrip=1e-4,
+    ),
 }
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 BATCHES = (3, 5)
@@ -132,6 +151,10 @@ def exported(request, tmp_path_factory):
         "image": image,
         "shape": (1, 8, 8) if image else (v["dim"],),
         "dim": 64 if image else v["dim"],
+        # FFJORD: the exported solver, and the tolerances that fit it (see VARIANTS).
+        "ode": v.get("ode"),
+        "tol": v.get("tol", TOL),
+        "roundtrip": v.get("roundtrip"),
     }
 
 

@@ -52,7 +52,7 @@ def test_state_dict_is_the_safetensors_file(exported):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 def test_matches_the_rust_model(exported, dtype):
     m = load(exported, dtype)
-    tol = TOL[dtype]
+    tol = exported["tol"][dtype]
     name, dim = exported["name"], exported["dim"]
     outputs = ["z", "logabsdet", "log_prob", "x_rec", "inverse_eps", "sample"] + (["bits_per_dim"] if exported["image"] else [])
     for b in BATCHES:
@@ -100,6 +100,8 @@ def test_matches_the_rust_model(exported, dtype):
             scale = 1.0 if dtype == torch.float64 else max(1.0, want.abs().max().item())
             if what == "roundtrip":  # x -> z -> x through float arithmetic, not a comparison with Rust
                 scale *= 100
+                if exported["roundtrip"]:  # an ODE solver inverts itself only to its accuracy
+                    scale = max(1.0, want.abs().max().item()) * exported["roundtrip"] / tol
             assert diff <= tol * scale, f"{name} {dtype} B={b} {what}: max |difference| {diff:.3e} > {tol * scale:.1e}"
         # log_prob is log N(z; 0, I) + logabsdet, and bits/dim follows from it with n_bits = 4.
         lp = -0.5 * (z.double() ** 2).sum(1) - 0.5 * dim * math.log(2 * math.pi) + ld.double()

@@ -30,6 +30,10 @@
 //!   the backward pass differentiates through (those of accepted steps, counted by the solver
 //!   as it keeps them, not by a hook in the backward pass).
 //!
+//! - **Export** ([`script`]): TorchScript and plain PyTorch with the evaluation solver
+//!   (Dormand–Prince with the same step control, or fixed-step RK4 / Euler), the exact or
+//!   Hutchinson trace chosen per call.
+//!
 //! Parameters: `net.*` ([`OdeNet`]: FFJORD's concat-squash layers or zuko's MLP with time
 //! features) and `sqrt_end_time` (trainable only with `train_time`).
 use super::{check_channels, Ctx, Flow};
@@ -42,9 +46,11 @@ mod field;
 pub mod jvp;
 pub mod matching;
 pub mod net;
+mod script;
 
 pub use matching::{flow_matching_loss, flow_matching_loss_with};
 pub use net::{LayerType, OdeActivation, OdeLayers, OdeNet};
+pub use script::solver_code;
 
 /// Up to this many features `TraceChoice::Auto` keeps the trace exact in training.
 pub const AUTO_EXACT_MAX_DIM: i64 = 8;
@@ -209,5 +215,10 @@ impl Flow for Cnf {
     }
     fn inverse(&self, y: &Tensor, ctx: &Ctx) -> Result<(Tensor, Tensor)> {
         self.integrate(y, 1.0, 0.0, ctx)
+    }
+    /// See [`script`]: the evaluation solver's settings, exact trace; `forward_ode` and
+    /// `inverse_ode` choose the solver, the steps and the trace per call.
+    fn to_torchscript(&self, ts: &mut crate::script::ScriptBuilder) -> Result<crate::script::ScriptFlow> {
+        self.script(ts)
     }
 }

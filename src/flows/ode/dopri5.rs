@@ -14,9 +14,9 @@ use tch::{Device, Kind, Tensor};
 
 const NAME: &str = "dopri5";
 /// Nodes of the stages 2..7.
-const C: [f64; 6] = [1.0 / 5.0, 3.0 / 10.0, 4.0 / 5.0, 8.0 / 9.0, 1.0, 1.0];
+pub(crate) const C: [f64; 6] = [1.0 / 5.0, 3.0 / 10.0, 4.0 / 5.0, 8.0 / 9.0, 1.0, 1.0];
 /// Rows 2..7 of the Butcher tableau; the last row is the 5th-order solution's weights `b`.
-const A: [&[f64]; 6] = [
+pub(crate) const A: [&[f64]; 6] = [
     &[1.0 / 5.0],
     &[3.0 / 40.0, 9.0 / 40.0],
     &[44.0 / 45.0, -56.0 / 15.0, 32.0 / 9.0],
@@ -25,7 +25,7 @@ const A: [&[f64]; 6] = [
     &[35.0 / 384.0, 0.0, 500.0 / 1113.0, 125.0 / 192.0, -2187.0 / 6784.0, 11.0 / 84.0],
 ];
 /// `b - b*`: the 5th-order weights minus the embedded 4th-order ones (stage 7 included).
-const E: [f64; 7] = [
+pub(crate) const E: [f64; 7] = [
     71.0 / 57600.0,
     0.0,
     -71.0 / 16695.0,
@@ -34,9 +34,9 @@ const E: [f64; 7] = [
     22.0 / 525.0,
     -1.0 / 40.0,
 ];
-const SAFETY: f64 = 0.9;
-const MIN_FACTOR: f64 = 0.2;
-const MAX_FACTOR: f64 = 10.0;
+pub(crate) const SAFETY: f64 = 0.9;
+pub(crate) const MIN_FACTOR: f64 = 0.2;
+pub(crate) const MAX_FACTOR: f64 = 10.0;
 
 pub(super) fn solve(f: &mut Dynamics, t0: f64, t1: f64, y0: Vec<Tensor>, opts: &SolverOptions, controlled: &[bool]) -> Result<Solution> {
     let dir = (t1 - t0).signum();

@@ -18,7 +18,7 @@
 use anyhow::Result;
 use tch::Tensor;
 
-mod dopri5;
+pub(crate) mod dopri5;
 mod fixed;
 
 /// Which integrator.

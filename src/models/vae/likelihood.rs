@@ -10,7 +10,8 @@
 //! `[k/K − ½, (k+1)/K − ½)` (the dequantisation flowzoo uses). With a logistic of location μ and
 //! scale s, `P(k) = σ((upper − μ)/s) − σ((lower − μ)/s)`, the first and last bins extended to
 //! ∓∞ so that the K probabilities sum to 1. Written as
-//! `log σ(a) + log σ(−b) + log(1 − e^{b−a})`, which is exact and finite for every μ and s.
+//! `log σ(a) + log σ(−b) + log(1 − e^{b−a})`, which is finite for every μ and s (in float32 too:
+//! see the width term).
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
@@ -31,8 +32,15 @@ pub fn discretized_logistic_log_prob(bin: &Tensor, mu: &Tensor, log_s: &Tensor, 
     let b = lower.f_sub(mu)?.f_mul(&inv_s)?;
     let log_cdf_a = a.f_log_sigmoid()?;
     let log_sf_b = b.f_neg()?.f_log_sigmoid()?;
-    // log(1 − e^{b−a}) with b − a = −1/(K s) < 0.
-    let log_width = inv_s.f_mul_scalar(-1.0 / k)?.f_expm1()?.f_neg()?.f_log()?;
+    // log(1 − e^{b−a}) with b − a = −w, w = 1/(K s) > 0. For a wide logistic (small w) it is
+    // log w − w/2 (+ O(w²)), taken from log_s directly: e^{−log_s} underflows to 0 in float32
+    // once log_s > ~88, and log(1 − e^0) would be −∞. The direct branch reads w clamped to where
+    // it is used, so that neither branch's gradient is infinite.
+    let log_w = log_s.f_neg()?.f_sub_scalar(k.ln())?;
+    let w = log_w.f_exp()?;
+    let direct = w.f_clamp_min(1e-3)?.f_neg()?.f_expm1()?.f_neg()?.f_log()?;
+    let series = log_w.f_sub(&w.f_mul_scalar(0.5)?)?;
+    let log_width = direct.f_where_self(&w.f_gt(1e-3)?, &series)?;
     let middle = log_cdf_a.f_add(&log_sf_b)?.f_add(&log_width)?;
     let first = bin.f_le(0.5)?;
     let last = bin.f_ge(k - 1.5)?;

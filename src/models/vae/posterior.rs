@@ -5,11 +5,16 @@
 //!
 //! The flow is used in its inverse direction, the direction every flowzoo model samples in, so
 //! a layer whose one-pass direction is the inverse (IAF, which is `Inverse` of a MAF layer) goes
-//! in as it is built. A new posterior is one arm in [`posterior_flow`] (and its word in
-//! `config::PosteriorChoice`), e.g. `PosteriorChoice::Iaf => stack(p, m, |q, i| iaf_layer(q, i,
-//! m.latent, m.context, m.posterior_width))`.
-use crate::config::{MaskChoice, ModelConfig, PermutationChoice, PosteriorChoice};
-use crate::flows::{Affine, Base, Coupling, Ctx, Flow, Permutation, Sequential, StandardNormal};
+//! in as it is built. The ELBO needs `z` and `log q(z | x)` of the same draw, which that one
+//! direction gives: an IAF posterior costs one MADE pass per layer, a MAF posterior `latent`
+//! passes per layer (its one-pass direction, the density of a given `z`, is not what the ELBO
+//! asks for). A new posterior is one arm in [`posterior_flow`] (and its word in
+//! `config::PosteriorChoice`).
+use crate::config::{DegreesChoice, InverseChoice, MaskChoice, ModelConfig, PermutationChoice, PosteriorChoice};
+use crate::flows::{
+    Affine, Autoregressive, Base, Coupling, Ctx, ElementwiseBijection, Flow, HiddenDegrees, Inverse, InverseMethod, Made, MadeOptions, MadeOrder, Permutation, Sequential,
+    StandardNormal,
+};
 use crate::models::realnvp::vector_mask;
 use anyhow::Result;
 use tch::{nn, Tensor};
@@ -37,7 +42,49 @@ pub fn posterior_flow(p: nn::Path, m: &ModelConfig) -> Result<Option<Sequential>
             s.push(Permutation::reverse(&q / "permutation", m.latent));
             Ok(Box::new(s))
         }),
+        // IAF (Kingma et al. 2016): z_t = μ_t(z_{t−1}, h) + σ_t(z_{t−1}, h)·z_{t−1}, autoregressive
+        // in z, one MADE pass per layer; MAF: the same layers the other way round.
+        PosteriorChoice::Iaf => stack(p, m, |q, _| autoregressive_layer(q, m, true)),
+        PosteriorChoice::Maf => stack(p, m, |q, _| autoregressive_layer(q, m, false)),
     }
+}
+
+/// One autoregressive layer of the posterior flow, then a reversal of z (Kingma et al. reverse
+/// the ordering after each IAF step): a MADE in natural order with `model.depth` hidden layers
+/// of `model.posterior_width` units (`model.made_degrees`, `model.residual` as for a MAF) whose
+/// every hidden unit reads the encoder's `model.context` features, times an affine map; wrapped
+/// in [`Inverse`] for an IAF, so that sampling is the MADE's one-pass direction. A MAF layer
+/// samples with `model.inverse` ("sequential" or "jacobi"). The MADE's output layer starts at
+/// zero, so a fresh posterior flow is the identity: the encoder's Gaussian.
+fn autoregressive_layer(q: nn::Path, m: &ModelConfig, iaf: bool) -> Result<Box<dyn Flow>> {
+    let affine = Affine::exp_tanh();
+    let o = MadeOptions {
+        features: m.latent,
+        params_per_feature: affine.params_per_feature(),
+        context_dim: m.context,
+        hidden: m.posterior_width,
+        layers: m.depth,
+        order: MadeOrder::Natural,
+        degrees: match m.made_degrees {
+            DegreesChoice::Cyclic => HiddenDegrees::Cyclic,
+            DegreesChoice::Random => HiddenDegrees::Random,
+        },
+        residual: m.residual,
+        activation: m.activation,
+    };
+    let inverse_method = match m.inverse {
+        InverseChoice::Sequential => InverseMethod::Sequential,
+        InverseChoice::Jacobi => InverseMethod::Jacobi { tol: m.jacobi_tol },
+    };
+    let layer = Autoregressive::new(Made::new(&q / "made", &o)?, Box::new(affine), inverse_method)?;
+    let mut s = Sequential::new();
+    if iaf {
+        s.push(Inverse(layer));
+    } else {
+        s.push(layer);
+    }
+    s.push(Permutation::reverse(&q / "permutation", m.latent));
+    Ok(Box::new(s))
 }
 
 /// `k` draws from `q(z | x)` per image: `z` `[B·k, latent]` (image-major: the `k` draws of image
