@@ -187,7 +187,8 @@ fn a_killed_rank_makes_the_other_fail_clearly_at_once() {
     let (status, out) = &outs[0];
     assert_eq!(status.code(), Some(1), "{out}");
     assert!(out.contains("failed on rank 0 of 2") && out.contains("a peer process exited"), "{out}");
-    assert!(out.contains("step ") && !out.contains("panicked"), "{out}");
+    // Whether a step was logged before the kill depends on the machine: only the error matters.
+    assert!(!out.contains("panicked"), "{out}");
     // Gloo sees the closed connection: no need to wait for the 20 s timeout.
     assert!(killed.elapsed() < Duration::from_secs(15), "took {:?}:\n{out}", killed.elapsed());
 }
