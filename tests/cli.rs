@@ -1,25 +1,9 @@
 //! The command line end to end on a tiny model, and its error paths (clear message, exit 1,
 //! never a panic).
+mod common;
+use common::{fails, flowzoo, ok};
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn flowzoo(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flowzoo")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().expect("run flowzoo")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = flowzoo(args);
-    assert!(o.status.success(), "flowzoo {args:?} failed:\n{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout).unwrap()
-}
-
-fn fails(args: &[&str], needle: &str) {
-    let o = flowzoo(args);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "flowzoo {args:?} should fail cleanly:\n{err}");
-    assert!(err.contains(needle), "flowzoo {args:?}: expected {needle:?} in:\n{err}");
-    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
-}
+use std::process::Command;
 
 const TINY: &[&str] = &[
     "--set", "model.steps=2", "--set", "model.width=16", "--set", "train.max_steps=6", "--set", "train.eval_every=3",

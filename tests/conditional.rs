@@ -3,32 +3,15 @@
 //! `flowzoo train / eval / sample / export` end to end on the rotated moons (the context moves
 //! the density), and every user error naming what is wrong.
 mod common;
+use common::{fails, ok};
 use flowzoo::config::{Config, DataKind};
 use flowzoo::data::labels::{label_classes, label_indices};
 use flowzoo::data::tabular::{load_table, split_table};
 use flowzoo::flows::testing::perturb;
 use flowzoo::models::{self, DataInfo};
 use std::path::Path;
-use std::process::{Command, Output};
+
 use tch::{nn::VarStore, Device, Kind, Tensor};
-
-fn flowzoo(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flowzoo")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().expect("run flowzoo")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = flowzoo(args);
-    assert!(o.status.success(), "flowzoo {args:?} failed:\n{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout).unwrap()
-}
-
-fn fails(args: &[&str], needle: &str) {
-    let o = flowzoo(args);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "flowzoo {args:?} should fail cleanly:\n{err}");
-    assert!(err.contains(needle), "flowzoo {args:?}: expected {needle:?} in:\n{err}");
-    assert!(!err.contains("panicked"), "{err}");
-}
 
 fn tabular(sets: &[&str]) -> anyhow::Result<Config> {
     let mut c = Config::default();

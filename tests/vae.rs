@@ -2,12 +2,13 @@
 //! importance-weighted bound, the posterior flow's context, and train / eval / sample / export
 //! from the command line.
 mod common;
+use common::{flowzoo, ok};
 use flowzoo::config::{Config, PosteriorChoice};
 use flowzoo::flows::Ctx;
 use flowzoo::models::vae::likelihood::{bins, discretized_logistic_log_prob};
 use flowzoo::models::vae::posterior::{posterior_flow, sample_posterior};
 use flowzoo::session::Session;
-use std::process::{Command, Output};
+
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 fn tiny(posterior: PosteriorChoice) -> Config {
@@ -170,16 +171,6 @@ fn a_draws_log_q_is_the_density_of_its_z() {
         };
         assert_eq!(passes, want, "{posterior:?}: MADE passes of one draw (2 layers, latent 4)");
     }
-}
-
-fn flowzoo(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flowzoo")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().expect("run flowzoo")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = flowzoo(args);
-    assert!(o.status.success(), "flowzoo {args:?} failed:\n{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout).unwrap()
 }
 
 #[test]

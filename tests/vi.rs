@@ -1,6 +1,8 @@
 //! Variational inference (`flowzoo fit`, `eval --target`): the ELBO and log Z against closed
 //! forms on Gaussian targets, the ESS of a perfect proposal, a target with NaNs in part of its
 //! domain, malformed target modules, exact resume, and the command line.
+mod common;
+use common::{fails, ok};
 use flowzoo::config::Config;
 use flowzoo::ffi::ScriptModule;
 use flowzoo::models::DataInfo;
@@ -8,7 +10,7 @@ use flowzoo::session::Session;
 use flowzoo::vi::fit::{fit, fit_columns, fit_config, FitOptions};
 use flowzoo::vi::{evaluate_fit, probe_target, FnTarget, ScriptTarget, Target};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
 use tch::{Device, Kind, Tensor};
 
 /// A TorchScript module `name` with the given methods, saved under `dir`.
@@ -258,24 +260,6 @@ fn resume_is_exact_and_checks_the_target() {
     assert!(e.contains("is not the file the run was fitted to"), "{e}");
     let e = format!("{:#}", fit(&small_fit(60), 3, &target, &opts(&b, true, Some(&file))).err().unwrap());
     assert!(e.contains("fits a 2-dimensional target"), "{e}");
-}
-
-fn flowzoo(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flowzoo")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().expect("run flowzoo")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = flowzoo(args);
-    assert!(o.status.success(), "flowzoo {args:?} failed:\n{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout).unwrap()
-}
-
-fn fails(args: &[&str], needle: &str) {
-    let o = flowzoo(args);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "flowzoo {args:?} should fail cleanly:\n{err}");
-    assert!(err.contains(needle), "flowzoo {args:?}: expected {needle:?} in:\n{err}");
-    assert!(!err.contains("panicked"), "{err}");
 }
 
 #[test]

@@ -69,3 +69,24 @@ pub fn check_flow_script(what: &str, vs: &VarStore, flow: &dyn Flow, x: &Tensor,
     assert!(y.size() != x.size() || max_diff(&y, x) > 1e-6, "{what}: the layer is the identity here; the check means little");
     m
 }
+
+/// Runs the flowzoo binary in the repository root.
+pub fn flowzoo(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_flowzoo")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().expect("run flowzoo")
+}
+
+/// Runs flowzoo, which must succeed; its stdout.
+pub fn ok(args: &[&str]) -> String {
+    let o = flowzoo(args);
+    assert!(o.status.success(), "flowzoo {args:?} failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// Runs flowzoo, which must fail cleanly: exit 1, `needle` in the message, no panic or backtrace.
+pub fn fails(args: &[&str], needle: &str) {
+    let o = flowzoo(args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "flowzoo {args:?} should fail cleanly:\n{err}");
+    assert!(err.contains(needle), "flowzoo {args:?}: expected {needle:?} in:\n{err}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+}
