@@ -219,7 +219,7 @@ fn user_tensors_are_checked_for_dtype_rank_and_shape() {
 #[test]
 fn every_flag_has_help_and_every_device_defaults_to_auto() {
     let subcommands: &[&[&str]] = &[
-        &["train"], &["eval"], &["sample"], &["export"], &["toy"], &["info"], &["bench"], &["score"], &["ood"],
+        &["train"], &["fit"], &["eval"], &["sample"], &["export"], &["toy"], &["info"], &["bench"], &["score"], &["ood"],
         &["import", "y0ast"], &["import", "rosinality"], &["import", "state-dict"],
     ];
     for sub in subcommands {
@@ -239,15 +239,14 @@ fn every_flag_has_help_and_every_device_defaults_to_auto() {
             let described = line.trim_start().split_once("  ").is_some_and(|(_, text)| !text.trim().is_empty());
             assert!(described, "flowzoo {}: {line:?} has no help text", sub.join(" "));
         }
-        // `toy` runs no libtorch code and `export` writes CPU tensors (the module moves with
-        // `m.to("cuda")`): neither has a device to choose.
-        if sub[0] == "toy" || sub[0] == "export" {
+        // `toy` runs no libtorch code: it has no device to choose.
+        if sub[0] == "toy" {
             continue;
         }
         assert!(help.contains("--device"), "flowzoo {} has no --device", sub.join(" "));
-        if sub[0] != "train" {
-            let device = help.lines().find(|l| l.contains("--device")).unwrap();
-            assert!(device.contains("[default: auto]"), "flowzoo {}: {device}", sub.join(" "));
-        }
+        let device = help.lines().find(|l| l.contains("--device")).unwrap();
+        // train and fit read train.device from the config; --device overrides it.
+        let default_auto = if sub[0] == "train" || sub[0] == "fit" { "whose default is auto" } else { "[default: auto]" };
+        assert!(device.contains(default_auto), "flowzoo {}: {device}", sub.join(" "));
     }
 }

@@ -1,6 +1,5 @@
 //! `flowzoo fit`: a flow fitted to an unnormalised density (a TorchScript module's `log_prob`)
 //! by maximising the ELBO, or `--resume` of such a run.
-use super::DEVICE_HELP;
 use anyhow::{bail, Context, Result};
 use flowzoo::config::Config;
 use flowzoo::io::RunDir;
@@ -26,7 +25,8 @@ pub struct FitArgs {
     /// Run directory (default: runs/fit-<target file name>).
     #[arg(long)]
     out: Option<PathBuf>,
-    #[arg(long, help = DEVICE_HELP)]
+    /// auto | cpu | cuda | cuda:N (overrides train.device, whose default is auto).
+    #[arg(long)]
     device: Option<String>,
     /// Continue the run in --out from its last checkpoint (same target, same --dim).
     #[arg(long)]

@@ -12,9 +12,11 @@
 
 extern "C" {
 
-// NCCL uses the CUDA device that is current on the calling thread for rank `rank` (the Rust
-// side sets it from LOCAL_RANK before calling). `timeout_ms` bounds each collective: NCCL's
-// watchdog aborts the communicator and fails the work when a peer stops responding.
+// Each collective runs on the CUDA device of the tensors it is given: the model and its
+// gradients sit on cuda:LOCAL_RANK (dist::group picks it), so rank r's communicator is built on
+// that device at the first collective. `timeout_ms` bounds each collective: NCCL's watchdog
+// aborts the communicator and fails the work when a peer stops responding. (Not run on a GPU
+// yet: no machine with one was lent to this work.)
 char* fzdist_nccl_new(void* store, int rank, int size, int64_t timeout_ms, void** out) {
   FZDIST_TRY
   if (out == nullptr) {
