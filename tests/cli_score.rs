@@ -250,3 +250,76 @@ fn score_and_ood_on_a_tiny_tabular_run() {
     assert_eq!((v["n_in"].as_u64(), v["n_ood"].as_u64(), v["scores"]["nll"]["auroc"].as_f64()), (Some(4), Some(3), Some(1.0)));
     fails(&["ood", "--model", r, "--in", inl.to_str().unwrap(), "--ood", d.path().join("none.csv").to_str().unwrap()], "none.csv");
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A 28×28 garment-like silhouette: a bright, softly shaded blob on a black background.
+fn silhouette(i: u32) -> image::GrayImage {
+    let (cx, cy, rx, ry) = (14.0, 14.0, 6.0 + (i % 4) as f64, 9.0 + (i % 3) as f64);
+    image::GrayImage::from_fn(28, 28, |x, y| {
+        let (u, v) = ((x as f64 - cx) / rx, (y as f64 - cy) / ry);
+        let r = u * u + v * v;
+        image::Luma([if r < 1.0 { (110.0 + 60.0 * (1.0 - r) + 10.0 * (i % 5) as f64) as u8 } else { 0 }])
+    })
+}
+
+fn noise28(seed: u32) -> image::GrayImage {
+    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(7);
+    image::GrayImage::from_fn(28, 28, |_, _| {
+        s ^= s << 13;
+        s ^= s >> 17;
+        s ^= s << 5;
+        image::Luma([(s >> 24) as u8])
+    })
+}
+
+#[test]
+fn the_shipped_fashion_mnist_model_scores_without_its_data_set() {
+    // A copy, so that nothing this test does can write into models/.
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("glow_fashion_mnist");
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/glow_fashion_mnist"), &run);
+    let r = run.to_str().unwrap();
+    let (pin, pout) = (d.path().join("in"), d.path().join("out"));
+    folder(&pin, &(0..8).map(|i| (format!("s{i}.png"), silhouette(i))).collect::<Vec<_>>());
+    folder(&pout, &(0..6).map(|i| (format!("n{i}.png"), noise28(i))).collect::<Vec<_>>());
+    // The data set is not needed: the statistics training saved are current for the weights.
+    let run_without_data = |args: &[&str]| -> (String, String) {
+        let o = Command::new(env!("CARGO_BIN_EXE_flowzoo"))
+            .args(args)
+            .env("FASHION_MNIST", d.path().join("no-such-folder"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "flowzoo {args:?} failed:\n{err}");
+        (String::from_utf8(o.stdout).unwrap(), err)
+    };
+    let csv_path = d.path().join("scores.csv");
+    let (_, err) = run_without_data(&["score", "--model", r, "--data", pout.to_str().unwrap(), "-o", csv_path.to_str().unwrap(), "--threshold-fpr", "0.05"]);
+    assert!(err.contains("scored 6 images") && !err.contains("computing"), "{err}");
+    let rows: Vec<csv::StringRecord> = csv::Reader::from_path(&csv_path).unwrap().records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 6);
+    for row in &rows {
+        let bpd: f64 = row[1].parse().unwrap();
+        assert!(bpd > 7.0 && &row[6] == "true" && &row[8] == "true", "uniform noise is ~8 bits/dim and flagged: {row:?}");
+    }
+    let (json, _) = run_without_data(&["ood", "--model", r, "--in", pin.to_str().unwrap(), "--ood", pout.to_str().unwrap(), "--json"]);
+    assert_eq!(shape_of(&json), metrics_shape(&["nll", "typicality", "complexity"]), "{json}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!((v["n_in"].as_i64(), v["n_ood"].as_i64()), (Some(8), Some(6)));
+    assert_eq!(v["scores"]["nll"]["auroc"], 1.0, "{json}");
+    let copied = std::fs::read(run.join("score_stats.json")).unwrap();
+    assert_eq!(copied, std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/glow_fashion_mnist/score_stats.json")).unwrap(), "no statistics rewritten");
+}
