@@ -253,11 +253,11 @@ fn every_flag_has_help_and_every_device_defaults_to_auto() {
 
 #[test]
 fn the_shipped_digits_glow_still_loads_and_scores_as_documented() {
-    // models/README.md: 2.2740 bits/dim over the 360 test images with 8 draws; with the default
-    // single draw it is the 2.2798 that training logged for these weights at step 500.
+    // models/README.md: 2.2740 bits/dim over the 360 test images with 8 draws; one seeded draw
+    // (the default) gives 2.2778, within the 0.01 that one dequantisation draw moves it.
     let json = ok(&["eval", "--model", "models/glow_digits", "--json", "--device", "cpu"]);
     let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
     assert_eq!(v["n"], 360, "{json}");
     let bpd = v["mean_bpd"].as_f64().unwrap();
-    assert!((bpd - 2.2798).abs() < 0.01, "models/glow_digits: {bpd} bits/dim, documented 2.2798 (1 draw)");
+    assert!((bpd - 2.2740).abs() < 0.01, "models/glow_digits: {bpd} bits/dim, documented 2.2740 (8 draws)");
 }
