@@ -13,7 +13,8 @@
 //!   [`flows::Base`]. A new layer (or partition, bijection, conditioner) is a new file here.
 //!   Its ODE solvers (Dormand–Prince, RK4, Euler on tensors, `flows::ode`) are a leaf inside it.
 //! - [`config`]: the run configuration (plain serde structs, validated); knows no runtime.
-//! - [`models`]: models composed only of the zoo (Glow, RealNVP, NICE), built from a config. A
+//! - [`models`]: models composed only of the zoo (Glow, RealNVP, NICE, MAF/IAF, NSF, FFJORD, the
+//!   VAE with flow posteriors), built from a config. A
 //!   new model is a new file there plus its `model.kind` in `config`.
 //! - [`data`]: image folders, IDX files, tabular files, toys, dequantisation.
 //! - [`io`]: run directories, atomic writes, checked safetensors, the `.pt` reader.
