@@ -14,6 +14,8 @@ use std::time::Instant;
 use tch::{Device, Kind};
 
 fn main() -> Result<()> {
+    // As the flowzoo binary does at start.
+    flowzoo::runtime::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 4 {
         bail!("usage: ar_sampling RUN N REPEATS [sequential|jacobi]");

@@ -35,6 +35,8 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // Freed tensor memory is kept for reuse rather than unmapped and faulted in again each step.
+    flowzoo::runtime::keep_freed_memory();
     let result = match Cli::parse().cmd {
         Cmd::Train(a) => cli::train::run(a),
         Cmd::Fit(a) => cli::fit::run(a),

@@ -74,3 +74,40 @@ pub fn libtorch_version() -> Option<String> {
         .find_map(|l| l.strip_prefix("__version__ = "))
         .map(|v| v.trim().trim_matches(|c| c == '\'' || c == '"').to_string())
 }
+
+/// Above this size glibc's malloc serves a block with its own `mmap`, and `free` unmaps it, so
+/// every step pays fresh page faults for its activations (see [`keep_freed_memory`]).
+pub const MMAP_THRESHOLD_BYTES: i32 = 32 << 20;
+/// glibc gives the top of its heap back to the system once this much of it is free.
+pub const TRIM_THRESHOLD_BYTES: i32 = 256 << 20;
+
+/// Keeps freed tensor memory in the process for reuse instead of handing it back to the system
+/// at every `free`. libtorch's CPU tensors come from glibc's malloc: with its defaults a
+/// `[1000, 64]` activation (256 KB) is `mmap`ed, zero-filled by page faults and unmapped again on
+/// every call, and a trimmed heap refaults as it regrows. `perf` put more than half of a 2-D MAF's
+/// sampling time (n = 1,000) in the kernel, page faults and their memory accounting first
+/// (bench/NOTES.md). Fixed thresholds ([`MMAP_THRESHOLD_BYTES`], [`TRIM_THRESHOLD_BYTES`]) also
+/// turn off glibc's own adjustment of them. A process keeps up to the trim threshold of freed
+/// memory beyond what it uses at its peak.
+///
+/// Does nothing where the C library is not glibc, or when the user set `GLIBC_TUNABLES` or
+/// glibc's `MALLOC_*_` variables themselves. Call it once, early, before other threads start
+/// (the CLI's `main` does); it returns whether it changed anything.
+pub fn keep_freed_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let user_set = std::env::vars_os().any(|(k, _)| {
+            let k = k.to_string_lossy();
+            k == "GLIBC_TUNABLES" || (k.starts_with("MALLOC_") && k.ends_with('_'))
+        });
+        if user_set {
+            return false;
+        }
+        // SAFETY: mallopt only sets malloc parameters; both values are in range.
+        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1 && libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
