@@ -49,7 +49,11 @@ pub fn check_flow(flow: &dyn Flow, x: &Tensor, ctx: &Ctx) -> Result<FlowCheck> {
 /// all the arithmetic instead of identities.
 pub fn perturb(vs: &tch::nn::VarStore, scale: f64) {
     let _g = tch::no_grad_guard();
-    for (_name, mut t) in vs.variables() {
+    // In name order: `variables()` is a HashMap, whose order changes from run to run, and the
+    // noise drawn for each variable must not (a seeded test gets the same weights every time).
+    let mut vars: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    for (_name, mut t) in vars {
         if t.requires_grad() {
             let noise = t.randn_like() * scale;
             let _ = t.f_add_(&noise);
