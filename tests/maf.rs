@@ -34,7 +34,7 @@ fn config(kind: &str, sets: &[&str]) -> Config {
 fn perturb_all(vs: &VarStore) {
     perturb(vs, 0.15);
     let _g = tch::no_grad_guard();
-    for (name, mut t) in vs.variables() {
+    for (name, mut t) in flowzoo::flows::testing::sorted_variables(vs) {
         if name.ends_with("running_var") {
             let _ = t.f_mul_(&(t.rand_like() + 0.5));
         }

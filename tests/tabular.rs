@@ -19,7 +19,7 @@ fn assert_ok(name: &str, flow: &dyn Flow, x: &Tensor, ctx: &Ctx) {
 /// Moves the batch-norm running statistics off (0, 1) too.
 fn perturb_buffers(vs: &VarStore) {
     let _g = tch::no_grad_guard();
-    for (name, mut t) in vs.variables() {
+    for (name, mut t) in flowzoo::flows::testing::sorted_variables(vs) {
         if name.ends_with("running_mean") {
             let _ = t.f_add_(&(t.randn_like() * 0.5));
         }

@@ -45,15 +45,20 @@ pub fn check_flow(flow: &dyn Flow, x: &Tensor, ctx: &Ctx) -> Result<FlowCheck> {
     Ok(FlowCheck { inverse_err, logdet_err, inverse_logdet_err })
 }
 
+/// A var store's variables in name order. `VarStore::variables()` is a HashMap, whose order
+/// changes from run to run: a seeded test that draws noise per variable in that order gets
+/// other weights each run.
+pub fn sorted_variables(vs: &tch::nn::VarStore) -> Vec<(String, tch::Tensor)> {
+    let mut vars: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
 /// Moves every parameter away from its (often zero) initial value, so that tests exercise
 /// all the arithmetic instead of identities.
 pub fn perturb(vs: &tch::nn::VarStore, scale: f64) {
     let _g = tch::no_grad_guard();
-    // In name order: `variables()` is a HashMap, whose order changes from run to run, and the
-    // noise drawn for each variable must not (a seeded test gets the same weights every time).
-    let mut vars: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    for (_name, mut t) in vars {
+    for (_name, mut t) in sorted_variables(vs) {
         if t.requires_grad() {
             let noise = t.randn_like() * scale;
             let _ = t.f_add_(&noise);
