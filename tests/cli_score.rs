@@ -37,8 +37,13 @@ fn pattern() -> image::GrayImage {
 }
 
 fn noise(seed: u32) -> image::GrayImage {
-    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    image::GrayImage::from_fn(8, 8, |_, _| {
+    noise_of_size(8, seed, 1)
+}
+
+/// Uniform grey-level noise (xorshift), `size`×`size`.
+fn noise_of_size(size: u32, seed: u32, offset: u32) -> image::GrayImage {
+    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(offset);
+    image::GrayImage::from_fn(size, size, |_, _| {
         s ^= s << 13;
         s ^= s >> 17;
         s ^= s << 5;
@@ -274,16 +279,6 @@ fn silhouette(i: u32) -> image::GrayImage {
     })
 }
 
-fn noise28(seed: u32) -> image::GrayImage {
-    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(7);
-    image::GrayImage::from_fn(28, 28, |_, _| {
-        s ^= s << 13;
-        s ^= s >> 17;
-        s ^= s << 5;
-        image::Luma([(s >> 24) as u8])
-    })
-}
-
 #[test]
 fn the_shipped_fashion_mnist_model_scores_without_its_data_set() {
     // A copy, so that nothing this test does can write into models/.
@@ -293,7 +288,7 @@ fn the_shipped_fashion_mnist_model_scores_without_its_data_set() {
     let r = run.to_str().unwrap();
     let (pin, pout) = (d.path().join("in"), d.path().join("out"));
     folder(&pin, &(0..8).map(|i| (format!("s{i}.png"), silhouette(i))).collect::<Vec<_>>());
-    folder(&pout, &(0..6).map(|i| (format!("n{i}.png"), noise28(i))).collect::<Vec<_>>());
+    folder(&pout, &(0..6).map(|i| (format!("n{i}.png"), noise_of_size(28, i, 7))).collect::<Vec<_>>());
     // The data set is not needed: the statistics training saved are current for the weights.
     let run_without_data = |args: &[&str]| -> (String, String) {
         let o = Command::new(env!("CARGO_BIN_EXE_flowzoo"))
