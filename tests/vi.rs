@@ -25,7 +25,7 @@ fn script(dir: &Path, name: &str, source: &str) -> PathBuf {
 /// `log p̃(x) = log N(x; μ, diag σ²) + C` on R², with log Z = C. Every σ² < 4/3 so that the
 /// importance weights p̃/q under q = N(0, I) have a finite fourth moment: with σ² ≥ 2 their
 /// variance is infinite, the estimate of log Z is heavy-tailed and biased low, and its standard
-/// error means nothing (σ = 2 failed the test about one run in ten).
+/// error means nothing (with σ = 2, CI saw 1.342 ± 0.031 against 1.5).
 const MU: [f64; 2] = [1.0, -1.0];
 const SIGMA: [f64; 2] = [0.5, 1.1];
 const C: f64 = 1.5;
@@ -117,15 +117,22 @@ fn fitting_with_an_iaf_closes_the_gap_of_a_diagonal_gaussian() {
     c.model.made_order = flowzoo::config::MadeOrderChoice::Alternating;
     c.model.permutation = flowzoo::config::PermutationChoice::None;
     let run = d.path().join("run");
-    let s = fit(&c, 2, &target, &opts(&run, false, Some(&file))).unwrap();
-    assert_eq!((s.steps, s.skipped_steps), (400, 0));
-    let sess = Session::open(&flowzoo::io::RunDir::open(&run).unwrap(), flowzoo::io::Checkpoint::Best, Device::Cpu).unwrap();
-    assert!(sess.model.describe().starts_with("IAF"), "{}", sess.model.describe());
-    let e = evaluate_fit(&sess, &target, 50_000, 1).unwrap();
-    let diagonal_gap = -0.5 * (1.0f64 - 0.64).ln();
-    assert!(C - e.elbo < 0.2 * diagonal_gap, "ELBO {} vs log Z = {C}: a diagonal Gaussian reaches {}", e.elbo, C - diagonal_gap);
-    assert!((e.log_z - C).abs() < 4.0 * e.log_z_stderr + 2e-3, "log Z {} ± {} vs {C}", e.log_z, e.log_z_stderr);
+    fit_the_correlated_gaussian(&c, &target, Some(&file), &run, "IAF", 0.2);
     assert!(run.join("samples/final.png").is_file());
+}
+
+/// Fits `c` (400 steps) to the correlated Gaussian `target` into `run`, checks the model family
+/// (`describe()` starts with `family`), that the ELBO is within `gap_fraction` of the best
+/// diagonal Gaussian's gap of log Z, and that importance sampling recovers log Z = C.
+fn fit_the_correlated_gaussian(c: &Config, target: &dyn Target, file: Option<&Path>, run: &Path, family: &str, gap_fraction: f64) {
+    let s = fit(c, 2, target, &opts(run, false, file)).unwrap();
+    assert_eq!((s.steps, s.skipped_steps), (400, 0));
+    let sess = Session::open(&flowzoo::io::RunDir::open(run).unwrap(), flowzoo::io::Checkpoint::Best, Device::Cpu).unwrap();
+    assert!(sess.model.describe().starts_with(family), "{}", sess.model.describe());
+    let e = evaluate_fit(&sess, target, 50_000, 1).unwrap();
+    let diagonal_gap = -0.5 * (1.0f64 - 0.64).ln();
+    assert!(C - e.elbo < gap_fraction * diagonal_gap, "ELBO {} vs log Z = {C}: a diagonal Gaussian reaches {}", e.elbo, C - diagonal_gap);
+    assert!((e.log_z - C).abs() < 4.0 * e.log_z_stderr + 2e-3, "log Z {} ± {} vs {C}", e.log_z, e.log_z_stderr);
 }
 
 #[test]
@@ -143,15 +150,7 @@ fn fitting_an_nsf_coupling_to_a_closure_target() {
     c.model.kind = flowzoo::config::ModelKind::Nsf;
     c.model.structure = flowzoo::config::StructureChoice::Coupling;
     c.model.blocks = 4;
-    let run = d.path().join("run");
-    let s = fit(&c, 2, &target, &opts(&run, false, None)).unwrap();
-    assert_eq!((s.steps, s.skipped_steps), (400, 0));
-    let sess = Session::open(&flowzoo::io::RunDir::open(&run).unwrap(), flowzoo::io::Checkpoint::Best, Device::Cpu).unwrap();
-    assert!(sess.model.describe().starts_with("NSF"), "{}", sess.model.describe());
-    let e = evaluate_fit(&sess, &target, 50_000, 1).unwrap();
-    let diagonal_gap = -0.5 * (1.0f64 - 0.64).ln();
-    assert!(C - e.elbo < 0.5 * diagonal_gap, "ELBO {} vs log Z = {C}: a diagonal Gaussian reaches {}", e.elbo, C - diagonal_gap);
-    assert!((e.log_z - C).abs() < 4.0 * e.log_z_stderr + 2e-3, "log Z {} ± {} vs {C}", e.log_z, e.log_z_stderr);
+    fit_the_correlated_gaussian(&c, &target, None, &d.path().join("run"), "NSF", 0.5);
 }
 
 #[test]
