@@ -65,12 +65,15 @@ test-python:
 # One invocation, one table per part: Glow against the PyTorch reference (bench/run.sh), then
 # tabular RealNVP against nflows (bench/tabular.sh installs nflows into the venv on first use),
 # MAF / NSF / IAF against zuko and nflows (bench/ar.sh installs zuko too), then FFJORD against
-# zuko's CNF (bench/cnf.sh).
+# zuko's CNF (bench/cnf.sh), then FFJORD's two objectives, flow matching against maximum
+# likelihood, on pinwheel (bench/cnf_objectives.sh: one thread, process CPU seconds to each
+# test log-likelihood).
 bench: setup build
 	PYTHON=$(PYTHON) FLOWZOO_BIN=$(BIN) THREADS=$(THREADS) bash bench/run.sh
 	PYTHON=$(PYTHON) FLOWZOO_BIN=$(BIN) THREADS=$(THREADS) bash bench/tabular.sh
 	PYTHON=$(PYTHON) FLOWZOO_BIN=$(BIN) THREADS=$(THREADS) bash bench/ar.sh
 	PYTHON=$(PYTHON) THREADS=$(THREADS) bash bench/cnf.sh
+	PYTHON=$(PYTHON) THREADS=1 bash bench/cnf_objectives.sh
 
 # bench/gpu.sh on a tiny model on the CPU (under a minute), so the H200 script never rots.
 test-gpu-script:
