@@ -179,15 +179,15 @@ pub fn check(cfg: &Config) -> Result<(), Invalid> {
         (ModelKind::Nice | ModelKind::Maf | ModelKind::Iaf | ModelKind::Nsf, DataKind::Images) => {
             return Err(invalid("model.kind", format!("model.kind = \"{}\" is for tabular data (data.kind = \"tabular\")", m.kind)))
         }
-        (ModelKind::Ffjord, DataKind::Images) => {
-            return Err(invalid(
-                "model.kind",
-                "model.kind = \"ffjord\" models vectors: use data.kind = \"tabular\" (the multi-scale image variant is not built)".into(),
-            ))
-        }
-        (ModelKind::Ffjord, DataKind::Tabular) => {
+        (ModelKind::Ffjord, data) => {
             if let Err(e) = m.cnf.validate() {
                 return Err(invalid("model.cnf", e.to_string()));
+            }
+            if data == DataKind::Images && m.cnf.layer_type == crate::flows::LayerType::Mlp {
+                return Err(invalid(
+                    "model.cnf.layer_type",
+                    "model.cnf.layer_type = \"mlp\" is a field on vectors: FFJORD on images uses concat-squash conv layers (\"concatsquash\")".into(),
+                ));
             }
         }
         (ModelKind::Vae, DataKind::Tabular) => {
@@ -208,6 +208,12 @@ pub fn check(cfg: &Config) -> Result<(), Invalid> {
                 format!("model.latent = {}: a \"realnvp\" posterior couples halves of z, so it needs model.latent >= 2", m.latent),
             ));
         }
+    }
+    if t.objective == Objective::FlowMatching && m.kind == ModelKind::Ffjord && d.kind == DataKind::Images {
+        return Err(invalid(
+            "train.objective",
+            "train.objective = \"flow_matching\" trains the one vector field of a vector FFJORD: the multi-scale image FFJORD chains several continuous flows, so train it with \"mle\"".into(),
+        ));
     }
     if t.objective == Objective::FlowMatching && (m.kind != ModelKind::Ffjord || m.blocks != 1 || m.norm != super::NormChoice::None) {
         return Err(invalid(
@@ -233,13 +239,16 @@ pub fn check(cfg: &Config) -> Result<(), Invalid> {
                 "model.permutation = \"none\": Glow's couplings always transform the second half, so it needs a permutation".into(),
             ));
         }
-        // Each level squeezes 2×2 pixels into channels: the image must halve `levels` times.
-        let div = 1i64 << m.levels;
+        // Each level squeezes 2×2 pixels into channels: the image must halve `levels` times
+        // (FFJORD's multi-scale model does not squeeze at its last level).
+        let squeezes = if m.kind == ModelKind::Ffjord { m.levels - 1 } else { m.levels };
+        let div = 1i64 << squeezes;
         if d.image_size % div != 0 {
+            let power = if squeezes == m.levels { "2^model.levels" } else { "2^(model.levels - 1)" };
             return Err(invalid(
                 "data.image_size",
                 format!(
-                    "data.image_size = {} is not divisible by 2^model.levels = {div} (model.levels = {}): use a multiple of {div}, or fewer levels",
+                    "data.image_size = {} is not divisible by {power} = {div} (model.levels = {}): use a multiple of {div}, or fewer levels",
                     d.image_size, m.levels
                 ),
             ));

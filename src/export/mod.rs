@@ -270,7 +270,9 @@ pub fn session_spec(sess: &Session) -> ModelSpec {
         event_shape: sess.model.event_shape(),
         n_classes: sess.model.n_classes(),
         n_bits: image.then_some(sess.cfg.data.n_bits),
-        ode: (sess.cfg.model.kind == crate::config::ModelKind::Ffjord).then(|| (sess.cfg.model.cnf.eval_solver.name().to_string(), sess.cfg.model.cnf.eval_steps)),
+        // The image FFJORD exports the flow contract only (the export's solver, exact trace):
+        // its multi-scale chain has no per-call solver choice.
+        ode: (sess.cfg.model.kind == crate::config::ModelKind::Ffjord && !image).then(|| (sess.cfg.model.cnf.eval_solver.name().to_string(), sess.cfg.model.cnf.eval_steps)),
         context: sess.context.as_ref().map(|c| ContextSpec {
             columns: c.columns.clone(),
             standardize: c.standardize.as_ref().map(|_| ("context_standardize.mean".to_string(), "context_standardize.std".to_string())),

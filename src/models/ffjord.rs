@@ -122,6 +122,14 @@ impl Flow for FfjordFlow {
     }
 }
 
+/// A solver's settings for a model's description.
+pub(super) fn solver_text(s: &crate::flows::ode::SolverOptions) -> String {
+    match s.method {
+        crate::flows::ode::Method::Dopri5 => format!("dopri5 rtol {:e} atol {:e}", s.rtol, s.atol),
+        other => format!("{} {} steps", other.name(), s.steps),
+    }
+}
+
 pub struct Ffjord {
     pub flow: FfjordFlow,
     pub base: StandardNormal,
@@ -164,10 +172,7 @@ impl Ffjord {
                 NormChoice::None => None,
             });
         }
-        let solver = |s: &crate::flows::ode::SolverOptions| match s.method {
-            crate::flows::ode::Method::Dopri5 => format!("dopri5 rtol {:e} atol {:e}", s.rtol, s.atol),
-            other => format!("{} {} steps", other.name(), s.steps),
-        };
+        let solver = solver_text;
         let desc = format!(
             "FFJORD: {d} dims, {} blocks of CNF ({} {:?}, {:?}), T = {}{}, train {}, eval {}, trace {:?} ({:?} noise), kinetic {} jacobian {}, norm {:?}, standardize {}{}",
             m.blocks,

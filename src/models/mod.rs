@@ -13,6 +13,7 @@ use anyhow::Result;
 use tch::{Kind, Tensor};
 
 pub mod ffjord;
+pub mod ffjord_image;
 pub mod glow;
 pub mod maf;
 pub mod nice;
@@ -21,6 +22,7 @@ pub mod realnvp;
 pub mod vae;
 
 pub use ffjord::Ffjord;
+pub use ffjord_image::FfjordImage;
 pub use glow::Glow;
 pub use maf::Maf;
 pub use nsf::Nsf;
@@ -193,6 +195,7 @@ pub fn build_for(cfg: &crate::config::Config, root: tch::nn::Path, info: &DataIn
         (ModelKind::Realnvp, DataKind::Images) => Ok(Box::new(RealNvpImage::build(root, cfg)?)),
         (ModelKind::Realnvp, DataKind::Tabular) => Ok(labels(RealNvp::build(root, cfg, &spec())?)),
         (ModelKind::Nice, DataKind::Tabular) => Ok(labels(Nice::build(root, cfg, &spec())?)),
+        (ModelKind::Ffjord, DataKind::Images) => Ok(Box::new(FfjordImage::build(root, cfg, n_classes)?)),
         (ModelKind::Ffjord, DataKind::Tabular) => {
             let mut m = Ffjord::build(root, cfg, &spec())?;
             m.n_classes = labelled.then_some(context_dim);

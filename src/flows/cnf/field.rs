@@ -8,8 +8,9 @@
 //! Jacobian-vector products are those of `∂(dz/ds)/∂z`. The trace comes from
 //! [`Prepared::apply_with_tangents`]: the exact one from the basis vectors (the diagonal of the
 //! Jacobian only, or all its columns when the Frobenius norm is wanted, in chunks of at most
-//! [`EXACT_TRACE_ROWS`] rows × tangents), Hutchinson's from one probe per row.
-use super::jvp::{Prepared, Tangents};
+//! [`EXACT_TRACE_ROWS`] rows × tangents, divided by the pixels of a conv field), Hutchinson's
+//! from one probe per row.
+use super::jvp::{basis_trace, Prepared, Tangents};
 use super::{Cnf, Noise, TraceMode, EXACT_TRACE_ROWS};
 use anyhow::Result;
 use tch::Tensor;
@@ -34,10 +35,16 @@ impl<'a> Field<'a> {
         let mut noise = None;
         match mode {
             TraceMode::Exact => {
-                let per_chunk = (EXACT_TRACE_ROWS / batch.max(1)).clamp(1, dim);
+                // The Frobenius norm needs every Jacobian column; the trace alone, the net's probes
+                // (a conv field's colours).
+                let want_frob = regularise && cnf.options.jacobian_weight > 0.0;
+                let probes = if want_frob { dim } else { cnf.net.trace_probes() };
+                // A conv field's tangent row holds every pixel: fewer rows make the same memory.
+                let pixels = cnf.net.image_shape().map_or(1, |[_, h, w]| h * w);
+                let per_chunk = (EXACT_TRACE_ROWS / (batch * pixels).max(1)).clamp(1, probes);
                 let mut first = 0;
-                while first < dim {
-                    let count = per_chunk.min(dim - first);
+                while first < probes {
+                    let count = per_chunk.min(probes - first);
                     chunks.push((first, count));
                     first += count;
                 }
@@ -84,7 +91,7 @@ impl<'a> Field<'a> {
                         Some(acc) => acc.f_add(&fr)?,
                         None => fr,
                     });
-                    sum_rows(&part.f_narrow(2, first, count)?.f_diagonal(0, 0, 2)?, &[1])?
+                    basis_trace(part, first, count)?
                 } else {
                     part.shallow_clone()
                 };

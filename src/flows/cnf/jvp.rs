@@ -14,7 +14,8 @@ pub enum Tangents<'a> {
     /// The basis vectors `e_first .. e_{first+count-1}`: those columns of the Jacobian, `[count, B, D]`.
     Basis { first: i64, count: i64 },
     /// Only the diagonal entries of those columns, summed: their part of the trace, `[B]`. Skips
-    /// the last layer's product.
+    /// the last layer's product. For a conv field `first .. first + count` number colours
+    /// instead of basis vectors (see [`super::conv`]; [`OdeNet::trace_probes`] counts them).
     BasisTrace { first: i64, count: i64 },
     /// One probe per row, `ε [B, D]`: `J ε` as `[1, B, D]` (Hutchinson).
     Probe(&'a Tensor),
@@ -43,7 +44,7 @@ struct MlpMaps {
 impl OdeNet {
     pub fn prepare(&self, scale: &Tensor) -> Result<Prepared<'_>> {
         let mlp = match &self.layers {
-            OdeLayers::ConcatSquash(_) => None,
+            OdeLayers::ConcatSquash(_) | OdeLayers::ConcatSquashConv { .. } => None,
             OdeLayers::Mlp { linears, freqs } => {
                 let n = linears.len();
                 let scaled = |i: usize| -> Result<(Tensor, Tensor)> {
@@ -108,6 +109,9 @@ impl Prepared<'_> {
     /// blocks and every linear map is one GEMM over `K·B` rows. The sets share one forward pass.
     pub fn apply_with_tangents(&self, maps: &[(Tensor, Tensor)], z: &Tensor, cond: Option<&Tensor>, sets: &[Tangents]) -> Result<(Tensor, Vec<Tensor>)> {
         let net = self.net;
+        if let OdeLayers::ConcatSquashConv { shape, .. } = &net.layers {
+            return super::conv::apply_with_tangents(net, *shape, maps, z, cond, sets);
+        }
         let b = z.size()[0];
         let mut h = match cond {
             Some(c) => Tensor::f_cat(&[z, &c.f_to_kind(z.kind())?], 1)?,
@@ -165,10 +169,16 @@ impl Prepared<'_> {
             }
             if let Tangents::BasisTrace { .. } = set {
                 // A single affine layer: its Jacobian is the weight itself.
-                jt = jt.f_narrow(2, first, count)?.f_diagonal(0, 0, 2)?.f_sum_dim_intlist(Some(&[1i64][..]), false, None)?;
+                jt = basis_trace(&jt, first, count)?;
             }
             out.push(jt);
         }
         Ok((h, out))
     }
+}
+
+/// The part of the trace in Jacobian columns `first .. first + count`, given those columns
+/// `[count, B, D]`: column `first + k`'s diagonal entry is at feature `first + k`. `[B]`.
+pub(super) fn basis_trace(columns: &Tensor, first: i64, count: i64) -> Result<Tensor> {
+    Ok(columns.f_narrow(2, first, count)?.f_diagonal(0, 0, 2)?.f_sum_dim_intlist(Some(&[1i64][..]), false, None)?)
 }

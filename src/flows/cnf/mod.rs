@@ -42,6 +42,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
+mod conv;
 mod field;
 pub mod jvp;
 pub mod matching;
@@ -49,6 +50,7 @@ pub mod net;
 mod script;
 
 pub use matching::{flow_matching_loss, flow_matching_loss_with};
+pub use conv::KERNEL as CONV_KERNEL;
 pub use net::{LayerType, OdeActivation, OdeLayers, OdeNet};
 pub use script::solver_code;
 

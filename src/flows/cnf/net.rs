@@ -77,9 +77,16 @@ pub struct ConcatSquash {
 
 impl ConcatSquash {
     fn new(p: nn::Path, d_in: i64, d_out: i64) -> Self {
-        let b = 1.0 / (d_in as f64).sqrt();
+        Self::with_weight(p, &[d_out, d_in])
+    }
+
+    /// A layer whose `linear.weight` has shape `[out, in, ...]` (a conv's `[out, in, k, k]`),
+    /// initialised as PyTorch's `nn.Linear` / `nn.Conv2d`: uniform in ±1/√fan_in.
+    pub(super) fn with_weight(p: nn::Path, shape: &[i64]) -> Self {
+        let d_out = shape[0];
+        let b = 1.0 / (shape[1..].iter().product::<i64>() as f64).sqrt();
         ConcatSquash {
-            weight: uniform(&(&p / "linear"), "weight", &[d_out, d_in], b),
+            weight: uniform(&(&p / "linear"), "weight", shape, b),
             bias: uniform(&(&p / "linear"), "bias", &[d_out], b),
             gate_weight: uniform(&(&p / "gate"), "weight", &[d_out], 1.0),
             gate_bias: uniform(&(&p / "gate"), "bias", &[d_out], 1.0),
@@ -87,11 +94,13 @@ impl ConcatSquash {
         }
     }
 
-    /// The layer at time `t` (0-dim) as `(W', b')`: `W' = W · gate` row-wise,
-    /// `b' = b · gate + W_b t`.
+    /// The layer at time `t` (0-dim) as `(W', b')`: `W' = W · gate` per output (row or conv
+    /// filter), `b' = b · gate + W_b t`.
     fn at_time(&self, t: &Tensor) -> Result<(Tensor, Tensor)> {
         let gate = self.gate_bias.f_addcmul(&self.gate_weight, t)?.f_sigmoid()?;
-        let w = self.weight.f_mul(&gate.f_unsqueeze(1)?)?;
+        let mut per_output = vec![-1i64];
+        per_output.resize(self.weight.dim(), 1);
+        let w = self.weight.f_mul(&gate.f_reshape(&per_output)?)?;
         let b = self.hyper_bias.f_mul(t)?.f_addcmul(&self.bias, &gate)?;
         Ok((w, b))
     }
@@ -99,6 +108,9 @@ impl ConcatSquash {
 
 pub enum OdeLayers {
     ConcatSquash(Vec<ConcatSquash>),
+    /// FFJORD's `ConcatSquashConv2d` on images `shape = [C, H, W]` (see [`super::conv`]): 3×3
+    /// convolutions, padding 1, weights `[out, in, 3, 3]`; the state stays flat `[B, C·H·W]`.
+    ConcatSquashConv { layers: Vec<ConcatSquash>, shape: [i64; 3] },
     /// `(weight [out, in], bias [out])` per layer; the first reads `2·freqs` time features
     /// before `z` and the context.
     Mlp { linears: Vec<(Tensor, Tensor)>, freqs: i64 },
@@ -157,10 +169,10 @@ impl OdeNet {
         Ok(OdeNet { layers, activation, dim, context_dim })
     }
 
-    /// The concat-squash layers, if the net is made of them.
+    /// The concat-squash layers (dense or conv), if the net is made of them.
     pub fn concat_squash(&self) -> Option<&[ConcatSquash]> {
         match &self.layers {
-            OdeLayers::ConcatSquash(l) => Some(l),
+            OdeLayers::ConcatSquash(l) | OdeLayers::ConcatSquashConv { layers: l, .. } => Some(l),
             OdeLayers::Mlp { .. } => None,
         }
     }
@@ -176,7 +188,7 @@ impl OdeNet {
     /// every row (and by every copy of the batch when the exact trace replicates it).
     pub fn at_time(&self, t: &Tensor) -> Result<Vec<(Tensor, Tensor)>> {
         match &self.layers {
-            OdeLayers::ConcatSquash(layers) => layers.iter().map(|l| l.at_time(t)).collect(),
+            OdeLayers::ConcatSquash(layers) | OdeLayers::ConcatSquashConv { layers, .. } => layers.iter().map(|l| l.at_time(t)).collect(),
             OdeLayers::Mlp { linears, freqs } => {
                 let (w0, b0) = &linears[0];
                 let nt = 2 * freqs;
@@ -192,6 +204,9 @@ impl OdeNet {
 
     /// `f(z, t)` for `z [N, dim]` (and `cond [N, context_dim]`), given [`at_time`](Self::at_time).
     pub fn apply(&self, maps: &[(Tensor, Tensor)], z: &Tensor, cond: Option<&Tensor>) -> Result<Tensor> {
+        if let OdeLayers::ConcatSquashConv { shape, .. } = &self.layers {
+            return super::conv::apply(self, *shape, maps, z, cond);
+        }
         let mut h = match cond {
             Some(c) => Tensor::f_cat(&[z, &c.f_to_kind(z.kind())?], 1)?,
             None => z.shallow_clone(),
@@ -213,6 +228,9 @@ impl OdeNet {
 
     /// `f(z_n, t_n)` with a time per row, `t [N, 1]` (flow matching trains on random times).
     pub fn forward_per_row(&self, t: &Tensor, z: &Tensor, cond: Option<&Tensor>) -> Result<Tensor> {
+        if let OdeLayers::ConcatSquashConv { layers, shape } = &self.layers {
+            return super::conv::forward_per_row(self, layers, *shape, t, z, cond);
+        }
         let mut parts = vec![];
         if let OdeLayers::Mlp { freqs, .. } = &self.layers {
             parts.push(Self::time_features(t, *freqs)?);
@@ -236,6 +254,7 @@ impl OdeNet {
                     h = act(i, linears.len(), h.f_linear(w, Some(b))?)?;
                 }
             }
+            OdeLayers::ConcatSquashConv { .. } => unreachable!("handled above"),
         }
         Ok(h)
     }

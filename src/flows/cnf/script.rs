@@ -68,10 +68,12 @@ fn maps_body(cnf: &Cnf) -> Result<String> {
     let mut body = "T = torch.square($sqrt_end_time)\nt = T * s\n".to_string();
     let mut out = vec![];
     match &cnf.net.layers {
-        OdeLayers::ConcatSquash(layers) => {
+        OdeLayers::ConcatSquash(layers) | OdeLayers::ConcatSquashConv { layers, .. } => {
             let n = layers.len();
+            // The gate scales each output: a dense row or a conv filter.
+            let per_output = if cnf.net.image_shape().is_some() { "reshape([-1, 1, 1, 1])" } else { "unsqueeze(1)" };
             for i in 0..n {
-                body += &format!("g{i} = torch.sigmoid(torch.addcmul($gb{i}, $gw{i}, t))\nw{i} = $w{i} * g{i}.unsqueeze(1)\nb{i} = torch.addcmul($hb{i} * t, $b{i}, g{i})\n");
+                body += &format!("g{i} = torch.sigmoid(torch.addcmul($gb{i}, $gw{i}, t))\nw{i} = $w{i} * g{i}.{per_output}\nb{i} = torch.addcmul($hb{i} * t, $b{i}, g{i})\n");
                 if i + 1 == n {
                     body += &format!("w{i} = w{i} * T\nb{i} = b{i} * T\n");
                 }
@@ -102,10 +104,11 @@ fn field_body(cnf: &Cnf) -> String {
     let n = match &cnf.net.layers {
         OdeLayers::ConcatSquash(l) => l.len(),
         OdeLayers::Mlp { linears, .. } => linears.len(),
+        OdeLayers::ConcatSquashConv { layers, shape } => return conv_field_body(cnf, layers, *shape),
     };
     let mut body = "m = $self.maps(s)\nz = y[:, :$dim]\n".to_string();
     body += &if cnf.net.context_dim > 0 {
-        "assert cond is not None, \"Cnf: this flow is conditional: pass a context\"\nc = cond\nh = torch.cat([z, c.to(z.dtype)], 1)\n".to_string()
+        format!("{CONTEXT_CHECK}c = cond\nh = torch.cat([z, c.to(z.dtype)], 1)\n")
     } else {
         "h = z\n".to_string()
     };
@@ -139,6 +142,37 @@ fn field_body(cnf: &Cnf) -> String {
         body += &format!("    u = torch.linear(u, m[{}], None)\n", 2 * (i + 1));
     }
     body += "    tr = torch.sum(u.squeeze(0) * e, [1])\nreturn torch.cat([v, tr.unsqueeze(1)], 1)";
+    body
+}
+
+const CONTEXT_CHECK: &str = "assert cond is not None, \"Cnf: this flow is conditional: pass a context\"\n";
+
+/// [`field_body`] for a conv field (as [`super::conv`]): the image views of the flat state, 3×3
+/// convs with padding 1, the exact trace from all `D` one-hot images at once.
+fn conv_field_body(cnf: &Cnf, layers: &[super::net::ConcatSquash], [c, hh, ww]: [i64; 3]) -> String {
+    let act = cnf.net.activation;
+    let n = layers.len();
+    let k = cnf.net.context_dim;
+    let mut body = format!("m = $self.maps(s)\nz = y[:, :$dim]\nb = z.size(0)\nh = z.reshape([b, {c}, {hh}, {ww}])\n");
+    if k > 0 {
+        body += &format!("{CONTEXT_CHECK}c = cond\nh = torch.cat([h, c.to(z.dtype).reshape([b, {k}, 1, 1]).expand([b, {k}, {hh}, {ww}])], 1)\n");
+    }
+    for i in 0..n {
+        let input = if i == 0 { "h".to_string() } else { format!("h{}", i - 1) };
+        let conv = format!("torch.conv2d({input}, m[{}], m[{}], 1, 1)", 2 * i, 2 * i + 1);
+        body += &if i + 1 < n { format!("a{i} = {conv}\nh{i} = {}\n", activation(act, &format!("a{i}"))) } else { format!("v = {conv}.reshape([b, $dim])\n") };
+    }
+    body += &format!(
+        "wz = m[0][:, :{c}]\nif eps is None:\n    u = torch.conv2d(torch.eye($dim, dtype=z.dtype, device=z.device).reshape([$dim, {c}, {hh}, {ww}]), wz, None, 1, 1).unsqueeze(1)\n\
+         else:\n    u = torch.conv2d(eps.reshape([b, {c}, {hh}, {ww}]), wz, None, 1, 1).unsqueeze(0)\n"
+    );
+    for i in 0..n - 1 {
+        let width = layers[i].weight.size()[0];
+        body += &format!("u = {}\nnt = u.size(0)\n", scale_tangent(act, "u", &format!("a{i}"), &format!("h{i}")));
+        body += &format!("u = torch.conv2d(u.reshape([nt * b, {width}, {hh}, {ww}]), m[{}], None, 1, 1).reshape([nt, b, -1, {hh}, {ww}])\n", 2 * (i + 1));
+    }
+    body += &format!("u = u.expand([u.size(0), b, {c}, {hh}, {ww}]).reshape([u.size(0), b, $dim])\n");
+    body += "if eps is None:\n    tr = torch.sum(torch.diagonal(u, 0, 0, 2), [1])\nelse:\n    tr = torch.sum(u.squeeze(0) * eps, [1])\nreturn torch.cat([v, tr.unsqueeze(1)], 1)";
     body
 }
 
@@ -290,7 +324,7 @@ impl Cnf {
             layer = layer.int("context_dim", self.net.context_dim);
         }
         match &self.net.layers {
-            OdeLayers::ConcatSquash(layers) => {
+            OdeLayers::ConcatSquash(layers) | OdeLayers::ConcatSquashConv { layers, .. } => {
                 for (i, l) in layers.iter().enumerate() {
                     layer = layer
                         .tensor(ts, &format!("w{i}"), &l.weight)?
