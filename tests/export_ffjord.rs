@@ -249,3 +249,71 @@ fn export_ode_flags_choose_the_default_solver_and_are_checked() {
     }
 }
 
+
+#[test]
+fn the_conv_field_matches_its_torchscript() {
+    let _g = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(6);
+    // [2, 5, 5] with two convs: the Rust layer's 18 colours against the module's 50 one-hot images.
+    let cases: [(&str, [i64; 3], Vec<i64>, OdeActivation, i64, SolverOptions); 3] = [
+        ("softplus dopri5", [2, 4, 4], vec![5, 5], OdeActivation::Softplus, 0, SolverOptions::dopri5(1e-7, 1e-7)),
+        ("tanh rk4, coloured trace", [2, 5, 5], vec![6], OdeActivation::Tanh, 0, SolverOptions::fixed(Method::Rk4, 5)),
+        ("elu euler with context", [1, 5, 4], vec![4, 4], OdeActivation::Elu, 2, SolverOptions::fixed(Method::Euler, 6)),
+    ];
+    for (what, shape, hidden, act, context, solver) in cases {
+        let mut vs = VarStore::new(Device::Cpu);
+        let net = OdeNet::conv(vs.root() / "cnf" / "net", shape, context, &hidden, act).unwrap();
+        let options = CnfOptions { trace: TraceChoice::Hutchinson, train_solver: solver.clone(), eval_solver: solver, ..CnfOptions::default() };
+        let c = Cnf::with_net(vs.root() / "cnf", net, 0.8, true, options).unwrap();
+        perturb(&vs, 0.3);
+        vs.double();
+        let m = module_of(&vs, &c);
+        let x = Tensor::randn([3, shape.iter().product::<i64>()], F64);
+        let cond = (context > 0).then(|| Tensor::randn([3, context], F64));
+        let ctx = Ctx::eval().with_cond(cond.as_ref());
+        let _ng = tch::no_grad_guard();
+        let (y, ld) = c.forward(&x, &ctx).unwrap();
+        let (ys, lds) = pair(m.method_is("forward", &[IValue::Tensor(x.shallow_clone()), opt(cond.as_ref())]).unwrap());
+        let (xi, ldi) = c.inverse(&y, &ctx).unwrap();
+        let (xis, ldis) = pair(m.method_is("inverse", &[IValue::Tensor(y.shallow_clone()), opt(cond.as_ref())]).unwrap());
+        for (name, a, b) in [("forward", &ys, &y), ("forward logdet", &lds, &ld), ("inverse", &xis, &xi), ("inverse logdet", &ldis, &ldi)] {
+            let d = max_diff(a, b);
+            assert!(d < 1e-10, "{what}: {name} differs by {d:e}");
+        }
+        assert!(ld.abs().max().double_value(&[]) > 1e-3, "{what}: a trivial flow");
+        tch::manual_seed(5);
+        let train = Ctx { train: true, stochastic_logdet: true, ..Ctx::default() }.with_cond(cond.as_ref());
+        let (_, ldh) = c.forward(&x, &train).unwrap();
+        tch::manual_seed(5);
+        let code = flowzoo::flows::cnf::solver_code(c.options.eval_solver.method);
+        let args = [IValue::Tensor(x.shallow_clone()), opt(cond.as_ref()), IValue::Int(code), IValue::Int(c.options.eval_solver.steps), IValue::Bool(true)];
+        let (_, ldhs) = pair(m.method_is("forward_ode", &args).unwrap());
+        assert!(max_diff(&ldh, &ldhs) < 1e-10 && max_diff(&ldh, &ld) > 1e-6, "{what}: Hutchinson");
+    }
+}
+
+#[test]
+fn the_image_model_module_matches_the_model() {
+    let _g = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sets: Vec<String> = ["model.cnf.hidden=[4]", "model.norm=actnorm", "model.cnf.eval_solver=rk4", "model.cnf.eval_steps=3"].iter().map(|s| s.to_string()).collect();
+    let cfg = Config::load(&root.join("configs/ffjord_digits.toml")).unwrap().with_overrides(&sets).unwrap();
+    let info = DataInfo { classes: (0..10).map(|i| i.to_string()).collect(), columns: vec![] };
+    let mut sess = Session::new_for(&cfg, info, Device::Cpu).unwrap();
+    perturb(&sess.vs, 0.1);
+    sess.vs.double();
+    let m = export::session_module(&sess).unwrap().to_cmodule().unwrap();
+    let _ng = tch::no_grad_guard();
+    let x = Tensor::rand([4, 1, 8, 8], F64) - 0.5;
+    let ctx = Ctx::eval();
+    let lp = sess.model.log_prob(&x, &ctx).unwrap();
+    let lps = tensor(m.method_is("log_prob", &[IValue::Tensor(x.shallow_clone())]).unwrap());
+    assert!(max_diff(&lp, &lps) < 1e-10, "log_prob differs by {:e}", max_diff(&lp, &lps));
+    tch::manual_seed(3);
+    let s = sess.model.sample(3, 0.8, &ctx, F64).unwrap();
+    tch::manual_seed(3);
+    let ss = tensor(m.method_is("sample", &[IValue::Int(3), IValue::Double(0.8)]).unwrap());
+    assert!(max_diff(&s, &ss) < 1e-10, "sample differs by {:e}", max_diff(&s, &ss));
+    // The multi-scale chain has no per-call solver choice: only the flow contract's methods.
+    assert!(m.method_is("log_prob_ode", &[IValue::Tensor(x.shallow_clone())]).is_err());
+}
