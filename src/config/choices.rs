@@ -98,7 +98,7 @@ pub enum ModelKind {
     Realnvp,
     /// NICE (Dinh et al. 2015): tabular data.
     Nice,
-    /// FFJORD (Grathwohl et al. 2019), continuous flows: tabular data.
+    /// FFJORD (Grathwohl et al. 2019), continuous flows: tabular data, or images (multi-scale).
     Ffjord,
     /// A variational auto-encoder (Kingma & Welling 2014) with a flow posterior: images.
     Vae,

@@ -127,7 +127,8 @@ pub struct ModelConfig {
     pub mask: MaskChoice,
     /// Base distribution: "normal" (N(0, I)) or "diag_gaussian" (learned mean and std).
     pub base: BaseChoice,
-    /// FFJORD's continuous flows (`[model.cnf]`); FFJORD also reads `blocks` and `norm`.
+    /// FFJORD's continuous flows (`[model.cnf]`); FFJORD also reads `blocks` and `norm`, and on
+    /// images `levels`, `base`, `learn_top` and `conditional`.
     pub cnf: super::cnf::CnfConfig,
     /// VAE: size of the latent z.
     pub latent: i64,
