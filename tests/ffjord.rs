@@ -68,8 +68,12 @@ fn every_cnf_key_is_checked_by_name() {
         let e = err_of(&format!("{TABULAR}{line}\n"));
         assert!(needles.iter().all(|n| e.contains(n)), "{line}: {e}");
     }
-    let e = err_of("[model]\nkind = \"ffjord\"\n");
-    assert!(e.contains("model.kind = \"ffjord\" models vectors"), "{e}");
+    // Images (the multi-scale model) check the same keys, and refuse the vector-only field.
+    assert!(Config::from_toml_str("[model]\nkind = \"ffjord\"\n", "c.toml").is_ok());
+    let e = err_of("[model]\nkind = \"ffjord\"\n[model.cnf]\ntime_length = 0\n");
+    assert!(e.contains("model.cnf.time_length = 0"), "{e}");
+    let e = err_of("[model]\nkind = \"ffjord\"\n[model.cnf]\nlayer_type = \"mlp\"\n");
+    assert!(e.contains("model.cnf.layer_type") && e.contains("on vectors"), "{e}");
     // --set reaches the nested table.
     let cfg = Config::load(&root().join(CONFIGS[0])).unwrap();
     let c = cfg.with_overrides(&["model.cnf.rtol=1e-3".into(), "model.cnf.hidden=[8, 8]".into(), "model.cnf.trace=hutchinson".into()]).unwrap();

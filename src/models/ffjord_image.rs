@@ -22,11 +22,11 @@
 //! `levels.{l}.blocks.{k}.cnf.sqrt_end_time`, `levels.{l}.blocks.{k}.norm.*` (blocks `0..blocks`
 //! before the squeeze, `blocks..2·blocks` after it), `levels.{l}.split.*`, `prior.*`.
 //!
-//! ```no_run
+//! ```
 //! use flowzoo::config::Config;
 //! use flowzoo::flows::Ctx;
 //! use tch::{nn::VarStore, Device, Kind, Tensor};
-//! let cfg: Config = toml::from_str(r#"
+//! let cfg = Config::from_toml_str(r#"
 //!     [data]
 //!     path = "data/digits"
 //!     image_size = 8
@@ -39,7 +39,7 @@
 //!     [model.cnf]
 //!     hidden = [16, 16]
 //!     activation = "softplus"
-//! "#).unwrap();
+//! "#, "ffjord_image.toml").unwrap();
 //! let vs = VarStore::new(Device::Cpu);
 //! let model = flowzoo::models::build(&cfg, vs.root(), 10).unwrap();
 //! let x = Tensor::rand([4, 1, 8, 8], (Kind::Float, Device::Cpu)) - 0.5;

@@ -95,6 +95,13 @@ VARIANTS = {
               "model.cnf.activation=softplus", "model.cnf.eval_solver=rk4", "model.cnf.eval_steps=8"],
         dim=2, ode="rk4", roundtrip=1e-4,
     ),
+    # FFJORD's multi-scale image model (conv fields, squeeze, split, ActNorm), RK4 in the module:
+    # its exact trace takes the one-hot images where the Rust layer takes the conv's colours.
+    "ffjord_image_rk4": dict(
+        config="configs/ffjord_digits.toml",
+        sets=["model.cnf.hidden=[8]", "model.cnf.solver=rk4", "model.cnf.steps=4", "model.cnf.eval_solver=rk4", "model.cnf.eval_steps=8"],
+        ode="rk4", roundtrip=1e-3,
+    ),
 }
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 BATCHES = (3, 5)

@@ -156,14 +156,15 @@ impl Cnf {
         Ok(self.sqrt_end_time.f_square()?)
     }
 
-    /// The trace this call uses: an estimate only where the caller allows one.
+    /// The trace this call uses: an estimate only where the caller allows one, or where the
+    /// log-det is thrown away (a data-dependent initialisation pass only needs the values).
     pub fn trace_mode(&self, ctx: &Ctx) -> TraceMode {
         let stochastic = match self.options.trace {
             TraceChoice::Exact => false,
             TraceChoice::Hutchinson => true,
             TraceChoice::Auto => self.dim() > AUTO_EXACT_MAX_DIM,
         };
-        if stochastic && ctx.stochastic_logdet {
+        if stochastic && (ctx.stochastic_logdet || ctx.data_init) {
             TraceMode::Hutchinson(self.options.noise)
         } else {
             TraceMode::Exact
