@@ -95,6 +95,18 @@ impl CnfConfig {
         self.solver_options(self.eval_solver, self.eval_rtol, self.eval_atol, self.eval_steps)
     }
 
+    /// What every continuous flow of a model takes from this section.
+    pub fn options(&self) -> crate::flows::CnfOptions {
+        crate::flows::CnfOptions {
+            trace: self.trace,
+            noise: self.noise,
+            train_solver: self.train_solver(),
+            eval_solver: self.eval_solver(),
+            kinetic_weight: self.kinetic_weight,
+            jacobian_weight: self.jacobian_weight,
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         if let Some(w) = self.hidden.iter().find(|w| !(1..=65536).contains(*w)) {
             bail!("model.cnf.hidden = {:?}: every width must be between 1 and 65536 (got {w})", self.hidden);

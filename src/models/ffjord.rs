@@ -14,7 +14,7 @@ use super::realnvp::VectorSpec;
 use super::DensityModel;
 use crate::config::{Config, NormChoice};
 use crate::flows::cnf::flow_matching_loss;
-use crate::flows::{ActNorm, ActNormParam, Base, BatchNormFlow, Cnf, CnfOptions, Ctx, ElementwiseAffine, Flow, LayerType, OdeNet, StandardNormal};
+use crate::flows::{ActNorm, ActNormParam, Base, BatchNormFlow, Cnf, Ctx, ElementwiseAffine, Flow, LayerType, OdeNet, StandardNormal};
 use crate::script::{ts_zero_logdet, Layer, ScriptBuilder, ScriptFlow};
 use anyhow::{bail, Context, Result};
 use tch::{nn, Tensor};
@@ -152,14 +152,7 @@ impl Ffjord {
             let zeros = Tensor::zeros([d], (tch::Kind::Float, tch::Device::Cpu));
             ElementwiseAffine::standardize(&root / "standardize", &zeros, &zeros.ones_like())
         });
-        let options = CnfOptions {
-            trace: c.trace,
-            noise: c.noise,
-            train_solver: c.train_solver(),
-            eval_solver: c.eval_solver(),
-            kinetic_weight: c.kinetic_weight,
-            jacobian_weight: c.jacobian_weight,
-        };
+        let options = c.options();
         let mut cnfs = vec![];
         let mut norms: Vec<Option<Box<dyn Flow>>> = vec![];
         for b in 0..m.blocks {

@@ -50,7 +50,7 @@
 use super::FlowModel;
 use crate::config::{BaseChoice, Config, NormChoice};
 use crate::flows::{
-    ActNorm, ActNormParam, Base, BatchNormFlow, Cnf, CnfOptions, Flatten, Inverse, LayerType, LearnedPrior, OdeNet, Sequential, SplitPrior,
+    ActNorm, ActNormParam, Base, BatchNormFlow, Cnf, Flatten, Inverse, LayerType, LearnedPrior, OdeNet, Sequential, SplitPrior,
     Squeeze, StandardNormal,
 };
 use anyhow::{bail, Result};
@@ -76,14 +76,7 @@ impl FfjordImage {
         if s % div != 0 {
             bail!("FFJORD on images: image size {s} must be divisible by 2^(levels-1) = {div} (model.levels = {})", m.levels);
         }
-        let options = CnfOptions {
-            trace: c.trace,
-            noise: c.noise,
-            train_solver: c.train_solver(),
-            eval_solver: c.eval_solver(),
-            kinetic_weight: c.kinetic_weight,
-            jacobian_weight: c.jacobian_weight,
-        };
+        let options = c.options();
         // `blocks` CNFs (each followed by its normalisation) on `[C, H, W]`, numbered from `first`.
         let stage = |seq: &mut Sequential, level: &nn::Path, first: i64, shape: [i64; 3]| -> Result<()> {
             for k in first..first + m.blocks {
@@ -102,12 +95,7 @@ impl FfjordImage {
             }
             Ok(())
         };
-        // Shapes at the start of each level: squeezed, then half of the channels factored out.
-        let mut shapes = vec![shape];
-        for _ in 1..m.levels {
-            let [c, h, w] = *shapes.last().expect("non-empty");
-            shapes.push([c * 2, h / 2, w / 2]);
-        }
+        let shapes = super::realnvp::level_shapes(shape, m.levels);
         let top = *shapes.last().expect("levels >= 1");
         let mut inner = Sequential::new();
         stage(&mut inner, &(&root / "levels" / (m.levels - 1)), 0, top)?;

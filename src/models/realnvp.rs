@@ -102,6 +102,17 @@ impl RealNvp {
     }
 }
 
+/// The `[C, H, W]` at the start of each of `levels` levels of a multi-scale image flow: each level
+/// squeezes (4C, H/2, W/2) and factors out half of the channels before the next.
+pub fn level_shapes(shape: [i64; 3], levels: i64) -> Vec<[i64; 3]> {
+    let mut shapes = vec![shape];
+    for _ in 1..levels {
+        let [c, h, w] = *shapes.last().expect("non-empty");
+        shapes.push([c * 2, h / 2, w / 2]);
+    }
+    shapes
+}
+
 /// RealNVP on images (multi-scale, checkerboard and channel couplings).
 pub struct RealNvpImage;
 
@@ -120,12 +131,7 @@ impl RealNvpImage {
             NormChoice::Actnorm => seq.push(ActNorm::new(p, c, 4, ActNormParam::Log)),
             NormChoice::None => {}
         };
-        // Shapes at the start of each level.
-        let mut shapes = vec![shape];
-        for _ in 1..m.levels {
-            let [c, h, w] = *shapes.last().expect("non-empty");
-            shapes.push([c * 2, h / 2, w / 2]);
-        }
+        let shapes = level_shapes(shape, m.levels);
         let top = *shapes.last().expect("levels >= 1");
         let mut inner = Sequential::new();
         {
