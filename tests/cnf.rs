@@ -273,3 +273,31 @@ fn flow_matching_trains(kind: LayerType) {
     let after = log_lik(&cnf);
     assert!(after.is_finite() && after > before + 0.3, "{kind:?}: test log-likelihood {before} -> {after}");
 }
+
+/// Flow matching's per-row field (a time per row) equals the field at each row's time, for the
+/// dense concat-squash, the MLP and the conv field, with a context.
+#[test]
+fn the_per_row_field_is_the_field_at_each_rows_time() {
+    tch::manual_seed(12);
+    let nets: Vec<(&str, Box<dyn Fn(&VarStore) -> OdeNet>)> = vec![
+        ("concat-squash", Box::new(|vs: &VarStore| OdeNet::with_layers(vs.root() / "n", LayerType::ConcatSquash, 0, 8, 2, &[6, 6], OdeActivation::Tanh).unwrap())),
+        ("mlp", Box::new(|vs: &VarStore| OdeNet::with_layers(vs.root() / "n", LayerType::Mlp, 3, 8, 2, &[6], OdeActivation::Softplus).unwrap())),
+        ("conv", Box::new(|vs: &VarStore| OdeNet::conv(vs.root() / "n", [2, 2, 2], 2, &[3, 3], OdeActivation::Elu).unwrap())),
+    ];
+    for (what, build) in nets {
+        let mut vs = VarStore::new(Device::Cpu);
+        let net = build(&vs);
+        perturb(&vs, 0.3);
+        vs.double();
+        let (z, cond) = (Tensor::randn([4, 8], F64), Tensor::randn([4, 2], F64));
+        let t = Tensor::rand([4, 1], F64);
+        let per_row = net.forward_per_row(&t, &z, Some(&cond)).unwrap();
+        for r in 0..4 {
+            let maps = net.at_time(&t.get(r).squeeze()).unwrap();
+            let one = net.apply(&maps, &z.narrow(0, r, 1), Some(&cond.narrow(0, r, 1))).unwrap();
+            let d = max_abs(&(per_row.narrow(0, r, 1) - one));
+            assert!(d < 1e-12, "{what}: row {r} differs by {d:e}");
+        }
+        assert!(max_abs(&(per_row.narrow(0, 0, 1) - per_row.narrow(0, 1, 1))) > 1e-6, "{what}: a constant field");
+    }
+}

@@ -59,6 +59,21 @@ fn cnf(vs: &mut VarStore, kind: LayerType, act: OdeActivation, hidden: &[i64], c
 }
 
 /// The layer alone as a module: `forward`, `inverse`, `forward_ode`, `inverse_ode`.
+/// The flow and its module agree on `forward` and `inverse`, values and log-dets, to 1e-10 (no
+/// grad); returns the flow's forward `(y, log-det)`.
+fn assert_module_matches(what: &str, c: &Cnf, m: &CModule, x: &Tensor, cond: Option<&Tensor>) -> (Tensor, Tensor) {
+    let ctx = Ctx::eval().with_cond(cond);
+    let (y, ld) = c.forward(x, &ctx).unwrap();
+    let (ys, lds) = pair(m.method_is("forward", &[IValue::Tensor(x.shallow_clone()), opt(cond)]).unwrap());
+    let (xi, ldi) = c.inverse(&y, &ctx).unwrap();
+    let (xis, ldis) = pair(m.method_is("inverse", &[IValue::Tensor(y.shallow_clone()), opt(cond)]).unwrap());
+    for (name, a, b) in [("forward", &ys, &y), ("forward logdet", &lds, &ld), ("inverse", &xis, &xi), ("inverse logdet", &ldis, &ldi)] {
+        let d = max_diff(a, b);
+        assert!(d < 1e-10, "{what}: {name} differs by {d:e}");
+    }
+    (y, ld)
+}
+
 fn module_of(vs: &VarStore, flow: &dyn Flow) -> CModule {
     let mut ts = ScriptBuilder::new("Test").unwrap();
     ts.register_variables(&named_variables(vs)).unwrap();
@@ -96,16 +111,8 @@ fn the_layer_matches_its_torchscript_for_every_field_and_solver() {
         let m = module_of(&vs, &c);
         let x = Tensor::randn([5, 3], F64);
         let cond = (context > 0).then(|| Tensor::randn([5, context], F64));
-        let ctx = Ctx::eval().with_cond(cond.as_ref());
         let _ng = tch::no_grad_guard();
-        let (y, ld) = c.forward(&x, &ctx).unwrap();
-        let (ys, lds) = pair(m.method_is("forward", &[IValue::Tensor(x.shallow_clone()), opt(cond.as_ref())]).unwrap());
-        let (xi, ldi) = c.inverse(&y, &ctx).unwrap();
-        let (xis, ldis) = pair(m.method_is("inverse", &[IValue::Tensor(y.shallow_clone()), opt(cond.as_ref())]).unwrap());
-        for (name, a, b) in [("forward", &ys, &y), ("forward logdet", &lds, &ld), ("inverse", &xis, &xi), ("inverse logdet", &ldis, &ldi)] {
-            let d = max_diff(a, b);
-            assert!(d < 1e-10, "{what}: {name} differs by {d:e}");
-        }
+        let (y, ld) = assert_module_matches(what, &c, &m, &x, cond.as_ref());
         assert!(max_diff(&y, &x) > 1e-2 && ld.abs().max().double_value(&[]) > 1e-3, "{what}: a trivial flow");
         // Hutchinson: the same probes from the same seed give the same estimate (the Rust layer
         // uses it where training allows one).
@@ -270,16 +277,8 @@ fn the_conv_field_matches_its_torchscript() {
         let m = module_of(&vs, &c);
         let x = Tensor::randn([3, shape.iter().product::<i64>()], F64);
         let cond = (context > 0).then(|| Tensor::randn([3, context], F64));
-        let ctx = Ctx::eval().with_cond(cond.as_ref());
         let _ng = tch::no_grad_guard();
-        let (y, ld) = c.forward(&x, &ctx).unwrap();
-        let (ys, lds) = pair(m.method_is("forward", &[IValue::Tensor(x.shallow_clone()), opt(cond.as_ref())]).unwrap());
-        let (xi, ldi) = c.inverse(&y, &ctx).unwrap();
-        let (xis, ldis) = pair(m.method_is("inverse", &[IValue::Tensor(y.shallow_clone()), opt(cond.as_ref())]).unwrap());
-        for (name, a, b) in [("forward", &ys, &y), ("forward logdet", &lds, &ld), ("inverse", &xis, &xi), ("inverse logdet", &ldis, &ldi)] {
-            let d = max_diff(a, b);
-            assert!(d < 1e-10, "{what}: {name} differs by {d:e}");
-        }
+        let (_, ld) = assert_module_matches(what, &c, &m, &x, cond.as_ref());
         assert!(ld.abs().max().double_value(&[]) > 1e-3, "{what}: a trivial flow");
         tch::manual_seed(5);
         let train = Ctx { train: true, stochastic_logdet: true, ..Ctx::default() }.with_cond(cond.as_ref());

@@ -53,8 +53,8 @@ pub fn set_grad(var: &Tensor, grad: &Tensor) -> Result<()> {
 
 /// Marks each tensor as modified in place (bumps its version counter), for tensors whose data
 /// was written through another tensor on the same storage that does not share their counter.
-pub fn bump_versions(tensors: &[Tensor]) -> Result<()> {
-    let ptrs: Vec<*mut c_void> = tensors.iter().map(|t| t.as_ptr() as *mut c_void).collect();
+pub fn bump_versions<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) -> Result<()> {
+    let ptrs: Vec<*mut c_void> = tensors.into_iter().map(|t| t.as_ptr() as *mut c_void).collect();
     let n = c_int::try_from(ptrs.len()).map_err(|_| anyhow::anyhow!("bump_versions: {} tensors", ptrs.len()))?;
     // SAFETY: `ptrs` holds `n` live tch tensor handles (`at::Tensor*`) for the whole call; the
     // shim only bumps their counters and catches every C++ exception.

@@ -293,8 +293,7 @@ impl Adam {
                 let _ = group.p.shallow_clone().f_addcdiv_(&group.m, &group.t)?;
                 // `set_data` left each parameter its own version counter: bump them as the
                 // per-parameter `addcdiv_` did (caches of derived weights key on them).
-                let changed: Vec<Tensor> = group.idx.iter().map(|&i| self.params[i].1.shallow_clone()).collect();
-                crate::ffi::switches::bump_versions(&changed)?;
+                crate::ffi::switches::bump_versions(group.idx.iter().map(|&i| &self.params[i].1))?;
                 continue;
             }
             for (tv, &i) in group.t_views.iter().zip(&group.idx) {
